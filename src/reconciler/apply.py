@@ -1,0 +1,174 @@
+"""Executing a plan: PUTs in parallel, every result recorded durably as it arrives.
+
+Only the main thread writes the state and the audit log; workers only talk to Kaleyra. Results that
+arrive together are written with one fsync, then reported. Ctrl-C (or SIGTERM) stops sending new
+requests, waits for those in flight, records them, and reports the rest as not attempted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from . import audit
+from .config import Config
+from .errors import MissingApiKey, ReconcilerError
+from .kaleyra import KaleyraClient, KaleyraError
+from .plan import Change, Plan
+from .state import Entry, Journal, State, now
+
+APPLIED, RECORDED, FAILED, NOT_ATTEMPTED = "applied", "recorded", "failed", "not attempted"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    change: Change
+    status: str
+    code: str = ""
+    message: str = ""
+
+
+@dataclass
+class ApplyReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+    interrupted: bool = False
+
+    def having(self, status: str) -> list[Outcome]:
+        return [outcome for outcome in self.outcomes if outcome.status == status]
+
+    @property
+    def ok(self) -> bool:
+        return not self.interrupted and not self.having(FAILED) and not self.having(NOT_ATTEMPTED)
+
+
+def check_safety(plan: Plan, max_changes: int | None, force: bool) -> None:
+    puts = len(plan.puts)
+    if max_changes is not None and puts > max_changes and not force:
+        raise ReconcilerError(
+            f"this plan sends {puts} PUTs, more than safety.max_changes ({max_changes}); "
+            "check it, then run again with --force to apply it"
+        )
+
+
+def api_keys(plan: Plan, config: Config) -> dict[str, str]:
+    """The API key of every account the plan sends to; a missing one stops the run before any PUT."""
+    keys: dict[str, str] = {}
+    for account_name in sorted({change.account for change in plan.puts}):
+        account = config.accounts.get(account_name)
+        if account is None:
+            raise ReconcilerError(
+                f"the plan sends to account '{account_name}', which reconciler.yaml no longer has"
+            )
+        key = account.api_key()
+        if key is None:
+            raise MissingApiKey(
+                f"account '{account_name}' has changes but the environment variable {account.api_key_env} "
+                "is not set; export the API key in it (nothing was sent)"
+            )
+        keys[account_name] = key
+    return keys
+
+
+def apply_plan(
+    plan: Plan,
+    config: Config,
+    state: State,
+    journal: Journal,
+    audit_log: audit.AuditLog,
+    client: KaleyraClient,
+    *,
+    parallelism: int = 8,
+    progress: Callable[[int, int], None] | None = None,
+) -> ApplyReport:
+    keys = api_keys(plan, config)
+    actor = audit.who(config.path.parent)
+    report = ApplyReport()
+    total = len(plan.changes)
+
+    def record(outcomes: list[Outcome]) -> None:
+        successes = [outcome for outcome in outcomes if outcome.status in (APPLIED, RECORDED)]
+        journal.record((o.change.phone_number, entry_after(o.change, state)) for o in successes)
+        audit_log.append(audit.record(o.change, o.code, o.message, actor) for o in outcomes)
+        report.outcomes.extend(outcomes)
+        if progress:
+            progress(len(report.outcomes), total)
+
+    local = [change for change in plan.changes if not change.needs_put]
+    record([Outcome(change, RECORDED, "-", _local_message(change)) for change in local])
+
+    def send(change: Change) -> Outcome:
+        account = config.accounts[change.account]
+        try:
+            success = client.update(account.target(), keys[change.account], change.phone_number, change.sends)
+        except KaleyraError as error:
+            return Outcome(change, FAILED, error.code, error.describe())
+        except Exception as error:  # a bug must not lose track of the other numbers
+            return Outcome(change, FAILED, "ERROR", f"{type(error).__name__}: {error}")
+        return Outcome(change, APPLIED, success.code, success.message)
+
+    executor = ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="put")
+    pending: dict[Future[Outcome], Change] = {executor.submit(send, change): change for change in plan.puts}
+    try:
+        with _sigterm_as_interrupt():
+            while pending:
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                record([_finish(future, pending) for future in done])
+    except KeyboardInterrupt:
+        report.interrupted = True
+        for future in pending:
+            future.cancel()
+        in_flight = [future for future in pending if not future.cancelled()]
+        record([_finish(future, pending) for future in wait(in_flight).done])
+        record(
+            [Outcome(change, NOT_ATTEMPTED, "-", "interrupted before sending") for change in pending.values()]
+        )
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+    return report
+
+
+def _finish(future: Future[Outcome], pending: dict[Future[Outcome], Change]) -> Outcome:
+    pending.pop(future)
+    return future.result()
+
+
+def entry_after(change: Change, state: State) -> Entry | None:
+    if change.action == "forget":
+        return None
+    before = state.entries.get(change.phone_number)
+    return Entry(
+        account=change.account,
+        target=change.target,
+        fields=change.applied_fields(before.fields if before else {}),
+        applied_at=now(),
+        digest=change.digest,
+    )
+
+
+def _local_message(change: Change) -> str:
+    if change.action == "forget":
+        return "forgotten: dropped from the state, nothing sent (the API cannot delete a profile)"
+    if change.action == "unmanage":
+        return "no longer managed: dropped from the state, nothing sent"
+    return "recorded with no fields to send"
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Treat SIGTERM (CI cancelling a job) like Ctrl-C: finish what is in flight, record it."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread (tests driving apply from a worker)
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,109 @@
+"""The audit log: append-only JSON Lines beside the state, one record per result, with who ran it."""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import subprocess
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .errors import ReconcilerError
+from .plan import Change
+from .state import now
+
+
+def who(cwd: Path | None = None) -> dict[str, str]:
+    """Who is running this: GitHub Actions' variables where set, else the local user and git commit."""
+    env = os.environ
+    actor = env.get("GITHUB_ACTOR") or env.get("CI_ACTOR") or _local_user()
+    found = {
+        "actor": actor,
+        "commit": env.get("GITHUB_SHA") or _git_commit(cwd),
+        "branch": env.get("GITHUB_REF_NAME") or "",
+        "ci_run": _github_run_url(env),
+    }
+    return {key: value for key, value in found.items() if value}
+
+
+def record(change: Change, result: str, message: str, actor: dict[str, str]) -> dict[str, Any]:
+    return {
+        "time": now(),
+        "phone_number": change.phone_number,
+        "account": change.account,
+        "action": change.action,
+        "fields": {name: {"old": field.before, "new": field.after} for name, field in change.fields.items()},
+        "result": result,
+        "message": message,
+        "by": actor,
+    }
+
+
+class AuditLog:
+    def __init__(self, path: Path):
+        self.path = path
+        self.file = None
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        """Append and fsync a batch of records."""
+        text = "".join(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n" for entry in records)
+        if not text:
+            return
+        if self.file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(self.path, "ab")  # noqa: SIM115 (kept open for the run)
+        self.file.write(text.encode())
+        self.file.flush()
+        os.fsync(self.file.fileno())
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    def read(self, phone_number: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every record, oldest first; a line torn by a crash at the very end is skipped."""
+        if not self.path.exists():
+            return
+        lines = self.path.read_text(encoding="utf-8").split("\n")
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                if number == len(lines):
+                    return
+                raise ReconcilerError(f"{self.path}:{number}: unreadable audit record") from None
+            if phone_number is None or entry.get("phone_number") == phone_number:
+                yield entry
+
+
+def _local_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _git_commit(cwd: Path | None) -> str:
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def _github_run_url(env: os._Environ[str] | dict[str, str]) -> str:
+    server, repository, run = (
+        env.get("GITHUB_SERVER_URL"),
+        env.get("GITHUB_REPOSITORY"),
+        env.get("GITHUB_RUN_ID"),
+    )
+    if server and repository and run:
+        return f"{server}/{repository}/actions/runs/{run}"
+    return ""

@@ -1,0 +1,133 @@
+"""reconciler.yaml: accounts, defaults, paths and safety settings, loaded and checked."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from . import schema
+from .errors import Problem, ReconcilerError, ValidationFailed
+from .kaleyra import RetryPolicy, Target, pod_base_url
+from .yamlfile import Document, load_mapping
+
+DEFAULT_CONFIG = "reconciler.yaml"
+ENDPOINT_ENV = "KALEYRA_ENDPOINT"
+
+
+@dataclass(frozen=True)
+class Account:
+    name: str
+    sid: str
+    waba_id: str
+    pod: str
+    api_version: str = "v2"
+    api_key_env: str = "KALEYRA_API_KEY"
+    endpoint: str | None = None
+
+    def target(self) -> Target:
+        """Where this account's PUTs go; KALEYRA_ENDPOINT overrides every account's base URL."""
+        base = os.environ.get(ENDPOINT_ENV) or self.endpoint or pod_base_url(self.pod)
+        return Target(base_url=base.rstrip("/"), sid=self.sid, waba_id=self.waba_id)
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) or None
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    profiles_dir: Path
+    state_path: Path
+    accounts: dict[str, Account]
+    defaults: dict[str, str] = field(default_factory=dict)
+    max_changes: int | None = None
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    document: Document | None = None
+
+    @property
+    def audit_path(self) -> Path:
+        return self.state_path.with_name("audit.jsonl")
+
+
+def config_path(explicit: str | None) -> Path:
+    return Path(explicit or os.environ.get("RECONCILER_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_config(explicit: str | None = None) -> Config:
+    """Load and check reconciler.yaml; raise ValidationFailed listing every problem in it."""
+    path = config_path(explicit)
+    if not path.is_file():
+        raise ReconcilerError(
+            f"{path}: no such configuration file; run in the project root, or pass --config PATH "
+            "or set RECONCILER_CONFIG"
+        )
+    document = load_mapping(path, display_path(path))
+    problems = schema.check("config", document)
+    if problems:
+        raise ValidationFailed(problems)
+    data = document.data
+    accounts = {name: Account(name=name, **fields) for name, fields in data["accounts"].items()}
+    problems += _endpoint_problems(document, accounts)
+    defaults = dict(data.get("defaults") or {})
+    default_account = defaults.get("account")
+    if default_account is not None and default_account not in accounts:
+        hint = schema.did_you_mean(default_account, list(accounts))
+        problems.append(
+            document.problem(("defaults", "account"), f"unknown account '{default_account}'{hint}")
+        )
+    if problems:
+        raise ValidationFailed(problems)
+    root = path.parent
+    return Config(
+        path=path,
+        profiles_dir=root / data.get("profiles_dir", "profiles"),
+        state_path=root / (data.get("state") or {}).get("path", ".reconciler/state.json"),
+        accounts=accounts,
+        defaults=defaults,
+        max_changes=(data.get("safety") or {}).get("max_changes"),
+        retry=RetryPolicy(**(data.get("retry") or {})),
+        document=document,
+    )
+
+
+def display_path(path: Path) -> str:
+    """A path as users should see it: relative to the working directory when it is inside it."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def insecure_endpoint(url: str) -> bool:
+    """True for http:// to anything but a loopback address: keys must never cross a network in clear."""
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        return False
+    host = parts.hostname or ""
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
+
+
+def _endpoint_problems(document: Document, accounts: dict[str, Account]) -> list[Problem]:
+    problems = []
+    for account in accounts.values():
+        if account.endpoint and insecure_endpoint(account.endpoint):
+            problems.append(
+                document.problem(
+                    ("accounts", account.name, "endpoint"),
+                    f"endpoint: '{account.endpoint}' uses http:// to a non-loopback host; use https://",
+                )
+            )
+    override = os.environ.get(ENDPOINT_ENV)
+    if override and insecure_endpoint(override):
+        problems.append(
+            Problem(ENDPOINT_ENV, 0, 0, f"'{override}' uses http:// to a non-loopback host; use https://")
+        )
+    return problems

@@ -1,0 +1,64 @@
+"""Our exception types: each carries where the problem is (file and line, or number and field).
+
+The CLI turns every `ReconcilerError` into its message on stderr and exit code 1, in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    """One thing wrong with one input file, at a line and column when known (both 1-based)."""
+
+    path: str
+    line: int = 0
+    column: int = 0
+    message: str = ""
+
+    def __str__(self) -> str:
+        where = self.path
+        if self.line:
+            where += f":{self.line}"
+            if self.column:
+                where += f":{self.column}"
+        return f"{where}: {self.message}"
+
+
+class ReconcilerError(Exception):
+    """An error a user can cause or fix; printed as one sentence, never as a traceback."""
+
+    def lines(self) -> list[str]:
+        return [str(self)]
+
+
+class ValidationFailed(ReconcilerError):
+    """The configuration or profiles are invalid; every problem found is listed."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = sorted(problems)
+        super().__init__(f"{len(self.problems)} validation error(s)")
+
+    def lines(self) -> list[str]:
+        count = len(self.problems)
+        return [
+            *map(str, self.problems),
+            f"{count} error{'s' if count != 1 else ''} found; nothing was changed.",
+        ]
+
+
+class LockHeld(ReconcilerError):
+    """Another run holds the state lock."""
+
+
+class StalePlan(ReconcilerError):
+    """A saved plan (or --checksum) no longer matches the state or the profiles."""
+
+
+class MissingApiKey(ReconcilerError):
+    """An account with changes has no API key in the environment."""
+
+
+class StateCorrupt(ReconcilerError):
+    """The state file exists but cannot be read as a state."""

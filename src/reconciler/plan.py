@@ -1,0 +1,234 @@
+"""The plan: what would change, number by number and field by field. Computed without I/O.
+
+Actions: `create` (no state entry yet: send every declared field), `update` (send exactly the changed
+fields), `unmanage` (fields left the YAML: drop them from the state, send nothing), `forget` (the
+profile is gone: drop the number from the state, send nothing), `no-op`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepdiff import DeepDiff
+
+from .errors import ReconcilerError
+from .profiles import Profile
+from .state import State
+
+FORMAT_VERSION = "1.0"
+ACTIONS = ("create", "update", "unmanage", "forget", "no-op")
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """A field's applied value (`before`) and desired value (`after`); None means "not managed"."""
+
+    before: str | None
+    after: str | None
+
+
+@dataclass(frozen=True)
+class Change:
+    phone_number: str
+    account: str
+    action: str
+    fields: dict[str, FieldChange]
+    # What the state will hold afterwards (not part of the checksum).
+    target: str = ""
+    digest: str = ""
+    moved_from: str | None = None
+
+    @property
+    def sends(self) -> dict[str, str]:
+        """The fields the PUT carries: every field with a desired value."""
+        if self.action not in ("create", "update"):
+            return {}
+        return {name: change.after for name, change in self.fields.items() if change.after is not None}
+
+    @property
+    def needs_put(self) -> bool:
+        return bool(self.sends)
+
+    def applied_fields(self, before: dict[str, str]) -> dict[str, str]:
+        """The state's field values once this change is applied on top of `before`."""
+        if self.action == "create":
+            return dict(sorted(self.sends.items()))
+        result = dict(before)
+        for name, change in self.fields.items():
+            if change.after is None:
+                result.pop(name, None)
+            else:
+                result[name] = change.after
+        return dict(sorted(result.items()))
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "phone_number": self.phone_number,
+            "account": self.account,
+            "action": self.action,
+            "fields": {
+                name: {"before": change.before, "after": change.after} for name, change in self.fields.items()
+            },
+        }
+        if self.moved_from:
+            data["moved_from"] = self.moved_from
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Change:
+        return cls(
+            phone_number=data["phone_number"],
+            account=data["account"],
+            action=data["action"],
+            fields={
+                name: FieldChange(value["before"], value["after"]) for name, value in data["fields"].items()
+            },
+            target=data.get("target", ""),
+            digest=data.get("digest", ""),
+            moved_from=data.get("moved_from"),
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    changes: tuple[Change, ...]
+    unchanged: int = 0
+    lineage: str | None = None
+    serial: int = 0
+    profiles_digest: str = ""
+    targets: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def checksum(self) -> str:
+        """sha256 of the canonical JSON of the changes (no no-ops, timestamps, lineage or serial)."""
+        named = ("phone_number", "account", "action", "fields")
+        entries = [{key: change.to_json()[key] for key in named} for change in self.changes]
+        canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+    @property
+    def puts(self) -> list[Change]:
+        return [change for change in self.changes if change.needs_put]
+
+    def count(self, action: str) -> int:
+        return sum(1 for change in self.changes if change.action == action)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stable, documented document of `plan --format json`."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "checksum": self.checksum,
+            "summary": {action: self.count(action) for action in ACTIONS if action != "no-op"}
+            | {"no-op": self.unchanged, "puts": len(self.puts)},
+            "changes": [change.to_json() for change in self.changes],
+        }
+
+    def to_saved(self) -> dict[str, Any]:
+        """What `plan --out` writes: the document plus what `apply` needs to detect a stale plan."""
+        document = self.to_json()
+        document["kind"] = "saved-plan"
+        document["lineage"] = self.lineage
+        document["serial"] = self.serial
+        document["profiles_digest"] = self.profiles_digest
+        document["targets"] = list(self.targets)
+        for entry, change in zip(document["changes"], self.changes, strict=True):
+            entry["target"] = change.target
+            entry["digest"] = change.digest
+        return document
+
+    @classmethod
+    def from_saved(cls, data: dict[str, Any]) -> Plan:
+        major = str(data.get("format_version", "")).split(".")[0]
+        if data.get("kind") != "saved-plan" or major != FORMAT_VERSION.split(".")[0]:
+            raise ReconcilerError(
+                "not a saved plan of this reconciler version (expected `plan --out` output)"
+            )
+        plan = cls(
+            changes=tuple(Change.from_json(entry) for entry in data["changes"]),
+            unchanged=int(data.get("summary", {}).get("no-op", 0)),
+            lineage=data.get("lineage"),
+            serial=int(data["serial"]),
+            profiles_digest=data["profiles_digest"],
+            targets=tuple(data.get("targets", ())),
+        )
+        if plan.checksum != data.get("checksum"):
+            raise ReconcilerError("the saved plan was edited: its changes no longer match its checksum")
+        return plan
+
+
+def compute_plan(
+    desired: dict[str, Profile],
+    state: State,
+    targets: tuple[str, ...] = (),
+    account_targets: dict[str, str] | None = None,
+) -> Plan:
+    """Diff desired profiles against the applied state. `targets` limits the plan to those numbers.
+
+    `account_targets` maps account name -> "sid/waba_id" so a number whose account now points at
+    another WABA is sent in full, like a number whose account changed.
+    """
+    account_targets = account_targets or {}
+    numbers = sorted(set(desired) | set(state.entries))
+    if targets:
+        unknown = [number for number in targets if number not in desired and number not in state.entries]
+        if unknown:
+            raise ReconcilerError(f"--target {unknown[0]}: no profile or state entry has that phone number")
+        numbers = [number for number in numbers if number in targets]
+    changes: list[Change] = []
+    unchanged = 0
+    for number in numbers:
+        change = _diff(desired.get(number), state.entries.get(number), number, account_targets)
+        if change is None:
+            unchanged += 1
+        else:
+            changes.append(change)
+    return Plan(
+        changes=tuple(changes),
+        unchanged=unchanged,
+        lineage=state.lineage,
+        serial=state.serial,
+        profiles_digest=profiles_digest(desired, numbers),
+        targets=tuple(sorted(targets)),
+    )
+
+
+def profiles_digest(desired: dict[str, Profile], numbers: list[str]) -> str:
+    """Identifies the desired profiles a plan covers, so a saved plan can tell they changed."""
+    digest = hashlib.sha256()
+    for number in numbers:
+        profile = desired.get(number)
+        digest.update(f"{number}={profile.digest if profile else '-'};".encode())
+    return digest.hexdigest()
+
+
+def _diff(profile: Profile | None, entry: Any, number: str, account_targets: dict[str, str]) -> Change | None:
+    if profile is None:
+        fields = {name: FieldChange(value, None) for name, value in entry.fields.items()}
+        return Change(number, entry.account, "forget", fields, target=entry.target)
+    target = account_targets.get(profile.account, entry.target if entry else "")
+    if entry is None or entry.account != profile.account or entry.target != target:
+        fields = {name: FieldChange(None, value) for name, value in profile.fields.items()}
+        moved_from = None if entry is None else entry.account
+        if moved_from == profile.account:
+            moved_from = f"{entry.account} ({entry.target})"
+        return Change(number, profile.account, "create", fields, target, profile.digest, moved_from)
+    if entry.digest == profile.digest:
+        return None  # the cheap check settles almost every number on a large fleet
+    fields = {
+        str(name): FieldChange(entry.fields.get(name), profile.fields.get(name))
+        for name in sorted(_changed_names(entry.fields, profile.fields))
+    }
+    if not fields:
+        return None
+    sends = any(change.after is not None for change in fields.values())
+    return Change(number, profile.account, "update" if sends else "unmanage", fields, target, profile.digest)
+
+
+def _changed_names(applied: dict[str, str], desired: dict[str, str]) -> set[str]:
+    if applied == desired:
+        return set()
+    return set(DeepDiff(applied, desired).affected_root_keys)

@@ -1,0 +1,147 @@
+"""Desired state: every profile file under profiles_dir, loaded, validated and merged with defaults."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import schema
+from .config import Config, display_path
+from .errors import Problem, ValidationFailed
+from .yamlfile import Document, load_mapping
+
+PROFILE_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """One number's desired profile: the fields to manage, defaults already merged in."""
+
+    phone_number: str
+    account: str
+    fields: dict[str, str]
+    source: str
+    # Identifies exactly what would be applied (account target and fields): equal digests, no change.
+    digest: str
+
+
+def load_profiles(config: Config) -> dict[str, Profile]:
+    """All profiles by phone number; raise ValidationFailed listing every problem in every file."""
+    problems: list[Problem] = []
+    documents: list[Document] = []
+    for file in profile_files(config.profiles_dir, problems):
+        try:
+            documents.append(load_mapping(file, display_path(file)))
+        except ValidationFailed as failed:
+            problems.extend(failed.problems)
+
+    profiles: dict[str, Profile] = {}
+    first_seen: dict[str, Document] = {}
+    for document in documents:
+        found = schema.check("profile", document)
+        if found:
+            problems.extend(found)
+            continue
+        profile = _resolve(document, config, problems)
+        if profile is None:
+            continue
+        if profile.phone_number in first_seen:
+            other = first_seen[profile.phone_number]
+            line = other.position(("phone_number",))[0]
+            problems.append(
+                document.problem(
+                    ("phone_number",),
+                    f"phone number {profile.phone_number} is also declared in {other.path}:{line}",
+                )
+            )
+            continue
+        first_seen[profile.phone_number] = document
+        profiles[profile.phone_number] = profile
+    if problems:
+        raise ValidationFailed(problems)
+    return dict(sorted(profiles.items()))
+
+
+def profile_files(root: Path, problems: list[Problem]) -> list[Path]:
+    """Every *.yaml / *.yml below `root`, sorted; symlinks leading outside `root` are problems."""
+    if not root.is_dir():
+        problems.append(Problem(display_path(root), 0, 0, "profiles_dir does not exist or is not a folder"))
+        return []
+    real_root = root.resolve()
+    found: list[Path] = []
+    for folder, subfolders, files in os.walk(root):  # symlinked folders are not descended into
+        base = Path(folder)
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
+        for name in subfolders:
+            _check_link(base / name, real_root, problems)
+        for name in files:
+            path = base / name
+            if (
+                name.endswith(PROFILE_SUFFIXES)
+                and not name.startswith(".")
+                and _check_link(path, real_root, problems)
+            ):
+                found.append(path)
+    return sorted(found)
+
+
+def _check_link(path: Path, real_root: Path, problems: list[Problem]) -> bool:
+    """False (and a problem) for a symlink that leads outside the profiles folder."""
+    if path.is_symlink() and not path.resolve().is_relative_to(real_root):
+        problems.append(Problem(display_path(path), 0, 0, "is a symlink leading outside profiles_dir"))
+        return False
+    return True
+
+
+def profile_digest(phone_number: str, account: str, target: str, fields: dict[str, str]) -> str:
+    canonical = json.dumps(
+        {"phone_number": phone_number, "account": account, "target": target, "fields": fields},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _resolve(document: Document, config: Config, problems: list[Problem]) -> Profile | None:
+    """Merge defaults under the profile, pick its account and check the rules that span files."""
+    data = document.data
+    account_name = data.get("account") or config.defaults.get("account")
+    if account_name is None:
+        if len(config.accounts) > 1:
+            names = ", ".join(sorted(config.accounts))
+            problems.append(
+                document.problem((), f"missing 'account': several accounts are configured ({names})")
+            )
+            return None
+        account_name = next(iter(config.accounts))
+    account = config.accounts.get(account_name)
+    if account is None:
+        hint = schema.did_you_mean(account_name, sorted(config.accounts))
+        where = ("account",) if "account" in data else ()
+        problems.append(document.problem(where, f"account: unknown account '{account_name}'{hint}"))
+        return None
+    defaults = {key: value for key, value in config.defaults.items() if key in schema.FIELDS}
+    fields = {**defaults, **{key: value for key, value in data.items() if key in schema.FIELDS}}
+    if "incoming_url" in fields and account.api_version != "v1":
+        where = ("incoming_url",) if "incoming_url" in data else ()
+        problems.append(
+            document.problem(
+                where,
+                f"incoming_url: only accounts with api_version v1 accept it; "
+                f"account '{account_name}' is {account.api_version}",
+            )
+        )
+        return None
+    fields = dict(sorted(fields.items()))
+    target = f"{account.sid}/{account.waba_id}"
+    phone_number = data["phone_number"]
+    return Profile(
+        phone_number=phone_number,
+        account=account_name,
+        fields=fields,
+        source=document.path,
+        digest=profile_digest(phone_number, account_name, target, fields),
+    )

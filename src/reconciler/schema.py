@@ -1,0 +1,269 @@
+"""The JSON Schemas of profiles and reconciler.yaml, and the sentences their errors turn into.
+
+Both schemas are built here from one table of field rules, so the profile fields and the config's
+`defaults` can never disagree; `schemas/*.json` are this module's output (a test keeps them current).
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import re
+from typing import Any
+
+import jsonschema
+
+from .errors import Problem
+from .yamlfile import Document
+
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+PROFILE_SCHEMA_ID = "urn:kaleyra-reconciler:schema:profile.schema.json"
+CONFIG_SCHEMA_ID = "urn:kaleyra-reconciler:schema:config.schema.json"
+
+CATEGORIES = (
+    "AUTOMOTIVE",
+    "BEAUTY_SPA_SALON",
+    "CLOTHING_APPAREL",
+    "EDUCATION",
+    "ENTERTAINMENT",
+    "EVENT_PLANNING_SERVICE",
+    "FINANCE_AND_BANKING",
+    "FOOD_GROCERY",
+    "PUBLIC_SERVICE",
+    "HOTEL_LODGING",
+    "MEDICAL_HEALTH",
+    "NON_PROFIT",
+    "PROFESSIONAL_SERVICES",
+    "SHOPPING_RETAIL",
+    "TRAVEL_TRANSPORTATION",
+    "RESTAURANT",
+    "OTHER",
+)
+PODS = ("in", "ap", "sg", "eu", "na")
+API_VERSIONS = ("v1", "v2")
+
+E164 = r"^\+[1-9][0-9]{6,14}$"
+EMAIL = (
+    r"^$|^[^@\s\"<>()\[\],;:]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
+)
+HTTP_URL = r"^$|^https?://[^\s/?#@]+(?:[/?#]\S*)?$"
+CALLBACK_ID = r"^$|^[A-Za-z0-9_-]{1,64}$"
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+ENV_VAR = r"^[A-Za-z_][A-Za-z0-9_]*$"
+ENDPOINT = r"^https?://[^\s/?#@]+(?:/\S*)?$"
+
+# The fields a profile can manage, in the order the API reference lists them. `""` clears a value.
+FIELDS: dict[str, dict[str, Any]] = {
+    "address": {"type": "string", "maxLength": 256, "description": "Address of the business."},
+    "description": {"type": "string", "maxLength": 256, "description": "Description of the business."},
+    "incoming_url": {
+        "type": "string",
+        "maxLength": 2048,
+        "pattern": HTTP_URL,
+        "description": "http(s) URL for incoming-message status updates; only for api_version v1 accounts.",
+    },
+    "category": {"type": "string", "enum": [*CATEGORIES, ""], "description": "Business category."},
+    "email": {"type": "string", "maxLength": 254, "pattern": EMAIL, "description": "Contact email."},
+    "about": {"type": "string", "maxLength": 139, "description": "About text (at most 139 characters)."},
+    "callback_profile_id": {
+        "type": "string",
+        "pattern": CALLBACK_ID,
+        "description": "Callback profile id created on Kaleyra.",
+    },
+    "outgoing_callback_profile_id": {
+        "type": "string",
+        "pattern": CALLBACK_ID,
+        "description": "Outgoing callback profile id created on Kaleyra.",
+    },
+}
+ACCOUNT_REF = {"type": "string", "pattern": NAME, "description": "Name of an account in reconciler.yaml."}
+
+PATTERN_MESSAGES = {
+    "phone_number": "is not an E.164 number: write + then 7 to 15 digits, the first not 0 (+14155550100)",
+    "email": "is not a valid email address",
+    "incoming_url": "is not an http(s) URL",
+    "callback_profile_id": "is not a callback profile id (letters, digits, - and _, at most 64)",
+    "outgoing_callback_profile_id": "is not a callback profile id (letters, digits, - and _, at most 64)",
+    "sid": "is not an account SID (letters and digits only)",
+    "waba_id": "is not a WABA id (digits only, in quotes)",
+    "api_key_env": "is not an environment variable name (letters, digits and _)",
+    "endpoint": "is not an http(s) base URL",
+    "account": "is not an account name (letters, digits, . _ -)",
+}
+SECRET_KEY = re.compile(r"(?i)^(api[-_ ]?key|apikey|secret|token|password)$")
+
+
+def profile_schema() -> dict[str, Any]:
+    return {
+        "$schema": DRAFT,
+        "$id": PROFILE_SCHEMA_ID,
+        "title": "Kaleyra WhatsApp Business phone-number profile",
+        "description": 'One phone number\'s business profile. An absent field is unmanaged; "" clears it.',
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["phone_number"],
+        "properties": {
+            "phone_number": {"type": "string", "pattern": E164, "description": "E.164 phone number."},
+            "account": ACCOUNT_REF,
+            **FIELDS,
+        },
+    }
+
+
+def config_schema() -> dict[str, Any]:
+    account = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["sid", "waba_id", "pod"],
+        "properties": {
+            "sid": {"type": "string", "pattern": r"^[A-Za-z0-9]+$", "description": "Account SID."},
+            "waba_id": {"type": "string", "pattern": r"^[0-9]+$", "description": "WABA id, quoted."},
+            "pod": {"type": "string", "enum": list(PODS), "description": "Kaleyra pod (sg means ap)."},
+            "api_version": {"type": "string", "enum": list(API_VERSIONS), "default": "v2"},
+            "api_key_env": {
+                "type": "string",
+                "pattern": ENV_VAR,
+                "default": "KALEYRA_API_KEY",
+                "description": "Name of the environment variable holding the API key (never the key).",
+            },
+            "endpoint": {
+                "type": "string",
+                "pattern": ENDPOINT,
+                "description": "Base-URL override; http:// only to loopback addresses.",
+            },
+        },
+    }
+    positive = {"type": "number", "exclusiveMinimum": 0}
+    return {
+        "$schema": DRAFT,
+        "$id": CONFIG_SCHEMA_ID,
+        "title": "Kaleyra profile reconciler configuration (reconciler.yaml)",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["accounts"],
+        "properties": {
+            "profiles_dir": {"type": "string", "minLength": 1, "default": "profiles"},
+            "state": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "path": {"type": "string", "minLength": 1, "default": ".reconciler/state.json"}
+                },
+            },
+            "defaults": {
+                "type": "object",
+                "additionalProperties": False,
+                "description": "Merged under every profile; a profile's own value wins.",
+                "properties": {"account": ACCOUNT_REF, **FIELDS},
+            },
+            "safety": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {"max_changes": {"type": "integer", "minimum": 0}},
+            },
+            "retry": {
+                "type": "object",
+                "additionalProperties": False,
+                "properties": {
+                    "attempts": {"type": "integer", "minimum": 1, "maximum": 20, "default": 4},
+                    "backoff_base_s": {**positive, "default": 0.5},
+                    "backoff_max_s": {**positive, "default": 30},
+                    "deadline_s": {**positive, "default": 120},
+                    "timeout_s": {**positive, "default": 30},
+                },
+            },
+            "accounts": {
+                "type": "object",
+                "minProperties": 1,
+                "propertyNames": {"pattern": NAME},
+                "additionalProperties": account,
+            },
+        },
+    }
+
+
+SCHEMAS = {"profile": profile_schema, "config": config_schema}
+
+
+@functools.cache
+def validator(kind: str) -> jsonschema.protocols.Validator:
+    """The validator for `kind`, built once per process (building it is the expensive part)."""
+    schema = SCHEMAS[kind]()
+    return jsonschema.Draft202012Validator(schema)
+
+
+def check(kind: str, document: Document, data: Any = None, base: tuple = ()) -> list[Problem]:
+    """Validate `data` (default: the whole document) against a schema; one sentence per problem."""
+    instance = document.data if data is None else data
+    problems: list[Problem] = []
+    for error in validator(kind).iter_errors(instance):
+        problems.extend(_describe(error, document, (*base, *error.absolute_path)))
+    return problems
+
+
+def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if not close:
+        close = [o for o in options if o.lower() == str(word).lower()]
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _describe(error: jsonschema.ValidationError, document: Document, path: tuple) -> list[Problem]:
+    name = str(path[-1]) if path else "file"
+    value = error.instance
+    kind = error.validator
+    if kind == "additionalProperties":
+        known = sorted(error.schema.get("properties", {}))
+        extras = [key for key in value if key not in known]
+        return [document.problem((*path, key), _unknown_key(key, known), of_key=True) for key in extras]
+    if kind == "required":
+        missing = [key for key in error.validator_value if key not in value]
+        where = f" in {name}" if path else ""
+        return [document.problem(path, f"missing required key '{key}'{where}") for key in missing]
+    if kind == "propertyNames":
+        return [document.problem((*path, value), f"'{value}' {PATTERN_MESSAGES['account']}", of_key=True)]
+    if kind == "maxLength":
+        limit = error.validator_value
+        message = f"{name}: {len(value)} characters, the limit is {limit}"
+    elif kind == "enum":
+        allowed = [str(option) for option in error.validator_value if option != ""]
+        message = f"{name}: '{value}' is not one of the allowed values{did_you_mean(str(value), allowed)}"
+        if len(allowed) > 5:
+            message += "; see `reconciler schema profile` for the list"
+        else:
+            message += f": {', '.join(allowed)}"
+    elif kind == "pattern":
+        message = f"{name}: '{value}' {PATTERN_MESSAGES.get(name, 'has the wrong form')}"
+    elif kind == "type":
+        message = f"{name}: {_type_message(error.validator_value, value, document.raw_text.get(path))}"
+    elif kind == "minProperties":
+        message = f"{name}: needs at least one entry"
+    elif kind in ("minimum", "maximum", "exclusiveMinimum"):
+        bound = {"minimum": "at least", "maximum": "at most", "exclusiveMinimum": "more than"}[kind]
+        message = f"{name}: {value} must be {bound} {error.validator_value}"
+    else:
+        message = f"{name}: {error.message}"
+    return [document.problem(path, message)]
+
+
+def _unknown_key(key: str, known: list[str]) -> str:
+    if SECRET_KEY.match(key):
+        return (
+            f"'{key}': API keys never go in files; set the key in the environment variable "
+            "named by the account's api_key_env (default KALEYRA_API_KEY) instead"
+        )
+    return f"unknown key '{key}'{did_you_mean(key, known)}"
+
+
+_TYPE_NAMES = {bool: "a boolean", int: "a number", float: "a number", type(None): "empty (null)"}
+
+
+def _type_message(expected: str | list[str], value: Any, raw: str | None) -> str:
+    wanted = {"string": "text", "object": "a mapping", "integer": "a whole number", "number": "a number"}
+    expected_name = wanted.get(expected, expected) if isinstance(expected, str) else " or ".join(expected)
+    got = _TYPE_NAMES.get(type(value)) or {dict: "a mapping", list: "a list"}.get(type(value), "a date")
+    message = f"expected {expected_name}, got {got}"
+    if expected == "string" and raw is not None:
+        message += f'; write it in quotes ("{raw}") if you mean the text'
+    return message

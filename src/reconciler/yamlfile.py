@@ -1,0 +1,202 @@
+"""The one YAML loader: safe, bounded, and keeping the line and column of every key and value.
+
+PyYAML's own constructors silently keep the last of two duplicate keys and expand aliases without
+limit, so we compose the node graph with the (C, where available) safe loader and build the values
+ourselves, checking each node as we go.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import Problem, ValidationFailed
+
+SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+MAX_FILE_BYTES = 64 * 1024
+# Every value built counts, aliases included: a real profile has a dozen; "billion laughs" has billions.
+MAX_NODES = 2_000
+# Profiles are flat; deep nesting is either a mistake or an attack (and a recursive alias is endless).
+MAX_DEPTH = 20
+
+Path_ = tuple[str | int, ...]
+
+_STR = "tag:yaml.org,2002:str"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_PLAIN_SCALARS = {
+    "tag:yaml.org,2002:null",
+    "tag:yaml.org,2002:bool",
+    "tag:yaml.org,2002:int",
+    "tag:yaml.org,2002:float",
+    "tag:yaml.org,2002:timestamp",
+}
+_constructor = yaml.constructor.SafeConstructor()
+
+
+@dataclass
+class Document:
+    """A YAML mapping loaded from one file, with the position of each key and value."""
+
+    path: str
+    data: dict[str, Any]
+    value_at: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    key_at: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    # The source text of scalars that YAML turned into something other than a string (yes -> True).
+    raw_text: dict[Path_, str] = field(default_factory=dict)
+
+    def position(self, path: Path_, *, of_key: bool = False) -> tuple[int, int]:
+        """Line and column of the value (or key) at `path`, else of its nearest enclosing value."""
+        if of_key and path in self.key_at:
+            return self.key_at[path]
+        while path:
+            if path in self.value_at:
+                return self.value_at[path]
+            path = path[:-1]
+        return self.value_at.get((), (1, 1))
+
+    def problem(self, path: Path_, message: str, *, of_key: bool = False) -> Problem:
+        line, column = self.position(path, of_key=of_key)
+        return Problem(self.path, line, column, message)
+
+
+def load_mapping(file: Path, display: str) -> Document:
+    """Load `file` as one YAML mapping, or raise ValidationFailed naming `display` and the line."""
+    try:
+        raw = file.read_bytes()
+    except OSError as error:
+        raise _fail(display, 0, 0, f"cannot be read ({error.strerror or error})") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise _fail(display, 0, 0, f"is {len(raw):,} bytes; the limit is {MAX_FILE_BYTES:,} (64 KiB)")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = raw[: error.start].count(b"\n") + 1
+        byte = raw[error.start]
+        raise _fail(display, line, 0, f"is not UTF-8 text (byte 0x{byte:02x}); save it as UTF-8") from None
+    return parse_mapping(text, display)
+
+
+def parse_mapping(text: str, display: str) -> Document:
+    """Parse YAML text that must hold exactly one mapping."""
+    try:
+        root = yaml.compose(text, Loader=SafeLoader)
+    except yaml.MarkedYAMLError as error:
+        raise _fail(display, *_mark(error.problem_mark or error.context_mark), _yaml_message(error)) from None
+    except yaml.YAMLError as error:  # ReaderError (bad characters) carries a position of its own
+        line = text.count("\n", 0, getattr(error, "position", 0)) + 1
+        raise _fail(display, line, 0, _yaml_message(error)) from None
+    if root is None:
+        raise _fail(display, 0, 0, "is empty; a profile needs at least phone_number")
+    if not isinstance(root, yaml.MappingNode):
+        kind = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
+        raise _fail(display, *_mark(root.start_mark), f"must be a mapping of key: value lines, not {kind}")
+    builder = _Builder(Document(display, {}))
+    builder.document.data = builder.build(root, ())
+    if builder.problems:
+        raise ValidationFailed(builder.problems)
+    return builder.document
+
+
+class _Builder:
+    def __init__(self, document: Document):
+        self.document = document
+        self.problems: list[Problem] = []
+        self.nodes = 0
+
+    def build(self, node: yaml.Node, path: Path_) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise _fail(
+                self.document.path,
+                *_mark(node.start_mark),
+                f"expands to more than {MAX_NODES:,} values (YAML aliases); write the values out instead",
+            )
+        if len(path) > MAX_DEPTH:
+            raise _fail(self.document.path, *_mark(node.start_mark), f"nests deeper than {MAX_DEPTH} levels")
+        self.document.value_at[path] = _mark(node.start_mark)
+        if isinstance(node, yaml.MappingNode):
+            return self._mapping(node, path)
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != _SEQ:
+                return self._bad_tag(node, path)
+            return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
+        return self._scalar(node, path)
+
+    def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[str, Any]:
+        if node.tag != _MAP:
+            return self._bad_tag(node, path)
+        result: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            where = _mark(key_node.start_mark)
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                self._add(where, "merge keys (<<) are not supported; write the keys out")
+                continue
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR:
+                self._add(where, f"keys must be plain text, not {_describe_node(key_node)}")
+                continue
+            key = key_node.value
+            if (*path, key) in self.document.key_at:
+                first_line = self.document.key_at[(*path, key)][0]
+                self._add(where, f"duplicate key '{key}' (first set on line {first_line})")
+                continue
+            self.document.key_at[(*path, key)] = where
+            result[key] = self.build(value_node, (*path, key))
+        return result
+
+    def _scalar(self, node: yaml.ScalarNode, path: Path_) -> Any:
+        if node.tag == _STR:
+            value = node.value
+            bad = next((c for c in value if unicodedata.category(c) == "Cc" and c != "\n"), None)
+            if bad is not None:
+                self._add(_mark(node.start_mark), f"control character U+{ord(bad):04X} in a value")
+            return value
+        if node.tag not in _PLAIN_SCALARS:
+            return self._bad_tag(node, path)
+        self.document.raw_text[path] = node.value
+        try:
+            return _constructor.construct_object(node, deep=True)
+        except (yaml.YAMLError, ValueError):
+            self._add(_mark(node.start_mark), f"'{node.value}' is not a valid {node.tag.rsplit(':', 1)[-1]}")
+            return node.value
+
+    def _bad_tag(self, node: yaml.Node, path: Path_) -> None:
+        self._add(_mark(node.start_mark), f"the tag {node.tag} is not allowed; only plain YAML values")
+        return None
+
+    def _add(self, where: tuple[int, int], message: str) -> None:
+        self.problems.append(Problem(self.document.path, *where, message))
+
+
+def _describe_node(node: yaml.Node) -> str:
+    if isinstance(node, yaml.MappingNode):
+        return "a mapping"
+    if isinstance(node, yaml.SequenceNode):
+        return "a list"
+    return f"'{node.value}'"
+
+
+def _mark(mark: Any) -> tuple[int, int]:
+    return (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+
+
+def _yaml_message(error: yaml.YAMLError) -> str:
+    if isinstance(error, yaml.composer.ComposerError) and "single document" in str(error.problem):
+        return "holds more than one YAML document (---); keep one profile per file"
+    if isinstance(error, yaml.MarkedYAMLError):
+        text = error.problem or ""
+        if error.context:
+            text = f"{error.context}: {text}" if text else error.context
+        if "\\t" in text or "tab" in text:
+            text += " (indent with spaces, not tabs)"
+        return f"YAML syntax error: {text}"
+    return f"YAML syntax error: {getattr(error, 'reason', None) or error}"
+
+
+def _fail(path: str, line: int, column: int, message: str) -> ValidationFailed:
+    return ValidationFailed([Problem(path, line, column, message)])
