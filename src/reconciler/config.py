@@ -95,10 +95,11 @@ def load_config(explicit: str | None = None) -> Config:
 
 def display_path(path: Path) -> str:
     """A path as users should see it: relative to the working directory when it is inside it."""
+    absolute = Path(os.path.abspath(path))  # not resolve(): a symlink must be named as itself
     try:
-        return str(path.resolve().relative_to(Path.cwd().resolve()))
+        return str(absolute.relative_to(Path.cwd()))
     except ValueError:
-        return str(path)
+        return str(absolute)
 
 
 def insecure_endpoint(url: str) -> bool:

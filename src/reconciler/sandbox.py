@@ -138,7 +138,6 @@ class Sandbox:
         if not re.match(E164, phone_number):
             return wa400("please provide valid phone_number")
         with self.lock:
-            self.requests.append({"sid": sid, "waba_id": waba_id, "body": body, "time": time.time()})
             if phone_number not in account.numbers:
                 return E112
         problem = _field_problem(body)
@@ -151,6 +150,15 @@ class Sandbox:
                     self.data_file, (json.dumps(self._unlocked_snapshot(), indent=2) + "\n").encode()
                 )
         return SUCCESS
+
+    def log_request(self, path: str, raw: bytes, code: str) -> None:
+        """Remember every PUT and its answer (never the api-key header) for tests and debugging."""
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        with self.lock:
+            self.requests.append({"path": path, "body": body, "answer": code, "time": time.time()})
 
     def _unlocked_snapshot(self) -> dict[str, Any]:
         return {
@@ -212,6 +220,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(404, {"code": "404", "message": "Not Found", "data": {}, "error": {}})
             return
         fault = sandbox.fault()
+        if fault:
+            sandbox.log_request(self.path, raw, fault)
         if fault == "drop":
             self.close_connection = True  # no response at all: the client sees the connection close
             return
@@ -221,13 +231,9 @@ class _Handler(BaseHTTPRequestHandler):
         if fault == "wa500":
             self._send(500, WA500)
             return
-        body = sandbox.update(
-            route["sid"],
-            route["waba_id"],
-            self.headers.get("api-key"),
-            self.headers.get("Content-Type", ""),
-            raw,
-        )
+        api_key, content_type = self.headers.get("api-key"), self.headers.get("Content-Type", "")
+        body = sandbox.update(route["sid"], route["waba_id"], api_key, content_type, raw)
+        sandbox.log_request(self.path, raw, body["code"])
         self._send(STATUS[body["code"]], body)
 
     def do_GET(self) -> None:

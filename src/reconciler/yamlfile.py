@@ -186,7 +186,7 @@ def _mark(mark: Any) -> tuple[int, int]:
 
 
 def _yaml_message(error: yaml.YAMLError) -> str:
-    if isinstance(error, yaml.composer.ComposerError) and "single document" in str(error.problem):
+    if isinstance(error, yaml.composer.ComposerError) and "single document" in str(error):
         return "holds more than one YAML document (---); keep one profile per file"
     if isinstance(error, yaml.MarkedYAMLError):
         text = error.problem or ""
