@@ -203,7 +203,9 @@ def _interpret(response: httpx.Response) -> Success | KaleyraError:
     message = str(payload.get("message") or response.reason_phrase or "no message").strip()
     if 200 <= status < 300 and code == SUCCESS:
         return Success(code, message, 0, status)
-    if not payload:
+    if status == 429:
+        message = f"rate limited by Kaleyra (HTTP 429): {message}"
+    elif not payload:
         message = f"unexpected response (HTTP {status}, not a Kaleyra JSON body)"
     retryable = code not in NEVER_RETRY and (code == "WA500" or status >= 500 or status == 429)
     retry_after = _retry_after(response.headers.get("Retry-After"))

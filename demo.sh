@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# The demo: validate -> plan -> apply -> drift -> edit -> apply -> history, against the built-in
+# sandbox, in a scratch copy of the shipped example (so it can be run again and leaves nothing behind).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+work=$(mktemp -d)
+sandbox_pid=""
+cleanup() { [ -n "$sandbox_pid" ] && kill "$sandbox_pid" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+cp -r "$here/reconciler.yaml" "$here/profiles" "$here/schemas" "$work/"
+cd "$work"
+bold="" plain=""
+if [ -t 1 ] && [ -z "${NO_COLOR:-}" ]; then bold=$'\033[1m' plain=$'\033[0m'; fi
+say() { printf '\n%s%s%s\n' "$bold" "$*" "$plain"; }
+step() { say "\$ $*"; "$@"; }
+
+step reconciler validate
+step reconciler plan
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+say "\$ reconciler sandbox --port $port &"
+reconciler sandbox --port "$port" &
+sandbox_pid=$!
+for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
+# Demo keys: the sandbox accepts any non-empty key. Real keys only ever live in the environment.
+export KALEYRA_ENDPOINT="http://127.0.0.1:$port" KALEYRA_API_KEY_ACME_IN=demo-in KALEYRA_API_KEY_ACME_US=demo-us
+
+step reconciler apply --auto-approve
+step reconciler drift
+
+say "# Someone edits one field of one profile..."
+sed -i.bak 's/^about: .*/about: "We answer within 30 minutes"/' "profiles/acme-us/+14155550100.yaml"
+rm -f profiles/acme-us/*.bak
+step reconciler drift || echo "(drift exits 2: desired and applied differ)"
+step reconciler apply --auto-approve
+step reconciler history +14155550100
+step reconciler plan --detailed-exitcode

@@ -1,0 +1,52 @@
+"""The API key never appears in any output or file, whatever happens during a run."""
+
+from __future__ import annotations
+
+from conftest import API_KEY, NUMBERS
+
+
+def test_the_api_key_appears_in_no_output_and_no_file(project, sandbox, tmp_path):
+    project.write_profile(NUMBERS[0], about="x")
+    project.write_profile("+14155559999", about="unknown number: fails with E112")
+    plan_file = project.root / "saved-plan.json"
+    outputs = []
+    for args in (
+        ["validate"],
+        ["plan", "--out", str(plan_file)],
+        ["--verbose", "apply", str(plan_file)],
+        ["plan", "--format", "json"],
+        ["plan", "--format", "markdown"],
+        ["apply", "--auto-approve", "--verbose", "--format", "json"],
+        ["drift"],
+        ["history"],
+        ["state", "list", "--format", "json"],
+        ["state", "show", NUMBERS[0]],
+    ):
+        result = project.run(*args)
+        outputs.append(result.output + result.stderr)
+    sandbox.sandbox.api_key = "another-key"  # now every request fails with RBC001
+    project.write_profile(NUMBERS[0], about="y")
+    failed = project.run("--verbose", "apply", "--auto-approve")
+    assert failed.exit_code == 1 and "RBC001" in failed.output
+    outputs.append(failed.output + failed.stderr)
+
+    assert "PUT http" in "".join(outputs)  # --verbose really logged requests
+    for text in outputs:
+        assert API_KEY not in text
+    written = [path for path in project.root.rglob("*") if path.is_file()]
+    assert any(path.name == "audit.jsonl" for path in written) and any(
+        path.name == "state.json" for path in written
+    )
+    for path in written:
+        assert API_KEY.encode() not in path.read_bytes(), path
+
+
+def test_a_key_embedded_in_an_error_message_is_redacted(project, monkeypatch):
+    """Even if some library put the key into an exception text, what we print is redacted."""
+    from reconciler.cli import redact
+
+    monkeypatch.setenv("KALEYRA_API_KEY", API_KEY)
+    assert (
+        redact(f"ConnectError: headers {{'api-key': '{API_KEY}'}}")
+        == "ConnectError: headers {'api-key': '[redacted]'}"
+    )

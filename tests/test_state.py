@@ -1,0 +1,99 @@
+"""State: the journal is replayed on load, torn records are ignored, compaction is one atomic write."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+from reconciler.errors import LockHeld, StateCorrupt
+from reconciler.state import Entry, StateStore, locked, unlock
+
+
+def entry(about: str) -> Entry:
+    return Entry("main", "HX/766", {"about": about}, "2026-11-25T00:00:00Z", "d")
+
+
+def test_a_fresh_store_loads_empty_and_writing_nothing_creates_nothing(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    state = store.load()
+    assert (state.lineage, state.serial, state.entries) == (None, 0, {})
+    with store.writer(state):
+        pass
+    assert not store.path.exists() and not store.journal_path.exists()
+
+
+def test_records_are_compacted_into_the_state_file_and_the_journal_removed(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    state = store.load()
+    with store.writer(state) as journal:
+        journal.record([("+1", entry("a"))])
+        journal.record([("+2", entry("b")), ("+1", entry("c"))])
+    assert not store.journal_path.exists()
+    saved = json.loads(store.path.read_text())
+    assert saved["serial"] == 3 and saved["lineage"] == state.lineage
+    assert {phone: data["fields"]["about"] for phone, data in saved["numbers"].items()} == {
+        "+1": "c",
+        "+2": "b",
+    }
+
+
+def test_a_crash_before_compaction_is_recovered_from_the_journal(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    state = store.load()
+    journal = store.writer(state).__enter__()  # never exited: as if the process died here
+    journal.record([("+1", entry("a"))])
+    journal.record([("+2", entry("b"))])
+    journal.record([("+2", None)])
+    assert not store.path.exists()
+    recovered = StateStore(store.path).load()
+    assert recovered.serial == 3 and set(recovered.entries) == {"+1"}
+    assert recovered.lineage == state.lineage
+
+
+def test_a_torn_last_journal_record_is_ignored(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    state = store.load()
+    journal = store.writer(state).__enter__()
+    journal.record([("+1", entry("a"))])
+    with open(store.journal_path, "ab") as file:
+        file.write(b'{"lineage": "x", "serial": 2, "phone_nu')  # the crash hit mid-write
+    recovered = store.load()
+    assert set(recovered.entries) == {"+1"} and recovered.serial == 1
+
+
+def test_a_journal_already_compacted_is_not_applied_twice(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    state = store.load()
+    journal = store.writer(state).__enter__()
+    journal.record([("+1", entry("a")), ("+2", entry("b"))])
+    store.write_state_file(state)  # compaction happened, then the crash came before the journal went
+    state.entries.pop("+2")
+    recovered = store.load()
+    assert recovered.serial == 2 and set(recovered.entries) == {"+1", "+2"}
+
+
+def test_a_corrupt_state_file_is_a_clear_error(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text("{not json")
+    with pytest.raises(StateCorrupt, match="is not a valid state file"):
+        StateStore(path).load()
+
+
+def test_the_lock_is_exclusive_and_released(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    with locked(store, "apply"), pytest.raises(LockHeld, match=f"pid {os.getpid()}"), locked(store, "apply"):
+        pass
+    assert not store.lock_path.exists()
+
+
+def test_a_lock_whose_process_is_gone_is_stale_and_can_be_cleared(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    dead = {"host": socket.gethostname(), "pid": 2**22 + 17, "user": "ci", "command": "apply", "since": "T"}
+    store.lock_path.write_text(json.dumps(dead))
+    with pytest.raises(LockHeld, match="stale"), locked(store, "apply"):
+        pass
+    assert "removed the lock" in unlock(store, force=False)
+    assert not store.lock_path.exists()
