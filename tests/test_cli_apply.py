@@ -311,3 +311,17 @@ def test_editing_one_field_and_dropping_another_sends_only_the_edit(project, san
     assert project.run("apply", "--auto-approve").exit_code == 0
     assert put_bodies(sandbox, A)[-1] == {"phone_number": A, "about": "Lotions"}
     assert project.applied()[A] == {"about": "Lotions"}
+
+
+def test_every_command_help_shows_an_example():
+    from click.testing import CliRunner
+
+    from reconciler.cli import cli
+
+    commands = [[name] for name in cli.commands if name != "state"]
+    commands += [["state", name] for name in cli.commands["state"].commands]
+    assert len(commands) == 11  # 8 commands and 3 state subcommands
+    for command in commands:
+        result = CliRunner().invoke(cli, [*command, "--help"])
+        assert result.exit_code == 0, command
+        assert "Example" in result.stdout and "reconciler " in result.stdout, command

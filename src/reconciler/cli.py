@@ -380,7 +380,12 @@ def state() -> None:
 @verbose_option
 @click.pass_context
 def state_list(ctx: click.Context, output: str) -> int:
-    """List every number in the applied state."""
+    """List every number in the applied state.
+
+    \b
+    Example:
+      reconciler state list --format json | jq '.numbers | keys'
+    """
     current = StateStore(_config(ctx).state_path).load()
     echo(
         json.dumps(current.to_json(), indent=2) + "\n"
@@ -395,7 +400,12 @@ def state_list(ctx: click.Context, output: str) -> int:
 @verbose_option
 @click.pass_context
 def state_show(ctx: click.Context, phone_number: str) -> int:
-    """Show what was applied to one number."""
+    """Show what was applied to one number.
+
+    \b
+    Example:
+      reconciler state show +14155550100
+    """
     current = StateStore(_config(ctx).state_path).load()
     entry = current.entries.get(phone_number)
     if entry is None:
@@ -409,7 +419,12 @@ def state_show(ctx: click.Context, phone_number: str) -> int:
 @verbose_option
 @click.pass_context
 def state_unlock(ctx: click.Context, force: bool) -> int:
-    """Clear a stale lock left by a run that died."""
+    """Clear a stale lock left by a run that died (--force: any lock; be sure no run is active).
+
+    \b
+    Example:
+      reconciler state unlock
+    """
     echo(unlock(StateStore(_config(ctx).state_path), force) + "\n")
     return 0
 
