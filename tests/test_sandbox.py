@@ -7,8 +7,9 @@ import json
 import httpx
 import pytest
 
-from conftest import NUMBERS, SID, WABA
 from reconciler.sandbox import Sandbox, SandboxAccount, serve_in_thread
+
+from conftest import NUMBERS, SID, WABA
 
 URL = f"/v2/{SID}/whatsapp/{WABA}/number/update"
 A = NUMBERS[0]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -151,14 +152,16 @@ class Sandbox:
                 )
         return SUCCESS
 
-    def log_request(self, path: str, raw: bytes, code: str) -> None:
-        """Remember every PUT and its answer (never the api-key header) for tests and debugging."""
+    def log_request(self, path: str, raw: bytes, code: str, started: float) -> None:
+        """Remember every PUT, its answer and its span (never the api-key header), for tests and debugging."""
         try:
             body = json.loads(raw)
         except ValueError:
             body = None
         with self.lock:
-            self.requests.append({"path": path, "body": body, "answer": code, "time": time.time()})
+            self.requests.append(
+                {"path": path, "body": body, "answer": code, "started": started, "finished": time.time()}
+            )
 
     def _unlocked_snapshot(self) -> dict[str, Any]:
         return {
@@ -212,7 +215,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PUT(self) -> None:
         sandbox = self.server.sandbox
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        started = time.time()
+        expected = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(expected)
+        if len(raw) < expected:  # the client went away mid-request: nothing to answer or apply
+            self.close_connection = True
+            return
         if sandbox.latency_ms:
             time.sleep(sandbox.latency_ms / 1000)
         route = ROUTE.match(self.path)
@@ -221,7 +229,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         fault = sandbox.fault()
         if fault:
-            sandbox.log_request(self.path, raw, fault)
+            sandbox.log_request(self.path, raw, fault, started)
         if fault == "drop":
             self.close_connection = True  # no response at all: the client sees the connection close
             return
@@ -233,7 +241,7 @@ class _Handler(BaseHTTPRequestHandler):
             return
         api_key, content_type = self.headers.get("api-key"), self.headers.get("Content-Type", "")
         body = sandbox.update(route["sid"], route["waba_id"], api_key, content_type, raw)
-        sandbox.log_request(self.path, raw, body["code"])
+        sandbox.log_request(self.path, raw, body["code"], started)
         self._send(STATUS[body["code"]], body)
 
     def do_GET(self) -> None:
@@ -270,6 +278,12 @@ class _Server(ThreadingHTTPServer):
         self.sandbox = sandbox
         self.verbose = verbose
         super().__init__(address, _Handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-answer (killed, timed out) is normal here, not a traceback."""
+        if isinstance(sys.exception(), ConnectionError):
+            return
+        super().handle_error(request, client_address)
 
     @property
     def url(self) -> str:

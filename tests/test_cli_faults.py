@@ -1,0 +1,218 @@
+"""Faults: SIGKILL at any moment, a flaky network, Ctrl-C, rate and concurrency limits.
+
+These run `python -m reconciler` as a real process where the process itself must die or be
+interrupted, against a sandbox in this process on a real socket.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from reconciler.sandbox import Sandbox, SandboxAccount, serve_in_thread
+from reconciler.state import StateStore
+
+from conftest import API_KEY, OTHER_SID, OTHER_WABA, SID, WABA, Project
+
+FLEET = [f"+1650555{index:04d}" for index in range(300)]
+
+
+@pytest.fixture
+def fleet_sandbox():
+    held = Sandbox(
+        [SandboxAccount(SID, WABA, {n: {} for n in FLEET}), SandboxAccount(OTHER_SID, OTHER_WABA, {})],
+        retry_after_s=0,
+        seed=7,
+    )
+    server = serve_in_thread(held)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def make_fleet(project: Project, count: int, about: str = "v1") -> list[str]:
+    numbers = FLEET[:count]
+    for number in numbers:
+        project.write_profile(number, about=f"{about} {number}", category="OTHER")
+    return numbers
+
+
+def start_apply(project: Project, *args: str) -> subprocess.Popen:
+    env = {**os.environ, **project.env}
+    env.pop("KALEYRA_ENDPOINT", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "apply", "--auto-approve", *args],
+        cwd=project.root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def requests_seen(server) -> int:
+    with server.sandbox.lock:
+        return len(server.sandbox.requests)
+
+
+def assert_state_is_true(project: Project, server) -> dict[str, dict[str, str]]:
+    """The state loads, and every number it records is held by the sandbox with those values."""
+    recorded = project.applied()
+    for number, fields in recorded.items():
+        held = server.sandbox.number(number)
+        assert held is not None and {k: held.get(k) for k in fields} == fields, number
+    return recorded
+
+
+@pytest.mark.parametrize("kill_after_requests", [0, 1, 4, 9, 17, 26, 35])
+def test_sigkill_at_any_moment_leaves_a_true_state_and_apply_converges(
+    tmp_path, fleet_sandbox, kill_after_requests
+):
+    project = Project(tmp_path, fleet_sandbox.url)
+    numbers = make_fleet(project, 40)
+    fleet_sandbox.sandbox.latency_ms = 25
+    process = start_apply(project, "--parallelism", "4")
+    deadline = time.monotonic() + 20
+    while requests_seen(fleet_sandbox) < kill_after_requests and process.poll() is None:
+        assert time.monotonic() < deadline, "the apply never got going"
+        time.sleep(0.002)
+    if kill_after_requests == 0:
+        time.sleep(0.15)  # during start-up and planning
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+
+    recorded = assert_state_is_true(project, fleet_sandbox)
+    sent_before = requests_seen(fleet_sandbox)
+    assert project.run("state", "unlock").exit_code == 0  # the dead process's lock is known stale
+
+    fleet_sandbox.sandbox.latency_ms = 0
+    second = project.run("apply", "--auto-approve")
+    assert second.exit_code == 0, second.output + second.stderr
+    with fleet_sandbox.sandbox.lock:
+        resent = [r["body"]["phone_number"] for r in fleet_sandbox.sandbox.requests[sent_before:]]
+    assert not set(resent) & set(recorded), "a number already recorded was sent again"
+    for number in numbers:
+        assert fleet_sandbox.sandbox.number(number) == {"about": f"v1 {number}", "category": "OTHER"}
+    assert set(project.applied()) == set(numbers)
+    assert project.run("plan", "--detailed-exitcode").exit_code == 0
+
+
+def test_a_flaky_network_converges_to_exactly_the_desired_profiles(tmp_path, fleet_sandbox):
+    project = Project(tmp_path, fleet_sandbox.url)
+    project.write_config(
+        retry={"attempts": 6, "backoff_base_s": 0.001, "backoff_max_s": 0.01, "deadline_s": 30}
+    )
+    numbers = make_fleet(project, 200)
+    fleet_sandbox.sandbox.fail_rate = 0.3
+    fleet_sandbox.sandbox.faults = ("wa500", "429", "drop")
+    runs = 0
+    while runs < 4:
+        runs += 1
+        if project.run("apply", "--auto-approve", "--parallelism", "16").exit_code == 0:
+            break
+    assert project.run("plan", "--detailed-exitcode").exit_code == 0
+    answers = {request["answer"] for request in fleet_sandbox.sandbox.requests}
+    assert {"wa500", "429", "drop", "WA200"} <= answers  # every kind of fault really happened
+    for number in numbers:
+        assert fleet_sandbox.sandbox.number(number) == {"about": f"v1 {number}", "category": "OTHER"}
+    assert set(project.applied()) == set(numbers)
+
+
+def test_ctrl_c_finishes_what_is_in_flight_records_it_and_exits_1(tmp_path, fleet_sandbox):
+    project = Project(tmp_path, fleet_sandbox.url)
+    make_fleet(project, 60)
+    fleet_sandbox.sandbox.latency_ms = 40
+    process = start_apply(project, "--parallelism", "4", "--format", "json")
+    while requests_seen(fleet_sandbox) < 8:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGINT)
+    stdout, _ = process.communicate(timeout=30)
+    assert process.returncode == 1
+    report = json.loads(stdout)
+    assert report["interrupted"] is True
+    assert report["summary"]["not attempted"] > 0
+    time.sleep(0.1)  # let the sandbox finish logging its last answers
+    succeeded = {r["body"]["phone_number"] for r in fleet_sandbox.sandbox.requests if r["answer"] == "WA200"}
+    recorded = assert_state_is_true(project, fleet_sandbox)
+    assert set(recorded) == succeeded, "every answered request was recorded, nothing else"
+    store = StateStore(project.state_path)
+    assert not store.lock_path.exists() and not store.journal_path.exists()
+
+
+def test_sigterm_is_treated_like_ctrl_c(tmp_path, fleet_sandbox):
+    project = Project(tmp_path, fleet_sandbox.url)
+    make_fleet(project, 40)
+    fleet_sandbox.sandbox.latency_ms = 40
+    process = start_apply(project, "--parallelism", "2")
+    while requests_seen(fleet_sandbox) < 3:
+        time.sleep(0.002)
+    process.send_signal(signal.SIGTERM)
+    stdout, _ = process.communicate(timeout=30)
+    assert process.returncode == 1
+    assert "Interrupted" in stdout and "not attempted" in stdout
+    assert not StateStore(project.state_path).lock_path.exists()
+
+
+def test_parallelism_is_respected_and_no_number_has_two_requests_at_once(tmp_path, fleet_sandbox):
+    project = Project(tmp_path, fleet_sandbox.url)
+    # Near the end only a few numbers are left retrying, so a streak of the seeded dice lands on one.
+    project.write_config(retry={"attempts": 10, "backoff_base_s": 0.001, "backoff_max_s": 0.005})
+    make_fleet(project, 24)
+    fleet_sandbox.sandbox.latency_ms = 30
+    fleet_sandbox.sandbox.fail_rate = 0.3  # retries must not overlap the number's earlier attempt
+    fleet_sandbox.sandbox.faults = ("wa500",)
+    result = project.run("apply", "--auto-approve", "--parallelism", "3")
+    assert result.exit_code == 0, result.output
+    spans = [(r["started"], r["finished"], r["body"]["phone_number"]) for r in fleet_sandbox.sandbox.requests]
+    events = sorted([(start, 1) for start, _, _ in spans] + [(end, -1) for _, end, _ in spans])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert 2 <= peak <= 3
+    by_number: dict[str, list[tuple[float, float]]] = {}
+    for start, end, number in spans:
+        by_number.setdefault(number, []).append((start, end))
+    for number, intervals in by_number.items():
+        intervals.sort()
+        for (_, first_end), (second_start, _) in itertools.pairwise(intervals):
+            assert second_start >= first_end, f"two requests at once for {number}"
+
+
+def test_max_rps_spaces_request_starts(tmp_path, fleet_sandbox):
+    project = Project(tmp_path, fleet_sandbox.url)
+    make_fleet(project, 8)
+    assert project.run("apply", "--auto-approve", "--max-rps", "20", "--parallelism", "8").exit_code == 0
+    starts = sorted(r["started"] for r in fleet_sandbox.sandbox.requests)
+    assert len(starts) == 8
+    # 8 starts at most 20 per second span at least 7 intervals of 50 ms (a slow machine only widens it).
+    assert starts[-1] - starts[0] >= 7 * 0.05 * 0.9
+
+
+def test_progress_bar_only_on_a_terminal_and_only_for_more_than_a_handful(monkeypatch, capsys):
+    from reconciler import cli
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert cli._progress_bar(100) is None
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert cli._progress_bar(5) is None
+    show = cli._progress_bar(10)
+    show(5, 10)
+    show(10, 10)
+    assert "5/10" in capsys.readouterr().err
+
+
+def test_key_is_never_in_the_process_output(tmp_path, fleet_sandbox):
+    project = Project(tmp_path, fleet_sandbox.url)
+    make_fleet(project, 3)
+    process = start_apply(project, "--verbose")
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert "PUT http" in stderr and API_KEY not in stdout + stderr
