@@ -128,5 +128,6 @@ def put_bodies(sandbox_server: Any, phone_number: str | None = None) -> list[dic
 def assert_clean_failure(result: Result) -> None:
     """Exit 1 with a message and never a Python traceback."""
     assert result.exit_code == 1, (result.exit_code, result.output)
-    assert "Traceback" not in result.output
+    assert "Traceback" not in result.output + result.stderr
+    assert "internal error" not in result.stderr, result.stderr
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)

@@ -159,6 +159,12 @@ CASES = [
     ("control character", profile('about: "bell\\a"\n'), f"{FILE_A}:2:8: control character U+0007"),
     ("python tag", profile("about: !!python/object/apply:os.system [ls]\n"), "is not allowed"),
     ("alias bomb", profile(LAUGHS), "expands to more than"),
+    (
+        "file named for another number",
+        profile(f'phone_number: "{B}"\n'),
+        f"phone_number is {B} but the file is named for {A}",
+    ),
+    ("deep nesting", profile("about: " + "[" * 30 + "]" * 30 + "\n"), "nests deeper than 20 levels"),
 ]
 
 

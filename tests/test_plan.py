@@ -109,3 +109,13 @@ def test_json_document_has_format_version_and_one_entry_per_change():
         }
     ]
     assert document["summary"]["create"] == 1 and document["summary"]["puts"] == 1
+
+
+def test_a_change_sharing_no_field_with_the_state_is_not_a_noop():
+    """Regression: a diff library reported {address} -> {description} as "root replaced", no fields."""
+    state = applied(profile("+1", address=""))
+    plan = compute_plan({"+1": profile("+1", description="")}, state, account_targets=TARGETS)
+    assert len(plan.changes) == 1
+    assert plan.changes[0].action == "update"
+    assert plan.changes[0].sends == {"description": ""}
+    assert plan.changes[0].applied_fields({"address": ""}) == {"description": ""}

@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -48,6 +49,21 @@ class ReconcilerGroup(click.Group):
             sys.exit(1)  # usage errors are 1, not click's 2: 2 always means "changes present"
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
+            sys.exit(1)
+        except OSError as error:  # a file we cannot read or write: disk full, permissions
+            where = f"{error.filename}: " if error.filename else ""
+            click.echo(redact(f"error: {where}{error.strerror or error}"), err=True)
+            sys.exit(1)
+        except Exception as error:  # a bug: one line (secrets redacted), the traceback only on request
+            if os.environ.get("RECONCILER_DEBUG"):
+                click.echo(redact(traceback.format_exc()), err=True)
+            click.echo(
+                redact(
+                    f"internal error: {type(error).__name__}: {error}. This is a bug in the reconciler; "
+                    "please report it (RECONCILER_DEBUG=1 shows the traceback)."
+                ),
+                err=True,
+            )
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 

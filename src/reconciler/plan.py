@@ -12,8 +12,6 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepdiff import DeepDiff
-
 from .errors import ReconcilerError
 from .profiles import Profile
 from .state import State
@@ -229,6 +227,9 @@ def _diff(profile: Profile | None, entry: Any, number: str, account_targets: dic
 
 
 def _changed_names(applied: dict[str, str], desired: dict[str, str]) -> set[str]:
-    if applied == desired:
-        return set()
-    return set(DeepDiff(applied, desired).affected_root_keys)
+    """Fields whose value differs, appeared or went. Exact, on flat maps of strings.
+
+    (DeepDiff was used here once; when few keys are shared it reports the whole mapping as
+    replaced and names no keys, which turned real changes into no-ops.)
+    """
+    return {name for name in applied.keys() | desired.keys() if applied.get(name) != desired.get(name)}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from .errors import Problem, ValidationFailed
 from .yamlfile import Document, load_mapping
 
 PROFILE_SUFFIXES = (".yaml", ".yml")
+# A file named like a phone number must hold that number; any other name (`support-line.yaml`) is fine.
+FILE_NAMED_FOR_NUMBER = re.compile(r"^\+?[0-9]{7,15}$")
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,14 @@ def profile_files(root: Path, problems: list[Problem]) -> list[Path]:
     return sorted(found)
 
 
+def _number_in_file_name(path: str) -> str | None:
+    """The phone number a file is named for (`+14155550100.yaml`), or None for any other name."""
+    stem = Path(path).name.rsplit(".", 1)[0]
+    if FILE_NAMED_FOR_NUMBER.match(stem):
+        return "+" + stem.lstrip("+")
+    return None
+
+
 def _check_link(path: Path, real_root: Path, problems: list[Problem]) -> bool:
     """False (and a problem) for a symlink that leads outside the profiles folder."""
     if path.is_symlink() and not path.resolve().is_relative_to(real_root):
@@ -135,9 +146,19 @@ def _resolve(document: Document, config: Config, problems: list[Problem]) -> Pro
             )
         )
         return None
+    phone_number = data["phone_number"]
+    named = _number_in_file_name(document.path)
+    if named is not None and named != phone_number:
+        problems.append(
+            document.problem(
+                ("phone_number",),
+                f"phone_number is {phone_number} but the file is named for {named}; "
+                "fix the number or rename the file (a copied profile must not update the wrong number)",
+            )
+        )
+        return None
     fields = dict(sorted(fields.items()))
     target = f"{account.sid}/{account.waba_id}"
-    phone_number = data["phone_number"]
     return Profile(
         phone_number=phone_number,
         account=account_name,
