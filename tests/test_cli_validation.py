@@ -164,6 +164,8 @@ CASES = [
         profile(f'phone_number: "{B}"\n'),
         f"phone_number is {B} but the file is named for {A}",
     ),
+    ("tab indentation", profile("address:\n\tstreet: x\n"), f"{FILE_A}:3:1: YAML syntax error"),
+    ("tab indentation hint", profile("address:\n\tstreet: x\n"), "indent with spaces, not tabs"),
     ("deep nesting", profile("about: " + "[" * 30 + "]" * 30 + "\n"), "nests deeper than 20 levels"),
 ]
 

@@ -87,7 +87,11 @@ def parse_mapping(text: str, display: str) -> Document:
     try:
         root = yaml.compose(text, Loader=SafeLoader)
     except yaml.MarkedYAMLError as error:
-        raise _fail(display, *_mark(error.problem_mark or error.context_mark), _yaml_message(error)) from None
+        mark = error.problem_mark or error.context_mark
+        message = _yaml_message(error)
+        if mark is not None and text[mark.index : mark.index + 1] == "\t":
+            message += " (a tab: indent with spaces, not tabs)"
+        raise _fail(display, *_mark(mark), message) from None
     except yaml.YAMLError as error:  # ReaderError (bad characters) carries a position of its own
         line = text.count("\n", 0, getattr(error, "position", 0)) + 1
         raise _fail(display, line, 0, _yaml_message(error)) from None
@@ -192,8 +196,6 @@ def _yaml_message(error: yaml.YAMLError) -> str:
         text = error.problem or ""
         if error.context:
             text = f"{error.context}: {text}" if text else error.context
-        if "\\t" in text or "tab" in text:
-            text += " (indent with spaces, not tabs)"
         return f"YAML syntax error: {text}"
     return f"YAML syntax error: {getattr(error, 'reason', None) or error}"
 
