@@ -42,3 +42,8 @@ def test_markdown_stays_under_the_limit_and_says_what_was_cut():
 def test_text_plan_quotes_values_so_empty_strings_and_spaces_show():
     text = plan_text(plan_of(update("+1", "trailing ", "")))
     assert 'about: "trailing " -> ""' in text
+
+
+def test_markdown_carries_the_checksum_marker_ci_applies_by_even_with_no_changes():
+    for plan in (plan_of(update("+1", "a", "b")), plan_of()):
+        assert f"<!-- reconciler-checksum: {plan.checksum} -->" in plan_markdown(plan)

@@ -82,8 +82,11 @@ def md(text: str | None) -> str:
 
 def plan_markdown(plan: Plan, title: str = "Kaleyra profile plan", limit: int = MARKDOWN_LIMIT) -> str:
     head = [f"### {title}", ""]
+    marker = f"<!-- reconciler-checksum: {plan.checksum} -->"  # lets CI apply exactly what was reviewed
     if not plan.changes:
-        return "\n".join([*head, f"No changes. {plan.unchanged} number(s) match the applied state.", ""])
+        return "\n".join(
+            [*head, f"No changes. {plan.unchanged} number(s) match the applied state.", marker, ""]
+        )
     fields_changed = sum(len(change.fields) for change in plan.changes)
     head += [
         "| create | update | unmanage | forget | unchanged | fields | PUTs |",
@@ -92,7 +95,7 @@ def plan_markdown(plan: Plan, title: str = "Kaleyra profile plan", limit: int = 
         f"{plan.count('forget')} | {plan.unchanged} | {fields_changed} | {len(plan.puts)} |",
         "",
     ]
-    tail = ["", f"Checksum: `{plan.checksum}`", ""]
+    tail = ["", f"Checksum: `{plan.checksum}`", marker, ""]
     budget = limit - len("\n".join(head + tail)) - 400  # room for the truncation note
     sections: list[str] = []
     shown = 0

@@ -1,0 +1,53 @@
+"""The audit log says who ran a change: GitHub's variables in CI, else the local user and commit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from reconciler import audit
+
+GITHUB = {
+    "GITHUB_ACTOR": "octocat",
+    "GITHUB_SHA": "0123456789abcdef0123456789abcdef01234567",
+    "GITHUB_REF_NAME": "main",
+    "GITHUB_SERVER_URL": "https://github.com",
+    "GITHUB_REPOSITORY": "acme/whatsapp-profiles",
+    "GITHUB_RUN_ID": "42",
+}
+
+
+def test_github_variables_are_recorded(monkeypatch):
+    for name, value in GITHUB.items():
+        monkeypatch.setenv(name, value)
+    assert audit.who() == {
+        "actor": "octocat",
+        "commit": GITHUB["GITHUB_SHA"],
+        "branch": "main",
+        "ci_run": "https://github.com/acme/whatsapp-profiles/actions/runs/42",
+    }
+
+
+def test_outside_ci_the_local_user_and_git_commit_are_recorded(monkeypatch, tmp_path):
+    for name in GITHUB:
+        monkeypatch.delenv(name, raising=False)
+    found = audit.who(tmp_path)  # not a git checkout: no commit, but still a user
+    assert found["actor"] and "ci_run" not in found and "commit" not in found
+
+
+def test_github_fields_reach_the_audit_log_through_apply(project):
+    project.write_profile("+14155550100", about="x")
+    assert project.run("apply", "--auto-approve", env=GITHUB).exit_code == 0
+    assert project.audit()[-1]["by"] == {
+        "actor": "octocat",
+        "commit": GITHUB["GITHUB_SHA"],
+        "branch": "main",
+        "ci_run": "https://github.com/acme/whatsapp-profiles/actions/runs/42",
+    }
+
+
+def test_pre_commit_hook_runs_validate():
+    hooks = yaml.safe_load((Path(__file__).parent.parent / ".pre-commit-hooks.yaml").read_text())
+    assert [hook["id"] for hook in hooks] == ["reconciler-validate"]
+    assert hooks[0]["entry"] == "reconciler validate" and hooks[0]["pass_filenames"] is False
