@@ -80,7 +80,7 @@ def load_config(explicit: str | None = None) -> Config:
         )
     if problems:
         raise ValidationFailed(problems)
-    root = path.parent
+    root = Path(os.path.abspath(path.parent))  # absolute: later chdirs must not move the state
     return Config(
         path=path,
         profiles_dir=root / data.get("profiles_dir", "profiles"),
@@ -93,13 +93,11 @@ def load_config(explicit: str | None = None) -> Config:
     )
 
 
-def display_path(path: Path) -> str:
+def display_path(path: Path | str) -> str:
     """A path as users should see it: relative to the working directory when it is inside it."""
-    absolute = Path(os.path.abspath(path))  # not resolve(): a symlink must be named as itself
-    try:
-        return str(absolute.relative_to(Path.cwd()))
-    except ValueError:
-        return str(absolute)
+    absolute = os.path.abspath(path)  # not resolve(): a symlink must be named as itself
+    prefix = os.path.join(os.getcwd(), "")
+    return absolute[len(prefix) :] if absolute.startswith(prefix) else absolute
 
 
 def insecure_endpoint(url: str) -> bool:

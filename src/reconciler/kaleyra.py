@@ -12,9 +12,10 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 POD_HOSTS = {
     "in": "api.in.kaleyra.io",
@@ -132,6 +133,9 @@ class KaleyraClient:
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ):
+        import httpx  # deferred: plan, validate and drift never talk to Kaleyra, and start faster without it
+
+        self.httpx = httpx
         self.policy = policy or RetryPolicy()
         self.log = log
         self.sleep = sleep
@@ -165,11 +169,11 @@ class KaleyraClient:
             try:
                 response = self.http.put(target.url, json=body, headers={"api-key": api_key})
                 outcome = _interpret(response)
-            except httpx.TimeoutException as error:
+            except self.httpx.TimeoutException as error:
                 outcome = KaleyraError(
                     "TIMEOUT", f"no answer in time ({type(error).__name__})", retryable=True
                 )
-            except httpx.TransportError as error:
+            except self.httpx.TransportError as error:
                 outcome = KaleyraError("NETWORK", f"network error ({type(error).__name__})", retryable=True)
             self._log(target, phone_number, outcome, started, attempt)
             if isinstance(outcome, Success):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import json
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,24 @@ class Profile:
 
 def load_profiles(config: Config) -> dict[str, Profile]:
     """All profiles by phone number; raise ValidationFailed listing every problem in every file."""
+    with _collector_paused():
+        return _load_profiles(config)
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Loading builds many short-lived, acyclic objects: reference counting frees them all, while the
+    cyclic collector would only rescan them (about 30% of load time on 10,000 files; bench/plan.py)."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _load_profiles(config: Config) -> dict[str, Profile]:
     problems: list[Problem] = []
     documents: list[Document] = []
     for file in profile_files(config.profiles_dir, problems):
@@ -68,27 +89,36 @@ def load_profiles(config: Config) -> dict[str, Profile]:
     return dict(sorted(profiles.items()))
 
 
-def profile_files(root: Path, problems: list[Problem]) -> list[Path]:
-    """Every *.yaml / *.yml below `root`, sorted; symlinks leading outside `root` are problems."""
+def profile_files(root: Path, problems: list[Problem]) -> list[str]:
+    """Every *.yaml / *.yml below `root`, sorted; symlinks leading outside `root` are problems.
+
+    Hidden entries are skipped and symlinked folders are not descended into. Uses os.scandir, whose
+    entries know whether they are links without another system call per file.
+    """
     if not root.is_dir():
         problems.append(Problem(display_path(root), 0, 0, "profiles_dir does not exist or is not a folder"))
         return []
-    real_root = root.resolve()
-    found: list[Path] = []
-    for folder, subfolders, files in os.walk(root):  # symlinked folders are not descended into
-        base = Path(folder)
-        subfolders[:] = [name for name in subfolders if not name.startswith(".")]
-        for name in subfolders:
-            _check_link(base / name, real_root, problems)
-        for name in files:
-            path = base / name
-            if (
-                name.endswith(PROFILE_SUFFIXES)
-                and not name.startswith(".")
-                and _check_link(path, real_root, problems)
-            ):
-                found.append(path)
+    real_root = os.path.realpath(root)
+    found: list[str] = []
+    folders = [os.fspath(root)]
+    while folders:
+        with os.scandir(folders.pop()) as entries:
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_symlink() and not _inside(os.path.realpath(entry.path), real_root):
+                    problems.append(
+                        Problem(display_path(entry.path), 0, 0, "is a symlink leading outside profiles_dir")
+                    )
+                elif entry.is_dir(follow_symlinks=False):
+                    folders.append(entry.path)
+                elif entry.name.endswith(PROFILE_SUFFIXES):
+                    found.append(entry.path)
     return sorted(found)
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(os.path.join(root, ""))
 
 
 def _number_in_file_name(path: str) -> str | None:
@@ -97,14 +127,6 @@ def _number_in_file_name(path: str) -> str | None:
     if FILE_NAMED_FOR_NUMBER.match(stem):
         return "+" + stem.lstrip("+")
     return None
-
-
-def _check_link(path: Path, real_root: Path, problems: list[Problem]) -> bool:
-    """False (and a problem) for a symlink that leads outside the profiles folder."""
-    if path.is_symlink() and not path.resolve().is_relative_to(real_root):
-        problems.append(Problem(display_path(path), 0, 0, "is a symlink leading outside profiles_dir"))
-        return False
-    return True
 
 
 def profile_digest(phone_number: str, account: str, target: str, fields: dict[str, str]) -> str:

@@ -9,12 +9,14 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from typing import Any
-
-import jsonschema
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import Problem
 from .yamlfile import Document
+
+if TYPE_CHECKING:
+    import jsonschema
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 PROFILE_SCHEMA_ID = "urn:kaleyra-reconciler:schema:profile.schema.json"
@@ -188,18 +190,129 @@ SCHEMAS = {"profile": profile_schema, "config": config_schema}
 
 @functools.cache
 def validator(kind: str) -> jsonschema.protocols.Validator:
-    """The validator for `kind`, built once per process (building it is the expensive part)."""
-    schema = SCHEMAS[kind]()
-    return jsonschema.Draft202012Validator(schema)
+    """The full validator for `kind`, built once per process (building it is the expensive part)."""
+    import jsonschema  # only needed once something is invalid: keeps `plan` start-up short
+
+    return jsonschema.Draft202012Validator(SCHEMAS[kind]())
+
+
+@functools.cache
+def fast_check(kind: str) -> Callable[[Any], bool] | None:
+    """A pre-check compiled from the same schema, for the common case of a valid file.
+
+    It answers True only for instances the schema surely accepts; anything else (or a schema using a
+    keyword it does not know) goes to jsonschema, which finds and describes every problem.
+    """
+    try:
+        return _compile(SCHEMAS[kind]())
+    except _Unsupported:
+        return None
 
 
 def check(kind: str, document: Document, data: Any = None, base: tuple = ()) -> list[Problem]:
     """Validate `data` (default: the whole document) against a schema; one sentence per problem."""
     instance = document.data if data is None else data
+    quick = fast_check(kind)
+    if quick is not None and quick(instance):
+        return []
     problems: list[Problem] = []
     for error in validator(kind).iter_errors(instance):
         problems.extend(_describe(error, document, (*base, *error.absolute_path)))
     return problems
+
+
+class _Unsupported(Exception):
+    pass
+
+
+_ANNOTATIONS = {"$schema", "$id", "title", "description", "default"}
+_TYPES: dict[str, Callable[[Any], bool]] = {
+    "string": lambda value: isinstance(value, str),
+    "object": lambda value: isinstance(value, dict),
+    "integer": lambda value: isinstance(value, int) and not isinstance(value, bool),
+    "number": lambda value: isinstance(value, int | float) and not isinstance(value, bool),
+}
+
+
+_STRING_KEYWORDS = {"type", "maxLength", "minLength", "pattern", "enum"}
+
+
+def _compile(schema: dict[str, Any]) -> Callable[[Any], bool]:
+    """Turn the keywords our schemas use into one predicate; raise _Unsupported for any other."""
+    if schema.get("type") == "string" and set(schema) - _ANNOTATIONS <= _STRING_KEYWORDS:
+        return _compile_string(schema)
+    tests: list[Callable[[Any], bool]] = []
+    for keyword, rule in schema.items():
+        if keyword in _ANNOTATIONS or keyword == "properties":
+            continue
+        if keyword == "type":
+            tests.append(_TYPES[rule])
+        elif keyword == "maxLength":
+            tests.append(lambda value, limit=rule: not isinstance(value, str) or len(value) <= limit)
+        elif keyword == "minLength":
+            tests.append(lambda value, limit=rule: not isinstance(value, str) or len(value) >= limit)
+        elif keyword == "pattern":
+            tests.append(
+                lambda value, search=re.compile(rule).search: (
+                    not isinstance(value, str) or bool(search(value))
+                )
+            )
+        elif keyword == "enum":
+            tests.append(lambda value, allowed=frozenset(rule): isinstance(value, str) and value in allowed)
+        elif keyword in ("minimum", "maximum", "exclusiveMinimum"):
+            compare = {"minimum": float.__ge__, "maximum": float.__le__, "exclusiveMinimum": float.__gt__}[
+                keyword
+            ]
+            tests.append(
+                lambda value, bound=rule, op=compare: not _TYPES["number"](value) or op(float(value), bound)
+            )
+        elif keyword == "required":
+            tests.append(
+                lambda value, keys=tuple(rule): not isinstance(value, dict) or all(k in value for k in keys)
+            )
+        elif keyword == "minProperties":
+            tests.append(lambda value, least=rule: not isinstance(value, dict) or len(value) >= least)
+        elif keyword == "propertyNames":
+            names = _compile(rule)
+            tests.append(lambda value, names=names: not isinstance(value, dict) or all(map(names, value)))
+        elif keyword == "additionalProperties":
+            properties = {name: _compile(sub) for name, sub in schema.get("properties", {}).items()}
+            others = None if rule is False else _compile(rule)
+            tests.append(lambda value, p=properties, o=others: _object_ok(value, p, o))
+        else:
+            raise _Unsupported(keyword)
+    if "properties" in schema and "additionalProperties" not in schema:
+        raise _Unsupported("properties without additionalProperties")
+    return lambda value: all(test(value) for test in tests)
+
+
+def _compile_string(schema: dict[str, Any]) -> Callable[[Any], bool]:
+    """One closure for a string property: the hot path, run for every field of every profile."""
+    longest = schema.get("maxLength", float("inf"))
+    shortest = schema.get("minLength", 0)
+    search = re.compile(schema["pattern"]).search if "pattern" in schema else None
+    allowed = frozenset(schema["enum"]) if "enum" in schema else None
+
+    def test(value: Any) -> bool:
+        if type(value) is not str or not shortest <= len(value) <= longest:
+            return False
+        if allowed is not None and value not in allowed:
+            return False
+        return search is None or search(value) is not None
+
+    return test
+
+
+def _object_ok(
+    value: Any, properties: dict[str, Callable[[Any], bool]], others: Callable[[Any], bool] | None
+) -> bool:
+    if not isinstance(value, dict):
+        return True
+    for key, item in value.items():
+        test = properties.get(key, others)
+        if test is None or not test(item):
+            return False
+    return True
 
 
 def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:

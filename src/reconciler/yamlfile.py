@@ -7,7 +7,7 @@ ourselves, checking each node as we go.
 
 from __future__ import annotations
 
-import unicodedata
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ _PLAIN_SCALARS = {
     "tag:yaml.org,2002:timestamp",
 }
 _constructor = yaml.constructor.SafeConstructor()
+# Unicode category Cc (C0 and C1 controls, DEL), newline excepted.
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -45,30 +47,32 @@ class Document:
 
     path: str
     data: dict[str, Any]
-    value_at: dict[Path_, tuple[int, int]] = field(default_factory=dict)
-    key_at: dict[Path_, tuple[int, int]] = field(default_factory=dict)
+    # PyYAML marks, turned into (line, column) only when a problem needs one: most files have none.
+    value_at: dict[Path_, Any] = field(default_factory=dict)
+    key_at: dict[Path_, Any] = field(default_factory=dict)
     # The source text of scalars that YAML turned into something other than a string (yes -> True).
     raw_text: dict[Path_, str] = field(default_factory=dict)
 
     def position(self, path: Path_, *, of_key: bool = False) -> tuple[int, int]:
         """Line and column of the value (or key) at `path`, else of its nearest enclosing value."""
         if of_key and path in self.key_at:
-            return self.key_at[path]
+            return _mark(self.key_at[path])
         while path:
             if path in self.value_at:
-                return self.value_at[path]
+                return _mark(self.value_at[path])
             path = path[:-1]
-        return self.value_at.get((), (1, 1))
+        return _mark(self.value_at[()]) if () in self.value_at else (1, 1)
 
     def problem(self, path: Path_, message: str, *, of_key: bool = False) -> Problem:
         line, column = self.position(path, of_key=of_key)
         return Problem(self.path, line, column, message)
 
 
-def load_mapping(file: Path, display: str) -> Document:
+def load_mapping(file: Path | str, display: str) -> Document:
     """Load `file` as one YAML mapping, or raise ValidationFailed naming `display` and the line."""
     try:
-        raw = file.read_bytes()
+        with open(file, "rb") as stream:
+            raw = stream.read()
     except OSError as error:
         raise _fail(display, 0, 0, f"cannot be read ({error.strerror or error})") from None
     if len(raw) > MAX_FILE_BYTES:
@@ -123,7 +127,7 @@ class _Builder:
             )
         if len(path) > MAX_DEPTH:
             raise _fail(self.document.path, *_mark(node.start_mark), f"nests deeper than {MAX_DEPTH} levels")
-        self.document.value_at[path] = _mark(node.start_mark)
+        self.document.value_at[path] = node.start_mark
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
         if isinstance(node, yaml.SequenceNode):
@@ -137,28 +141,31 @@ class _Builder:
             return self._bad_tag(node, path)
         result: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            where = _mark(key_node.start_mark)
             if key_node.tag == "tag:yaml.org,2002:merge":
-                self._add(where, "merge keys (<<) are not supported; write the keys out")
+                self._add(_mark(key_node.start_mark), "merge keys (<<) are not supported; write the keys out")
                 continue
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag != _STR:
-                self._add(where, f"keys must be plain text, not {_describe_node(key_node)}")
+                self._add(
+                    _mark(key_node.start_mark), f"keys must be plain text, not {_describe_node(key_node)}"
+                )
                 continue
             key = key_node.value
             if (*path, key) in self.document.key_at:
-                first_line = self.document.key_at[(*path, key)][0]
-                self._add(where, f"duplicate key '{key}' (first set on line {first_line})")
+                first_line = _mark(self.document.key_at[(*path, key)])[0]
+                self._add(
+                    _mark(key_node.start_mark), f"duplicate key '{key}' (first set on line {first_line})"
+                )
                 continue
-            self.document.key_at[(*path, key)] = where
+            self.document.key_at[(*path, key)] = key_node.start_mark
             result[key] = self.build(value_node, (*path, key))
         return result
 
     def _scalar(self, node: yaml.ScalarNode, path: Path_) -> Any:
         if node.tag == _STR:
             value = node.value
-            bad = next((c for c in value if unicodedata.category(c) == "Cc" and c != "\n"), None)
+            bad = _CONTROL.search(value)
             if bad is not None:
-                self._add(_mark(node.start_mark), f"control character U+{ord(bad):04X} in a value")
+                self._add(_mark(node.start_mark), f"control character U+{ord(bad.group()):04X} in a value")
             return value
         if node.tag not in _PLAIN_SCALARS:
             return self._bad_tag(node, path)
