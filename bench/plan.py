@@ -11,21 +11,20 @@ parses each with PyYAML's CSafeLoader. Prints both, their ratio, a breakdown of 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
+import contextlib
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from fleet import ACCOUNTS, make_project, run_process, write_state
 from reconciler import render
 from reconciler.config import load_config
 from reconciler.plan import compute_plan
 from reconciler.profiles import load_profiles, profile_files
-from reconciler.state import Entry, State, StateStore
+from reconciler.state import StateStore
 from reconciler.yamlfile import load_mapping
 
-ACCOUNTS = ["in-retail", "ap-care", "eu-sales", "na-support"]
 FLOOR = """
 import os, sys, yaml
 loader = yaml.CSafeLoader
@@ -37,73 +36,8 @@ for folder, _, files in os.walk(sys.argv[1]):
 """
 
 
-def make_project(root: Path, count: int) -> None:
-    lines = ["profiles_dir: profiles", "accounts:"]
-    for index, name in enumerate(ACCOUNTS):
-        pod = name.split("-")[0]
-        lines += [
-            f"  {name}:",
-            f"    sid: HXBENCH{index:08d}",
-            f'    waba_id: "76600000000{index:04d}"',
-            f"    pod: {pod}",
-        ]
-    (root / "reconciler.yaml").write_text("\n".join(lines) + "\n")
-    for index in range(count):
-        account = ACCOUNTS[index % len(ACCOUNTS)]
-        number = f"+1{4155000000 + index}"
-        folder = root / "profiles" / account
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{number}.yaml").write_text(
-            "# yaml-language-server: $schema=../../schemas/profile.schema.json\n"
-            f'phone_number: "{number}"\n'
-            f"account: {account}\n"
-            f'address: "{index} Market Street, Suite {index % 400}, San Francisco, CA 94105"\n'
-            f'description: "Customer care line {index} for orders, returns and questions"\n'
-            "category: SHOPPING_RETAIL\n"
-            f"email: care{index}@acme.example\n"
-            f'about: "We answer within the hour, every day ({index})"\n'
-            f"callback_profile_id: e5a4f212-b0b0-4c77-9f04-{index:012d}\n"
-        )
-
-
-def write_state(root: Path, changed_share: float) -> None:
-    """Record every profile as applied, with 1 in 10 recorded with an older `about`."""
-    previous = Path.cwd()
-    os.chdir(root)
-    try:
-        config = load_config()
-        profiles = load_profiles(config)
-    finally:
-        os.chdir(previous)
-    every = round(1 / changed_share)
-    entries = {}
-    for index, (number, profile) in enumerate(profiles.items()):
-        fields = dict(profile.fields)
-        digest = profile.digest
-        if index % every == 0:
-            fields["about"] = "an older about text"
-            digest = "stale"
-        account = config.accounts[profile.account]
-        entries[number] = Entry(profile.account, f"{account.sid}/{account.waba_id}", fields, "T", digest)
-    StateStore(config.state_path).write_state_file(State("bench-lineage", 1, entries))
-
-
-def run_process(argv: list[str], cwd: Path) -> tuple[float, int]:
-    """Wall seconds and peak RSS (MiB) of one process."""
-    started = time.perf_counter()
-    process = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    elapsed = time.perf_counter() - started
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode not in (0, 2):
-        raise SystemExit(f"{argv} failed: {process.stderr.read().decode()}")
-    return elapsed, usage.ru_maxrss // 1024
-
-
 def breakdown(root: Path) -> dict[str, float]:
-    previous = Path.cwd()
-    os.chdir(root)
-    try:
+    with contextlib.chdir(root):
         phases: dict[str, float] = {}
         started = time.perf_counter()
         config = load_config()
@@ -123,8 +57,6 @@ def breakdown(root: Path) -> dict[str, float]:
         render.plan_text(plan)
         phases["render"] = time.perf_counter() - started
         return phases
-    finally:
-        os.chdir(previous)
 
 
 def main() -> None:
