@@ -8,9 +8,12 @@ requests, waits for those in flight, records them, and reports the rest as not a
 from __future__ import annotations
 
 import contextlib
+import queue
 import signal
+import threading
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from . import audit
@@ -109,30 +112,51 @@ def apply_plan(
             return Outcome(change, FAILED, "ERROR", f"{type(error).__name__}: {error}")
         return Outcome(change, APPLIED, success.code, success.message)
 
+    # At most `parallelism` requests are handed to the pool at a time, and results come back through a
+    # queue: the main thread takes whatever has arrived as one batch (one fsync), so bookkeeping
+    # stays linear however many numbers the plan holds.
+    results: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+    waiting = deque(plan.puts)
+    in_flight = 0
+    stop = threading.Event()
     executor = ThreadPoolExecutor(max_workers=max(1, parallelism), thread_name_prefix="put")
-    pending: dict[Future[Outcome], Change] = {executor.submit(send, change): change for change in plan.puts}
+
+    def start_more() -> None:
+        nonlocal in_flight
+        while waiting and in_flight < parallelism and not stop.is_set():
+            change = waiting.popleft()
+            executor.submit(lambda change=change: results.put(send(change)))
+            in_flight += 1
+
+    def collect() -> list[Outcome]:
+        nonlocal in_flight
+        batch: list[Outcome] = []
+        while not batch:
+            try:
+                batch.append(results.get(timeout=0.2))
+            except queue.Empty:
+                continue
+        while True:
+            try:
+                batch.append(results.get_nowait())
+            except queue.Empty:
+                break
+        in_flight -= len(batch)
+        return batch
+
     try:
-        with _sigterm_as_interrupt():
-            while pending:
-                done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                record([_finish(future, pending) for future in done])
-    except KeyboardInterrupt:
-        report.interrupted = True
-        for future in pending:
-            future.cancel()
-        in_flight = [future for future in pending if not future.cancelled()]
-        record([_finish(future, pending) for future in wait(in_flight).done])
-        record(
-            [Outcome(change, NOT_ATTEMPTED, "-", "interrupted before sending") for change in pending.values()]
-        )
+        with _stop_on_signals(stop):
+            start_more()
+            while in_flight:
+                batch = collect()
+                start_more()  # the workers keep sending while this batch is written
+                record(batch)
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)
+        executor.shutdown(wait=True)
+    if stop.is_set():
+        report.interrupted = True
+        record([Outcome(change, NOT_ATTEMPTED, "-", "interrupted before sending") for change in waiting])
     return report
-
-
-def _finish(future: Future[Outcome], pending: dict[Future[Outcome], Change]) -> Outcome:
-    pending.pop(future)
-    return future.result()
 
 
 def entry_after(change: Change, state: State) -> Entry | None:
@@ -157,18 +181,23 @@ def _local_message(change: Change) -> str:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """Treat SIGTERM (CI cancelling a job) like Ctrl-C: finish what is in flight, record it."""
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Ctrl-C or SIGTERM (CI cancelling a job) asks the run to stop: nothing new is sent, requests in
+    flight finish and are recorded. The flag is only read between batches, so no result taken from a
+    worker can be lost halfway through being recorded. A second signal interrupts at once."""
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    def request_stop(signum: int, frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
 
     try:
-        previous = signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:  # not the main thread (tests driving apply from a worker)
+        previous = {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
+    except ValueError:  # not the main thread (apply driven from a worker): no handlers to install
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)

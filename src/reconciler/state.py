@@ -39,6 +39,16 @@ class Entry:
     applied_at: str
     digest: str
 
+    def to_json(self) -> dict[str, Any]:
+        # By hand: dataclasses.asdict deep-copies, and this runs for every number of every apply.
+        return {
+            "account": self.account,
+            "target": self.target,
+            "fields": self.fields,
+            "applied_at": self.applied_at,
+            "digest": self.digest,
+        }
+
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Entry:
         return cls(
@@ -61,7 +71,7 @@ class State:
             "format_version": STATE_FORMAT,
             "lineage": self.lineage,
             "serial": self.serial,
-            "numbers": {phone: asdict(entry) for phone, entry in sorted(self.entries.items())},
+            "numbers": {phone: entry.to_json() for phone, entry in sorted(self.entries.items())},
         }
 
 
@@ -165,7 +175,7 @@ class Journal:
                 "lineage": self.state.lineage,
                 "serial": self.state.serial,
                 "phone_number": phone_number,
-                "entry": None if entry is None else asdict(entry),
+                "entry": None if entry is None else entry.to_json(),
             }
             lines.append(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
             if entry is None:
