@@ -325,3 +325,26 @@ def test_every_command_help_shows_an_example():
         result = CliRunner().invoke(cli, [*command, "--help"])
         assert result.exit_code == 0, command
         assert "Example" in result.stdout and "reconciler " in result.stdout, command
+
+
+def test_apply_asks_on_a_terminal_and_sends_nothing_when_refused(project, sandbox, monkeypatch):
+    import reconciler.cli
+
+    monkeypatch.setattr(reconciler.cli, "_interactive", lambda: True)
+    project.write_profile(A, about="x")
+    refused = project.run("apply", input="n\n")
+    assert refused.exit_code == 1 and "Aborted" in refused.stderr
+    assert put_bodies(sandbox) == [] and not project.state_path.exists()
+    accepted = project.run("apply", input="y\n")
+    assert accepted.exit_code == 0, accepted.output
+    assert put_bodies(sandbox, A) == [{"phone_number": A, "about": "x"}]
+
+
+def test_apply_markdown_report_lists_failures_for_a_job_summary(project):
+    project.write_profile(A, about="x")
+    project.write_profile("+14155559999", about="not on the WABA")
+    result = project.run("apply", "--auto-approve", "--format", "markdown")
+    assert result.exit_code == 1
+    assert "| 1 | 0 | 1 | 0 |" in result.stdout
+    assert "| &#43;14155559999 |" in result.stdout or "| +14155559999 |" in result.stdout
+    assert "E112" in result.stdout

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import types
 
 import httpx
 import pytest
@@ -154,3 +157,24 @@ def test_the_sandbox_command_provisions_from_the_project(project, monkeypatch):
         (SID, WABA): [A],
         ("HXTEST0000000002", "766000000000002"): [NUMBERS[1]],
     }
+
+
+def test_sandbox_command_requires_the_given_api_key(project):
+    """`reconciler sandbox --api-key KEY` serves, and answers RBC001 to any other key."""
+    project.write_profile(A, about="x")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "sandbox", "--port", "0", "--api-key", "s3cret"],
+        cwd=project.root,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stderr.readline()
+        assert "listening on http://127.0.0.1:" in line
+        url = line.split("listening on ")[1].split()[0]
+        served = types.SimpleNamespace(url=url)
+        assert put(served, key="wrong").json()["code"] == "RBC001"
+        assert put(served, key="s3cret").json()["code"] == "WA200"
+    finally:
+        process.terminate()
+        process.wait()

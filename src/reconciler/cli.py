@@ -223,7 +223,7 @@ def drift(ctx: click.Context, output: str) -> int:
 @click.option("--max-rps", type=click.FloatRange(min=0, min_open=True), help="Cap on requests per second.")
 @click.option("--checksum", metavar="SHA", help="Refuse unless the fresh plan has this checksum.")
 @click.option("--force", is_flag=True, help="Apply even beyond safety.max_changes.")
-@click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option("--format", "output", type=FORMATS, default="text", show_default=True)
 @verbose_option
 @click.pass_context
 def apply(
@@ -261,10 +261,14 @@ def apply(
                 "the state or the profiles changed since. Review the new plan"
             )
         if not the_plan.changes:
-            if output == "json":
-                echo(render.report_json(ApplyReport(), the_plan))
-            else:
+            if output == "text":
                 echo(render.plan_text(the_plan))
+            else:
+                echo(
+                    {"json": render.report_json, "markdown": render.report_markdown}[output](
+                        ApplyReport(), the_plan
+                    )
+                )
             return 0
         check_safety(the_plan, config.max_changes, force)
         api_keys(the_plan, config)
@@ -288,7 +292,8 @@ def apply(
                 )
         finally:
             audit_log.close()
-    echo(render.report_json(report, the_plan) if output == "json" else render.report_text(report))
+    shown = {"json": render.report_json, "markdown": render.report_markdown}.get(output)
+    echo(shown(report, the_plan) if shown else render.report_text(report))
     return 0 if report.ok else 1
 
 
@@ -315,8 +320,12 @@ def _saved_plan(plan_file: str, profiles: dict[str, Profile], state: Any, config
     return saved
 
 
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
 def _confirm(question: str) -> None:
-    if not sys.stdin.isatty():
+    if not _interactive():
         raise ReconcilerError(
             "no terminal to ask for confirmation; pass --auto-approve (nothing was changed)"
         )
@@ -506,7 +515,7 @@ def schema_command(kind: str) -> int:
     "--data", "data_file", type=click.Path(dir_okay=False), help="Provision from / persist to this JSON."
 )
 @click.option(
-    "--api-key", "api_key_env", metavar="ENVVAR", help="Require the key held in this environment variable."
+    "--api-key", "api_key", metavar="KEY", help="Require this key (default: accept any non-empty key)."
 )
 @click.option("--seed", type=int, help="Seed the fault dice, for repeatable runs.")
 @verbose_option
@@ -520,7 +529,7 @@ def sandbox(
     faults: str,
     retry_after: int,
     data_file: str | None,
-    api_key_env: str | None,
+    api_key: str | None,
     seed: int | None,
 ) -> int:
     """Serve a local Kaleyra emulator, provisioned from reconciler.yaml and the profiles.
@@ -538,13 +547,8 @@ def sandbox(
         raise click.BadParameter(
             f"unknown fault {unknown[0] if unknown else '(none)'}; use {', '.join(emulator.FAULTS)}"
         )
-    required_key = None
-    if api_key_env:
-        required_key = os.environ.get(api_key_env)
-        if not required_key:
-            raise ReconcilerError(f"--api-key {api_key_env}: that environment variable is not set")
     options = {
-        "api_key": required_key,
+        "api_key": api_key or None,
         "latency_ms": latency_ms,
         "fail_rate": fail_rate,
         "faults": kinds,

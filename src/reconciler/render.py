@@ -174,6 +174,34 @@ def report_json(report: ApplyReport, plan: Plan) -> str:
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
 
+def report_markdown(report: ApplyReport, plan: Plan) -> str:
+    """An apply's outcome for a CI job summary: counts, then every failure with Kaleyra's code."""
+    counts = [len(report.having(status)) for status in (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)]
+    lines = [
+        "### Kaleyra profile apply",
+        "",
+        "| applied | recorded without sending | failed | not attempted |",
+        "|---:|---:|---:|---:|",
+        "| " + " | ".join(map(str, counts)) + " |",
+        "",
+    ]
+    if report.interrupted:
+        lines += [
+            "**Interrupted**: requests in flight were finished and recorded; nothing else was sent.",
+            "",
+        ]
+    failures = report.having(FAILED)
+    if failures:
+        lines += ["| number | account | code | message |", "|---|---|---|---|"]
+        lines += [
+            f"| {md(o.change.phone_number)} | {md(o.change.account)} | {md(o.code)} | {md(o.message)} |"
+            for o in failures
+        ]
+        lines.append("")
+    lines += [f"Plan checksum: `{plan.checksum}`", ""]
+    return "\n".join(lines)
+
+
 # --- state and history ---------------------------------------------------------------------------
 
 
