@@ -64,8 +64,9 @@ def apply_once(count: int, parallelism: int, bookkeeping: bool) -> float:
                     KaleyraClient(config.retry, max_connections=parallelism) as client,
                     store.writer(state) as journal,
                 ):
+                    keys = api_keys(plan, config)
                     report = apply_plan(
-                        plan, config, state, journal, audit_log, client, parallelism=parallelism
+                        plan, config, state, journal, audit_log, client, keys, parallelism=parallelism
                     )
                 elapsed = time.perf_counter() - started
             audit_log.close()

@@ -82,11 +82,12 @@ def apply_plan(
     journal: Journal,
     audit_log: audit.AuditLog,
     client: KaleyraClient,
+    keys: dict[str, str],
     *,
     parallelism: int = 8,
     progress: Callable[[int, int], None] | None = None,
 ) -> ApplyReport:
-    keys = api_keys(plan, config)
+    """Execute `plan`; `keys` (from `api_keys`) holds the API key of every account it sends to."""
     actor = audit.who(config.path.parent)
     report = ApplyReport()
     total = len(plan.changes)

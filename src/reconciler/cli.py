@@ -253,25 +253,20 @@ def apply(
     store = StateStore(config.state_path)
     with locked(store, "apply"):
         state = store.load()
-        fresh = compute_plan(profiles, state, targets, _account_targets(config))
-        the_plan = _saved_plan(plan_file, profiles, state, config) if plan_file else fresh
+        if plan_file:
+            the_plan = _saved_plan(plan_file, profiles, state, config)
+        else:
+            the_plan = compute_plan(profiles, state, targets, _account_targets(config))
         if checksum and the_plan.checksum != checksum.strip().lower():
             raise StalePlan(
                 f"stale plan: the plan is now {the_plan.checksum}, not the reviewed {checksum}; "
                 "the state or the profiles changed since. Review the new plan"
             )
         if not the_plan.changes:
-            if output == "text":
-                echo(render.plan_text(the_plan))
-            else:
-                echo(
-                    {"json": render.report_json, "markdown": render.report_markdown}[output](
-                        ApplyReport(), the_plan
-                    )
-                )
+            _show_report(ApplyReport(), the_plan, output)
             return 0
         check_safety(the_plan, config.max_changes, force)
-        api_keys(the_plan, config)
+        keys = api_keys(the_plan, config)
         if output == "text":
             echo(render.plan_text(the_plan))
         if not (plan_file or checksum or auto_approve):
@@ -287,14 +282,25 @@ def apply(
                     journal,
                     audit_log,
                     client,
+                    keys,
                     parallelism=parallelism,
                     progress=_progress_bar(len(the_plan.puts)),
                 )
         finally:
             audit_log.close()
-    shown = {"json": render.report_json, "markdown": render.report_markdown}.get(output)
-    echo(shown(report, the_plan) if shown else render.report_text(report))
+    _show_report(report, the_plan, output)
     return 0 if report.ok else 1
+
+
+def _show_report(report: ApplyReport, plan: Plan, output: str) -> None:
+    if output == "json":
+        echo(render.report_json(report, plan))
+    elif output == "markdown":
+        echo(render.report_markdown(report, plan))
+    elif report.outcomes or (not plan.changes and plan.unchanged == 0):
+        echo(render.report_text(report))
+    else:
+        echo(render.plan_text(plan))  # nothing to do: "No changes."
 
 
 def _saved_plan(plan_file: str, profiles: dict[str, Profile], state: Any, config: Config) -> Plan:
