@@ -22,7 +22,7 @@ from unittest import mock
 
 from fleet import API_KEYS, make_project, start_sandbox
 from reconciler import audit
-from reconciler.apply import apply_plan
+from reconciler.apply import api_keys, apply_plan
 from reconciler.config import load_config
 from reconciler.kaleyra import KaleyraClient
 from reconciler.plan import compute_plan
