@@ -56,6 +56,8 @@ def _change_text(change: Change) -> list[str]:
         label = f"{name}:".ljust(width + 1)
         if change.action == "create":
             lines.append(f"    {label} {value(field_change.after)}")
+        elif change.action == "forget":
+            lines.append(f"    {label} {value(field_change.before)}")
         elif field_change.after is None:
             lines.append(f"    {label} {value(field_change.before)}  (no longer managed; nothing sent)")
         else:
@@ -118,7 +120,9 @@ def _change_markdown(change: Change, fold: bool) -> str:
     symbol = SYMBOLS[change.action][0]
     title = f"{symbol} <b>{md(change.phone_number)}</b> {change.action} ({md(change.account)})"
     if change.moved_from:
-        title += f", moved from {md(change.moved_from)}"
+        title += f", moved from {md(change.moved_from)}: sent in full"
+    elif change.action in ("forget", "unmanage"):
+        title += ": dropped from the state, nothing is sent"
     rows = ["| field | before | after |", "|---|---|---|"]
     rows += [f"| {md(name)} | {md(c.before)} | {md(c.after)} |" for name, c in change.fields.items()]
     body = "\n".join(rows) if change.fields else "_no fields_"
