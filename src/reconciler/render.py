@@ -121,8 +121,10 @@ def _change_markdown(change: Change, fold: bool) -> str:
     title = f"{symbol} <b>{md(change.phone_number)}</b> {change.action} ({md(change.account)})"
     if change.moved_from:
         title += f", moved from {md(change.moved_from)}: sent in full"
-    elif change.action in ("forget", "unmanage"):
+    elif change.action == "forget":
         title += ": dropped from the state, nothing is sent"
+    elif change.action == "unmanage":
+        title += ": these fields are no longer managed, nothing is sent"
     rows = ["| field | before | after |", "|---|---|---|"]
     rows += [f"| {md(name)} | {md(c.before)} | {md(c.after)} |" for name, c in change.fields.items()]
     body = "\n".join(rows) if change.fields else "_no fields_"
