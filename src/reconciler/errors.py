@@ -38,7 +38,7 @@ class ValidationFailed(ReconcilerError):
 
     def __init__(self, problems: list[Problem]):
         self.problems = sorted(problems)
-        super().__init__(f"{len(self.problems)} validation error(s)")
+        super().__init__("\n".join(map(str, self.problems)))
 
     def lines(self) -> list[str]:
         count = len(self.problems)
