@@ -348,3 +348,14 @@ def test_apply_markdown_report_lists_failures_for_a_job_summary(project):
     assert "| 1 | 0 | 1 | 0 |" in result.stdout
     assert "| &#43;14155559999 |" in result.stdout or "| +14155559999 |" in result.stdout
     assert "E112" in result.stdout
+
+
+def test_phone_numbers_on_the_command_line_are_taken_as_people_type_them(project):
+    project.write_profile(A, about="x")
+    for typed in (A, A.lstrip("+"), "+1 415-555-0100", "(1) 415.555.0100"):
+        plan = project.run("plan", "--target", typed, "--format", "json")
+        assert plan.exit_code == 0, (typed, plan.output)
+        assert [change["phone_number"] for change in json.loads(plan.stdout)["changes"]] == [A]
+    bad = project.run("plan", "--target", "call-me")
+    assert_clean_failure(bad)
+    assert "'call-me' is not a phone number" in bad.stderr

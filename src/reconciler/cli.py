@@ -27,6 +27,24 @@ from .profiles import Profile, load_profiles
 from .state import StateStore, atomic_write, locked, unlock
 
 FORMATS = click.Choice(["text", "json", "markdown"])
+
+
+class PhoneNumber(click.ParamType):
+    """A phone number as people type it (`14155550100`, `+1 415-555-0100`), made E.164."""
+
+    name = "PHONE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        number = re.sub(r"[\s().-]", "", str(value))
+        number = number if number.startswith("+") else f"+{number}"
+        if not re.fullmatch(schema.E164, number):
+            self.fail(
+                f"'{value}' is not a phone number: write + then 7 to 15 digits (+14155550100)", param, ctx
+            )
+        return number
+
+
+PHONE = PhoneNumber()
 SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 
 
@@ -165,7 +183,7 @@ def validate(ctx: click.Context) -> int:
 
 @cli.command()
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Save the plan for `apply FILE`.")
-@click.option("--target", "targets", multiple=True, metavar="PHONE", help="Only this number (repeatable).")
+@click.option("--target", "targets", multiple=True, type=PHONE, help="Only this number (repeatable).")
 @click.option("--format", "output", type=FORMATS, default="text", show_default=True)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes, 0 when none.")
 @verbose_option
@@ -218,7 +236,7 @@ def drift(ctx: click.Context, output: str) -> int:
 @cli.command()
 @click.argument("plan_file", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--target", "targets", multiple=True, metavar="PHONE", help="Only this number (repeatable).")
+@click.option("--target", "targets", multiple=True, type=PHONE, help="Only this number (repeatable).")
 @click.option("--parallelism", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--max-rps", type=click.FloatRange(min=0, min_open=True), help="Cap on requests per second.")
 @click.option("--checksum", metavar="SHA", help="Refuse unless the fresh plan has this checksum.")
@@ -354,7 +372,7 @@ def _progress_bar(total: int) -> Callable[[int, int], None] | None:
 
 
 @cli.command(name="import")
-@click.option("--target", "targets", multiple=True, metavar="PHONE", help="Only this number (repeatable).")
+@click.option("--target", "targets", multiple=True, type=PHONE, help="Only this number (repeatable).")
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @verbose_option
 @click.pass_context
@@ -427,7 +445,7 @@ def state_list(ctx: click.Context, output: str) -> int:
 
 
 @state.command(name="show")
-@click.argument("phone_number")
+@click.argument("phone_number", type=PHONE)
 @verbose_option
 @click.pass_context
 def state_show(ctx: click.Context, phone_number: str) -> int:
@@ -461,7 +479,7 @@ def state_unlock(ctx: click.Context, force: bool) -> int:
 
 
 @cli.command()
-@click.argument("phone_number", required=False)
+@click.argument("phone_number", required=False, type=PHONE)
 @click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @verbose_option
 @click.pass_context
