@@ -178,3 +178,11 @@ def test_sandbox_command_requires_the_given_api_key(project):
     finally:
         process.terminate()
         process.wait()
+
+
+def test_a_malformed_data_file_is_a_clear_error(project):
+    bad = project.root / "sandbox.json"
+    bad.write_text('{"accounts": [{"sid": "HX1"}]}')
+    result = project.run("sandbox", "--data", str(bad), "--port", "0")
+    assert result.exit_code == 1
+    assert "not a sandbox data file" in result.stderr and "internal error" not in result.stderr
