@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .errors import ReconcilerError
 from .profiles import Profile
 from .schema import CATEGORIES, E164, EMAIL, FIELDS
 from .state import atomic_write
@@ -89,10 +90,22 @@ class Sandbox:
 
     @classmethod
     def from_file(cls, path: Path, **options: Any) -> Sandbox:
-        data = json.loads(path.read_text()) if path.exists() else {"accounts": []}
-        accounts = [
-            SandboxAccount(a["sid"], a["waba_id"], dict(a.get("numbers", {}))) for a in data["accounts"]
-        ]
+        """Provision from a data file (it need not exist yet); raise ReconcilerError if it is malformed."""
+        try:
+            data = json.loads(path.read_text()) if path.exists() else {"accounts": []}
+            accounts = [
+                SandboxAccount(
+                    str(a["sid"]),
+                    str(a["waba_id"]),
+                    {str(n): dict(f) for n, f in a.get("numbers", {}).items()},
+                )
+                for a in data["accounts"]
+            ]
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            raise ReconcilerError(
+                f"{path}: not a sandbox data file ({type(error).__name__}: {error}); expected "
+                '{"accounts": [{"sid": ..., "waba_id": ..., "numbers": {"+1...": {fields}}}]}'
+            ) from None
         return cls(accounts, data_file=path, **options)
 
     def snapshot(self) -> dict[str, Any]:
