@@ -53,3 +53,12 @@ def test_an_unknown_default_account_is_named_with_a_hint(tmp_path, monkeypatch):
     assert str(failed.value.problems[0]) == (
         "reconciler.yaml:1:21: unknown account 'mian' (did you mean 'main'?)"
     )
+
+
+def test_a_config_with_hundreds_of_accounts_loads(tmp_path, monkeypatch):
+    accounts = "".join(
+        f"  a{index}: {{sid: HX{index}, waba_id: '{index}', pod: in}}\n" for index in range(600)
+    )
+    (tmp_path / "reconciler.yaml").write_text("accounts:\n" + accounts)
+    monkeypatch.chdir(tmp_path)
+    assert len(load_config().accounts) == 600

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 from . import schema
 from .errors import Problem, ReconcilerError, ValidationFailed
 from .kaleyra import RetryPolicy, Target, pod_base_url
-from .yamlfile import Document, load_mapping
+from .yamlfile import MAX_CONFIG_NODES, Document, load_mapping
 
 DEFAULT_CONFIG = "reconciler.yaml"
 ENDPOINT_ENV = "KALEYRA_ENDPOINT"
@@ -64,7 +64,7 @@ def load_config(explicit: str | None = None) -> Config:
             f"{path}: no such configuration file; run in the project root, or pass --config PATH "
             "or set RECONCILER_CONFIG"
         )
-    document = load_mapping(path, display_path(path))
+    document = load_mapping(path, display_path(path), max_nodes=MAX_CONFIG_NODES)
     problems = schema.check("config", document)
     if problems:
         raise ValidationFailed(problems)

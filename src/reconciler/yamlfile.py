@@ -19,8 +19,10 @@ from .errors import Problem, ValidationFailed
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 MAX_FILE_BYTES = 64 * 1024
-# Every value built counts, aliases included: a real profile has a dozen; "billion laughs" has billions.
+# Every value built counts, aliases included: a real profile has a dozen, "billion laughs" has billions.
 MAX_NODES = 2_000
+# reconciler.yaml legitimately grows with the number of accounts (about 7 values each).
+MAX_CONFIG_NODES = 100_000
 # Profiles are flat; deep nesting is either a mistake or an attack (and a recursive alias is endless).
 MAX_DEPTH = 20
 
@@ -68,7 +70,7 @@ class Document:
         return Problem(self.path, line, column, message)
 
 
-def load_mapping(file: Path | str, display: str) -> Document:
+def load_mapping(file: Path | str, display: str, max_nodes: int = MAX_NODES) -> Document:
     """Load `file` as one YAML mapping, or raise ValidationFailed naming `display` and the line."""
     try:
         with open(file, "rb") as stream:
@@ -83,10 +85,10 @@ def load_mapping(file: Path | str, display: str) -> Document:
         line = raw[: error.start].count(b"\n") + 1
         byte = raw[error.start]
         raise _fail(display, line, 0, f"is not UTF-8 text (byte 0x{byte:02x}); save it as UTF-8") from None
-    return parse_mapping(text, display)
+    return parse_mapping(text, display, max_nodes)
 
 
-def parse_mapping(text: str, display: str) -> Document:
+def parse_mapping(text: str, display: str, max_nodes: int = MAX_NODES) -> Document:
     """Parse YAML text that must hold exactly one mapping."""
     try:
         root = yaml.compose(text, Loader=SafeLoader)
@@ -104,7 +106,7 @@ def parse_mapping(text: str, display: str) -> Document:
     if not isinstance(root, yaml.MappingNode):
         kind = "a list" if isinstance(root, yaml.SequenceNode) else "a single value"
         raise _fail(display, *_mark(root.start_mark), f"must be a mapping of key: value lines, not {kind}")
-    builder = _Builder(Document(display, {}))
+    builder = _Builder(Document(display, {}), max_nodes)
     builder.document.data = builder.build(root, ())
     if builder.problems:
         raise ValidationFailed(builder.problems)
@@ -112,18 +114,19 @@ def parse_mapping(text: str, display: str) -> Document:
 
 
 class _Builder:
-    def __init__(self, document: Document):
+    def __init__(self, document: Document, max_nodes: int):
         self.document = document
+        self.max_nodes = max_nodes
         self.problems: list[Problem] = []
         self.nodes = 0
 
     def build(self, node: yaml.Node, path: Path_) -> Any:
         self.nodes += 1
-        if self.nodes > MAX_NODES:
+        if self.nodes > self.max_nodes:
             raise _fail(
                 self.document.path,
                 *_mark(node.start_mark),
-                f"expands to more than {MAX_NODES:,} values (YAML aliases); write the values out instead",
+                f"expands to more than {self.max_nodes:,} values (YAML aliases); write the values out instead",
             )
         if len(path) > MAX_DEPTH:
             raise _fail(self.document.path, *_mark(node.start_mark), f"nests deeper than {MAX_DEPTH} levels")
