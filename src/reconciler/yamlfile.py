@@ -126,7 +126,7 @@ class _Builder:
             raise _fail(
                 self.document.path,
                 *_mark(node.start_mark),
-                f"expands to more than {self.max_nodes:,} values (YAML aliases); write the values out instead",
+                f"expands to more than {self.max_nodes:,} values (YAML aliases); write them out instead",
             )
         if len(path) > MAX_DEPTH:
             raise _fail(self.document.path, *_mark(node.start_mark), f"nests deeper than {MAX_DEPTH} levels")
