@@ -62,3 +62,36 @@ def test_fast_check_agrees_with_jsonschema_on_profiles(instance):
 @given(instance=configs)
 def test_fast_check_agrees_with_jsonschema_on_configs(instance):
     assert schema.fast_check("config")(instance) == schema.validator("config").is_valid(instance)
+
+
+def test_the_schemas_are_valid_draft_2020_12_with_an_id():
+    import jsonschema
+
+    for kind, build in schema.SCHEMAS.items():
+        document = build()
+        jsonschema.Draft202012Validator.check_schema(document)
+        assert document["$schema"] == "https://json-schema.org/draft/2020-12/schema", kind
+        assert document["$id"].endswith(f"{kind}.schema.json")
+
+
+def test_the_profile_schema_encodes_the_api_reference_rules():
+    validator = schema.validator("profile")
+    ok = {
+        "phone_number": "+914846000101",
+        "category": "BEAUTY_SPA_SALON",
+        "about": "x" * 139,
+        "address": "a" * 256,
+    }
+    assert validator.is_valid(ok)
+    assert len(schema.CATEGORIES) == 17
+    for bad in (
+        {**ok, "about": "x" * 140},
+        {**ok, "address": "a" * 257},
+        {**ok, "description": "d" * 257},
+        {**ok, "category": "SPA"},
+        {**ok, "email": "not-an-email"},
+        {**ok, "incoming_url": "ftp://x.example"},
+        {**ok, "phone_number": "+0123456789"},
+        {**ok, "unknown": "x"},
+    ):
+        assert not validator.is_valid(bad), bad
