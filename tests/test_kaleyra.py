@@ -182,3 +182,14 @@ def test_verbose_log_lines_carry_the_request_but_never_the_key():
     assert len(lines) == 1
     assert lines[0].startswith(f"PUT {target().url} +914846000101 -> 200 WA200")
     assert "attempt 1/4" in lines[0] and KEY not in lines[0]
+
+
+@respx.mock
+def test_a_library_error_quoting_the_headers_is_reported_without_the_key(client):
+    leaky = httpx.ConnectError(f"connection refused; request headers {{'api-key': '{KEY}'}}")
+    respx.put(target().url).mock(side_effect=leaky)
+    with pytest.raises(KaleyraError) as raised:
+        client.update(target(), KEY, "+914846000101", {"about": "x"})
+    described = raised.value.describe()
+    assert "ConnectError: connection refused" in described  # the library's words are kept...
+    assert KEY not in described and "[redacted]" in described  # ...without the key

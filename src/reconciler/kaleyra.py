@@ -171,10 +171,10 @@ class KaleyraClient:
                 outcome = _interpret(response)
             except self.httpx.TimeoutException as error:
                 outcome = KaleyraError(
-                    "TIMEOUT", f"no answer in time ({type(error).__name__})", retryable=True
+                    "TIMEOUT", f"no answer in time ({_cause(error, api_key)})", retryable=True
                 )
             except self.httpx.TransportError as error:
-                outcome = KaleyraError("NETWORK", f"network error ({type(error).__name__})", retryable=True)
+                outcome = KaleyraError("NETWORK", f"network error ({_cause(error, api_key)})", retryable=True)
             self._log(target, phone_number, outcome, started, attempt)
             if isinstance(outcome, Success):
                 return Success(outcome.code, outcome.message, attempt, outcome.http_status)
@@ -198,6 +198,12 @@ class KaleyraClient:
             f"PUT {target.url} {phone_number} -> {status or '-'} {outcome.code} {elapsed_ms:.0f}ms "
             f"attempt {attempt}/{self.policy.attempts} api-key=[redacted]"
         )
+
+
+def _cause(error: Exception, api_key: str) -> str:
+    """The library's own words (they say what went wrong), with the key cut out in case they quote it."""
+    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+    return text.replace(api_key, "[redacted]") if api_key else text
 
 
 def _interpret(response: httpx.Response) -> Success | KaleyraError:
