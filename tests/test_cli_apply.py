@@ -76,8 +76,9 @@ def test_a_failing_number_stays_pending_while_the_others_are_recorded(project, s
     project.write_profile("+14155559999", about="not on the WABA")  # the sandbox answers E112
     result = project.run("apply", "--auto-approve")
     assert result.exit_code == 1
-    assert "E112" in result.stdout and "+14155559999" in result.stdout
-    assert "invalid Phone Number or Phone Number Not Found" in result.stdout
+    # Errors go to stderr, one line per number with Kaleyra's code and message; the summary to stdout.
+    assert "FAILED +14155559999 (main): E112: invalid Phone Number or Phone Number Not Found" in result.stderr
+    assert "FAILED" not in result.stdout
     assert "Applied 2" in result.stdout and "failed 1" in result.stdout
     assert set(project.applied()) == {A, B}
     plan = json.loads(project.run("plan", "--format", "json").stdout)
@@ -179,7 +180,7 @@ def test_a_wrong_api_key_is_reported_with_kaleyras_code(project, sandbox):
     project.write_profile(A, about="x")
     result = project.run("apply", "--auto-approve")
     assert result.exit_code == 1
-    assert "RBC001" in result.stdout and "Incorrect SID or API key." in result.stdout
+    assert "RBC001: Incorrect SID or API key." in result.stderr
     assert project.applied() == {}
 
 

@@ -315,7 +315,8 @@ def _show_report(report: ApplyReport, plan: Plan, output: str) -> None:
         echo(render.report_json(report, plan))
     elif output == "markdown":
         echo(render.report_markdown(report, plan))
-    elif report.outcomes or (not plan.changes and plan.unchanged == 0):
+    elif plan.changes:
+        echo(render.failures_text(report), err=True)  # errors go to stderr, the summary to stdout
         echo(render.report_text(report))
     else:
         echo(render.plan_text(plan))  # nothing to do: "No changes."

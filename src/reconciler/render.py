@@ -136,14 +136,19 @@ def _change_markdown(change: Change, fold: bool) -> str:
 # --- apply ----------------------------------------------------------------------------------------
 
 
+def failures_text(report: ApplyReport) -> str:
+    """One line per failed number, with Kaleyra's code and message: these go to stderr."""
+    lines = [
+        click.style(f"FAILED {o.change.phone_number} ({o.change.account}): {o.message}", fg="red")
+        for o in report.having(FAILED)
+    ]
+    return "".join(line + "\n" for line in lines)
+
+
 def report_text(report: ApplyReport) -> str:
+    """The outcome in a few lines (the failures themselves are in `failures_text`)."""
     counts = {status: len(report.having(status)) for status in (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)}
     lines = []
-    for outcome in report.having(FAILED):
-        change = outcome.change
-        lines.append(
-            click.style(f"FAILED {change.phone_number} ({change.account}): {outcome.message}", fg="red")
-        )
     if report.interrupted:
         lines.append("Interrupted: requests in flight were finished and recorded; nothing else was sent.")
     lines.append(
