@@ -186,3 +186,22 @@ def test_a_malformed_data_file_is_a_clear_error(project):
     result = project.run("sandbox", "--data", str(bad), "--port", "0")
     assert result.exit_code == 1
     assert "not a sandbox data file" in result.stderr and "internal error" not in result.stderr
+
+
+def test_two_account_names_on_one_waba_are_provisioned_as_one(project, monkeypatch):
+    from reconciler.config import load_config
+    from reconciler.profiles import load_profiles
+    from reconciler.sandbox import provision
+
+    project.write_config(
+        accounts={
+            "main": {"sid": SID, "waba_id": WABA, "pod": "in"},
+            "alias": {"sid": SID, "waba_id": WABA, "pod": "in"},
+        }
+    )
+    project.write_profile(A, account="main", about="x")
+    project.write_profile(NUMBERS[1], account="alias", about="y")
+    monkeypatch.chdir(project.root)
+    config = load_config()
+    accounts = provision(config, load_profiles(config))
+    assert [(a.sid, a.waba_id, sorted(a.numbers)) for a in accounts] == [(SID, WABA, [A, NUMBERS[1]])]

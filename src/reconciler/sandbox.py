@@ -184,12 +184,13 @@ class Sandbox:
 
 def provision(config: Config, profiles: dict[str, Profile]) -> list[SandboxAccount]:
     """Every account (sid, waba_id) in the config, holding every phone number its profiles declare."""
-    accounts = {
-        name: SandboxAccount(account.sid, account.waba_id) for name, account in config.accounts.items()
-    }
+    held: dict[tuple[str, str], SandboxAccount] = {}
+    for account in config.accounts.values():  # two account names may share one WABA
+        held.setdefault((account.sid, account.waba_id), SandboxAccount(account.sid, account.waba_id))
     for profile in profiles.values():
-        accounts[profile.account].numbers[profile.phone_number] = {}
-    return list(accounts.values())
+        account = config.accounts[profile.account]
+        held[(account.sid, account.waba_id)].numbers[profile.phone_number] = {}
+    return list(held.values())
 
 
 def _payload(content_type: str, raw: bytes) -> dict[str, str] | None:
