@@ -12,7 +12,7 @@ from typing import Any
 
 from .errors import ReconcilerError
 from .plan import Change
-from .state import now
+from .state import now, sync_appended
 
 
 def who(cwd: Path | None = None) -> dict[str, str]:
@@ -56,7 +56,7 @@ class AuditLog:
             self.file = open(self.path, "ab")  # noqa: SIM115 (kept open for the run)
         self.file.write(text.encode())
         self.file.flush()
-        os.fsync(self.file.fileno())
+        sync_appended(self.file.fileno())
 
     def close(self) -> None:
         if self.file is not None:
