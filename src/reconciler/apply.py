@@ -25,7 +25,7 @@ from .state import Entry, Journal, State, now
 
 APPLIED, RECORDED, FAILED, NOT_ATTEMPTED = "applied", "recorded", "failed", "not attempted"
 # The shortest time between two syncs of the journal and audit log (bench/state.py measured it).
-COMMIT_INTERVAL_S = 0.02
+COMMIT_INTERVAL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -121,45 +121,55 @@ def apply_plan(
     todo: queue.SimpleQueue[Change] = queue.SimpleQueue()
     for change in plan.puts:
         todo.put(change)
-    results: queue.SimpleQueue[Outcome] = queue.SimpleQueue()
+    # Outcomes, and one None per worker as it finishes (so the end is seen at once, with no polling).
+    results: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
     stop = threading.Event()
+    workers = min(parallelism, len(plan.puts))
 
     def work() -> None:
-        while not stop.is_set():
-            try:
-                change = todo.get_nowait()
-            except queue.Empty:
-                return
-            results.put(send(change))
+        try:
+            while not stop.is_set():
+                try:
+                    change = todo.get_nowait()
+                except queue.Empty:
+                    return
+                results.put(send(change))
+        finally:
+            results.put(None)
 
-    def take_batch() -> list[Outcome]:
-        batch: list[Outcome] = []
+    finished = 0
+    batch: list[Outcome] = []
+
+    def gather(block: bool) -> None:
+        nonlocal finished
         while True:
             try:
-                batch.append(results.get_nowait())
+                item = results.get(timeout=0.2) if block else results.get_nowait()
             except queue.Empty:
-                return batch
+                return
+            block = False
+            if item is None:
+                finished += 1
+            else:
+                batch.append(item)
 
-    workers = min(parallelism, len(plan.puts))
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="put") as executor:
-        running = [executor.submit(work) for _ in range(workers)]
+        for _ in range(workers):
+            executor.submit(work)
         with _stop_on_signals(stop):
             last_commit = 0.0
-            while True:
-                try:
-                    first = results.get(timeout=0.2)
-                except queue.Empty:
-                    if all(worker.done() for worker in running) and results.empty():
-                        break  # every worker has finished (or stopped) and every result is recorded
-                    continue
-                # Group commit: let results gather for a moment between syncs. A result is reported
-                # only once synced, so this delays reports by a few ms and loses nothing.
+            while finished < workers:
+                gather(block=True)
+                # Group commit: while more can arrive, let results gather for a moment between syncs.
+                # A result is reported only once synced, so this delays reports and loses nothing.
                 pause = last_commit + COMMIT_INTERVAL_S - time.monotonic()
-                if pause > 0:
+                if batch and pause > 0 and finished < workers:
                     time.sleep(pause)
-                record([first, *take_batch()])
-                last_commit = time.monotonic()
-    record(take_batch())  # results that arrived as the last workers finished
+                    gather(block=False)
+                if batch:
+                    record(batch)
+                    batch = []
+                    last_commit = time.monotonic()
     not_sent = []
     while not todo.empty():
         not_sent.append(todo.get_nowait())
