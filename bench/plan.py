@@ -27,12 +27,11 @@ from reconciler.yamlfile import load_mapping
 
 FLOOR = """
 import os, sys, yaml
-loader = yaml.CSafeLoader
 for folder, _, files in os.walk(sys.argv[1]):
     for name in files:
         if name.endswith((".yaml", ".yml")):
             with open(os.path.join(folder, name), "rb") as file:
-                yaml.load(file, Loader=loader)
+                yaml.load(file, Loader=yaml.CSafeLoader)
 """
 
 
