@@ -1,8 +1,9 @@
 """Executing a plan: PUTs in parallel, every result recorded durably as it arrives.
 
 Only the main thread writes the state and the audit log; workers only talk to Kaleyra. Results that
-arrive together are written with one fsync, then reported. Ctrl-C (or SIGTERM) stops sending new
-requests, waits for those in flight, records them, and reports the rest as not attempted.
+arrive within COMMIT_INTERVAL_S of each other are written with one sync (group commit), then
+reported. Ctrl-C (or SIGTERM) stops sending new requests, waits for those in flight, records them,
+and reports the rest as not attempted.
 """
 
 from __future__ import annotations
@@ -175,7 +176,8 @@ def apply_plan(
         not_sent.append(todo.get_nowait())
     if stop.is_set():
         report.interrupted = True
-    record([Outcome(change, NOT_ATTEMPTED, "-", "interrupted before sending") for change in not_sent])
+    if not_sent:
+        record([Outcome(change, NOT_ATTEMPTED, "-", "interrupted before sending") for change in not_sent])
     return report
 
 
