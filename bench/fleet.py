@@ -60,8 +60,9 @@ def write_state(root: Path, changed_share: float) -> None:
         fields, digest = dict(profile.fields), profile.digest
         if index % every == 0:
             fields["about"], digest = "an older about text", "stale"
-        account = config.accounts[profile.account]
-        entries[number] = Entry(profile.account, f"{account.sid}/{account.waba_id}", fields, "T", digest)
+        entries[number] = Entry(
+            profile.account, config.accounts[profile.account].waba_key, fields, "T", digest
+        )
     StateStore(config.state_path).write_state_file(State("bench-lineage", 1, entries))
 
 

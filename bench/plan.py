@@ -49,8 +49,7 @@ def breakdown(root: Path) -> dict[str, float]:
         phases["validate"] = time.perf_counter() - started - phases["load (read + parse)"]
         started = time.perf_counter()
         state = StateStore(config.state_path).load()
-        targets = {name: f"{a.sid}/{a.waba_id}" for name, a in config.accounts.items()}
-        plan = compute_plan(profiles, state, (), targets)
+        plan = compute_plan(profiles, state, (), config.waba_keys())
         phases["state + diff"] = time.perf_counter() - started
         started = time.perf_counter()
         render.plan_text(plan)

@@ -69,8 +69,7 @@ def apply_once(count: int, parallelism: int, bookkeeping: bool) -> tuple[float, 
             profiles = load_profiles(config)
             store = StateStore(config.state_path)
             state = store.load()
-            targets = {name: f"{a.sid}/{a.waba_id}" for name, a in config.accounts.items()}
-            plan = compute_plan(profiles, state, (), targets)
+            plan = compute_plan(profiles, state, (), config.waba_keys())
             audit_log = audit.AuditLog(config.audit_path)
             patches = contextlib.ExitStack()
             calls = CallTimer()

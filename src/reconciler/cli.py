@@ -144,10 +144,6 @@ def _load(ctx: click.Context) -> tuple[Config, dict[str, Profile]]:
     return config, load_profiles(config)
 
 
-def _account_targets(config: Config) -> dict[str, str]:
-    return {name: f"{account.sid}/{account.waba_id}" for name, account in config.accounts.items()}
-
-
 def _log(ctx: click.Context) -> Callable[[str], None] | None:
     return (lambda line: echo(line + "\n", err=True)) if ctx.obj.get("verbose") else None
 
@@ -201,7 +197,7 @@ def plan(
     """
     config, profiles = _load(ctx)
     state = StateStore(config.state_path).load()
-    the_plan = compute_plan(profiles, state, targets, _account_targets(config))
+    the_plan = compute_plan(profiles, state, targets, config.waba_keys())
     _show_plan(the_plan, output)
     if out_file:
         atomic_write(Path(out_file), (json.dumps(the_plan.to_saved(), indent=2) + "\n").encode())
@@ -222,7 +218,7 @@ def drift(ctx: click.Context, output: str) -> int:
     """
     config, profiles = _load(ctx)
     state = StateStore(config.state_path).load()
-    the_plan = compute_plan(profiles, state, (), _account_targets(config))
+    the_plan = compute_plan(profiles, state, (), config.waba_keys())
     if output == "text" and not the_plan.changes:
         echo(f"No drift: all {the_plan.unchanged} number(s) match the applied state.\n")
     else:
@@ -274,7 +270,7 @@ def apply(
         if plan_file:
             the_plan = _saved_plan(plan_file, profiles, state, config)
         else:
-            the_plan = compute_plan(profiles, state, targets, _account_targets(config))
+            the_plan = compute_plan(profiles, state, targets, config.waba_keys())
         if checksum and the_plan.checksum != checksum.strip().lower():
             raise StalePlan(
                 f"stale plan: the plan is now {the_plan.checksum}, not the reviewed {checksum}; "
@@ -337,7 +333,7 @@ def _saved_plan(plan_file: str, profiles: dict[str, Profile], state: Any, config
             f"(lineage {saved.lineage}), the state is now serial {state.serial} (lineage {state.lineage}); "
             "run `reconciler plan` again"
         )
-    current = compute_plan(profiles, state, saved.targets, _account_targets(config))
+    current = compute_plan(profiles, state, saved.targets, config.waba_keys())
     if current.profiles_digest != saved.profiles_digest:
         raise StalePlan(
             f"stale plan: the profiles changed since {plan_file} was made; run `reconciler plan` again"
@@ -388,7 +384,7 @@ def import_(ctx: click.Context, targets: tuple[str, ...], auto_approve: bool) ->
     store = StateStore(config.state_path)
     with locked(store, "import"):
         state = store.load()
-        the_plan = compute_plan(profiles, state, targets, _account_targets(config))
+        the_plan = compute_plan(profiles, state, targets, config.waba_keys())
         adopted = [change for change in the_plan.changes if change.action in ("create", "update")]
         if not adopted:
             echo("Nothing to import: every profile is already recorded in the state.\n")

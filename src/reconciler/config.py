@@ -32,6 +32,11 @@ class Account:
         base = os.environ.get(ENDPOINT_ENV) or self.endpoint or pod_base_url(self.pod)
         return Target(base_url=base.rstrip("/"), sid=self.sid, waba_id=self.waba_id)
 
+    @property
+    def waba_key(self) -> str:
+        """Which WABA this account sends to ("sid/waba_id"); the state records it per number."""
+        return f"{self.sid}/{self.waba_id}"
+
     def api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) or None
 
@@ -46,6 +51,10 @@ class Config:
     max_changes: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     document: Document | None = None
+
+    def waba_keys(self) -> dict[str, str]:
+        """Account name -> waba_key, what the plan compares each state entry against."""
+        return {name: account.waba_key for name, account in self.accounts.items()}
 
     @property
     def audit_path(self) -> Path:

@@ -6,6 +6,7 @@ connections). It never puts the API key anywhere but the `api-key` request heade
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import random
 import threading
@@ -177,7 +178,7 @@ class KaleyraClient:
                 outcome = KaleyraError("NETWORK", f"network error ({_cause(error, api_key)})", retryable=True)
             self._log(target, phone_number, outcome, started, attempt)
             if isinstance(outcome, Success):
-                return Success(outcome.code, outcome.message, attempt, outcome.http_status)
+                return dataclasses.replace(outcome, attempts=attempt)
             outcome.attempts = attempt
             if not outcome.retryable or attempt >= self.policy.attempts:
                 raise outcome

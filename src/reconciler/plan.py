@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import ReconcilerError
 from .profiles import Profile
-from .state import State
+from .state import Entry, State
 
 FORMAT_VERSION = "1.0"
 ACTIONS = ("create", "update", "unmanage", "forget", "no-op")
@@ -203,8 +203,11 @@ def profiles_digest(desired: dict[str, Profile], numbers: list[str]) -> str:
     return digest.hexdigest()
 
 
-def _diff(profile: Profile | None, entry: Any, number: str, account_targets: dict[str, str]) -> Change | None:
+def _diff(
+    profile: Profile | None, entry: Entry | None, number: str, account_targets: dict[str, str]
+) -> Change | None:
     if profile is None:
+        assert entry is not None, "a number is in the plan because it has a profile or a state entry"
         fields = {name: FieldChange(value, None) for name, value in entry.fields.items()}
         return Change(number, entry.account, "forget", fields, target=entry.target)
     target = account_targets.get(profile.account, entry.target if entry else "")

@@ -180,7 +180,7 @@ def _resolve(document: Document, config: Config, problems: list[Problem]) -> Pro
         )
         return None
     fields = dict(sorted(fields.items()))
-    target = f"{account.sid}/{account.waba_id}"
+    target = account.waba_key
     return Profile(
         phone_number=phone_number,
         account=account_name,
