@@ -29,9 +29,9 @@ def test_scalars_that_are_not_strings_keep_their_source_text():
 
 
 def test_every_problem_in_a_file_is_reported_not_just_the_first():
-    assert problems('a: 1\na: 2\nb: "\\a"\n') == [
+    assert problems("a: 1\na: 2\nb: !!binary aGk=\n") == [
         "f.yaml:2:1: duplicate key 'a' (first set on line 1)",
-        "f.yaml:3:4: control character U+0007 in a value",
+        "f.yaml:3:4: the tag tag:yaml.org,2002:binary is not allowed; only plain YAML values",
     ]
 
 
