@@ -226,8 +226,8 @@ _UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
 def ecma_regex(pattern: str) -> re.Pattern[str]:
     """`pattern` as JSON Schema reads it (ECMA-262): `$` is the end of the text, as `\\Z` is in Python.
 
-    The pre-check and the describer both read patterns through it; tests check them against a real
-    ECMA-262 engine (regress, the one check-jsonschema uses).
+    fastjsonschema makes the same substitution, so the fast path and the describer read every pattern
+    alike; tests check both against a real ECMA-262 engine (regress, the one check-jsonschema uses).
     """
     return re.compile(_UNESCAPED_DOLLAR.sub(r"\\Z", pattern))
 
@@ -252,131 +252,39 @@ def validator(kind: str) -> jsonschema.protocols.Validator:
 
 
 @functools.cache
-def fast_check(kind: str) -> Callable[[Any], bool] | None:
-    """A pre-check compiled from the same schema, for the common case of a valid file.
+def _fast_validator(kind: str) -> tuple[Callable[[Any], Any], type[Exception]]:
+    """fastjsonschema's compiled validator for `kind`, and the exception it raises for invalid data."""
+    import fastjsonschema
 
-    It answers True only for instances the schema surely accepts; anything else (or a schema using a
-    keyword it does not know) goes to jsonschema, which finds and describes every problem.
-    """
-    try:
-        return _compile(SCHEMAS[kind]())
-    except _Unsupported:
-        return None
+    # use_default=False: a validator must not write the schema's defaults into the data it checks.
+    compiled = fastjsonschema.compile(SCHEMAS[kind](), use_default=False, detailed_exceptions=False)
+    return compiled, fastjsonschema.JsonSchemaValueException
 
 
 def is_valid(kind: str, instance: Any) -> bool:
-    """True when `instance` satisfies the schema: the pre-check settles most files, jsonschema the rest."""
-    quick = fast_check(kind)
-    if quick is not None and quick(instance):
-        return True
-    return validator(kind).is_valid(instance)
+    """The fast path: True when `instance` satisfies the schema (most files do), else False."""
+    compiled, invalid = _fast_validator(kind)
+    try:
+        compiled(instance)
+    except invalid:
+        return False
+    return True
 
 
 def check(kind: str, document: Document, data: Any = None, base: tuple = ()) -> list[Problem]:
-    """Validate `data` (default: the whole document) against a schema; one sentence per problem."""
+    """Validate `data` (default: the whole document) against a schema; one sentence per problem.
+
+    fastjsonschema settles valid files; jsonschema then finds and describes every problem in the rest.
+    """
     instance = document.data if data is None else data
-    quick = fast_check(kind)
-    if quick is not None and quick(instance):
+    if is_valid(kind, instance):
         return []
     problems: list[Problem] = []
     for error in validator(kind).iter_errors(instance):
         problems.extend(_describe(error, document, (*base, *error.absolute_path)))
+    if not problems:  # the two engines disagree: refuse, never accept what one of them rejects
+        problems.append(document.problem(base, f"does not satisfy the {kind} schema"))
     return problems
-
-
-class _Unsupported(Exception):
-    pass
-
-
-_ANNOTATIONS = {"$schema", "$id", "title", "description", "default"}
-_TYPES: dict[str, Callable[[Any], bool]] = {
-    "string": lambda value: isinstance(value, str),
-    "object": lambda value: isinstance(value, dict),
-    # Since draft 6 a float without a fractional part is an integer, as jsonschema reads it.
-    "integer": lambda value: (
-        (isinstance(value, int) and not isinstance(value, bool))
-        or (isinstance(value, float) and value.is_integer())
-    ),
-    "number": lambda value: isinstance(value, int | float) and not isinstance(value, bool),
-}
-
-
-_STRING_KEYWORDS = {"type", "maxLength", "minLength", "pattern", "enum"}
-
-
-def _compile(schema: dict[str, Any]) -> Callable[[Any], bool]:
-    """Turn the keywords our schemas use into one predicate; raise _Unsupported for any other."""
-    if schema.get("type") == "string" and set(schema) - _ANNOTATIONS <= _STRING_KEYWORDS:
-        return _compile_string(schema)
-    tests: list[Callable[[Any], bool]] = []
-    for keyword, rule in schema.items():
-        if keyword in _ANNOTATIONS or keyword == "properties":
-            continue
-        if keyword == "type":
-            tests.append(_TYPES[rule])
-        elif keyword == "maxLength":
-            tests.append(lambda value, limit=rule: not isinstance(value, str) or len(value) <= limit)
-        elif keyword == "minLength":
-            tests.append(lambda value, limit=rule: not isinstance(value, str) or len(value) >= limit)
-        elif keyword == "pattern":
-            search = ecma_regex(rule).search
-            tests.append(lambda value, search=search: not isinstance(value, str) or bool(search(value)))
-        elif keyword == "enum":
-            tests.append(lambda value, allowed=frozenset(rule): isinstance(value, str) and value in allowed)
-        elif keyword in ("minimum", "maximum", "exclusiveMinimum"):
-            compare = {"minimum": float.__ge__, "maximum": float.__le__, "exclusiveMinimum": float.__gt__}[
-                keyword
-            ]
-            tests.append(
-                lambda value, bound=rule, op=compare: not _TYPES["number"](value) or op(float(value), bound)
-            )
-        elif keyword == "required":
-            tests.append(
-                lambda value, keys=tuple(rule): not isinstance(value, dict) or all(k in value for k in keys)
-            )
-        elif keyword == "minProperties":
-            tests.append(lambda value, least=rule: not isinstance(value, dict) or len(value) >= least)
-        elif keyword == "propertyNames":
-            names = _compile(rule)
-            tests.append(lambda value, names=names: not isinstance(value, dict) or all(map(names, value)))
-        elif keyword == "additionalProperties":
-            properties = {name: _compile(sub) for name, sub in schema.get("properties", {}).items()}
-            others = None if rule is False else _compile(rule)
-            tests.append(lambda value, p=properties, o=others: _object_ok(value, p, o))
-        else:
-            raise _Unsupported(keyword)
-    if "properties" in schema and "additionalProperties" not in schema:
-        raise _Unsupported("properties without additionalProperties")
-    return lambda value: all(test(value) for test in tests)
-
-
-def _compile_string(schema: dict[str, Any]) -> Callable[[Any], bool]:
-    """One closure for a string property: the hot path, run for every field of every profile."""
-    longest = schema.get("maxLength", float("inf"))
-    shortest = schema.get("minLength", 0)
-    search = ecma_regex(schema["pattern"]).search if "pattern" in schema else None
-    allowed = frozenset(schema["enum"]) if "enum" in schema else None
-
-    def test(value: Any) -> bool:
-        if type(value) is not str or not shortest <= len(value) <= longest:
-            return False
-        if allowed is not None and value not in allowed:
-            return False
-        return search is None or search(value) is not None
-
-    return test
-
-
-def _object_ok(
-    value: Any, properties: dict[str, Callable[[Any], bool]], others: Callable[[Any], bool] | None
-) -> bool:
-    if not isinstance(value, dict):
-        return True
-    for key, item in value.items():
-        test = properties.get(key, others)
-        if test is None or not test(item):
-            return False
-    return True
 
 
 def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
