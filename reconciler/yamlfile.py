@@ -69,6 +69,11 @@ class Document:
 
 def load_mapping(file: Path | str, display: str, max_nodes: int = MAX_NODES) -> Document:
     """Load `file` as one YAML mapping, or raise ValidationFailed naming `display` and the line."""
+    return parse_mapping(read_source(file, display)[1], display, max_nodes)
+
+
+def read_source(file: Path | str, display: str) -> tuple[bytes, str]:
+    """The bytes of `file` and their text (UTF-8, a byte-order mark dropped), within the size limit."""
     try:
         with open(file, "rb") as stream:
             raw = stream.read()
@@ -77,12 +82,11 @@ def load_mapping(file: Path | str, display: str, max_nodes: int = MAX_NODES) -> 
     if len(raw) > MAX_FILE_BYTES:
         raise _fail(display, 0, 0, f"is {len(raw):,} bytes; the limit is {MAX_FILE_BYTES:,} (64 KiB)")
     try:
-        text = raw.decode("utf-8-sig")
+        return raw, raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         line = raw[: error.start].count(b"\n") + 1
         byte = raw[error.start]
         raise _fail(display, line, 0, f"is not UTF-8 text (byte 0x{byte:02x}); save it as UTF-8") from None
-    return parse_mapping(text, display, max_nodes)
 
 
 def parse_mapping(text: str, display: str, max_nodes: int = MAX_NODES) -> Document:
