@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -111,3 +112,8 @@ def test_formatting_never_changes_what_plan_sees(project, sandbox):
     result = project.run("plan", "--detailed-exitcode")
     assert result.exit_code == 0, result.output
 
+
+def test_the_shipped_profiles_are_canonical():
+    profiles = Path(__file__).resolve().parent.parent / "profiles"
+    result = CliRunner().invoke(cli, ["fmt", "--check", str(profiles)])
+    assert result.exit_code == 0, result.output
