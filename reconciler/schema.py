@@ -52,7 +52,7 @@ API_VERSIONS = ("v1", "v2")
 # No value may hold a line break or a control character: the C0 and C1 controls (among them LF, CR,
 # VT, FF and NEL, U+0085) and the Unicode line and paragraph separators (U+2028, U+2029).
 NOT_IN_A_LINE = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
-# ...nor, where a value is one word (an address, a URL), a space: ECMA-262's `\s` spelled out.
+# ...nor, where a value is one word (an email address, a URL), a space: ECMA-262's `\s` spelled out.
 NOT_IN_A_WORD = NOT_IN_A_LINE + r"\x20\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\ufeff"
 ONE_LINE = rf"^[^{NOT_IN_A_LINE}]*$"
 E164 = r"^\+[1-9][0-9]{6,14}$"

@@ -212,3 +212,15 @@ def test_checking_never_writes_the_schema_defaults_into_the_data():
     config = {"accounts": {"main": {"sid": "HX1", "waba_id": "1", "pod": "in"}}}
     assert schema.is_valid("config", config)
     assert config == {"accounts": {"main": {"sid": "HX1", "waba_id": "1", "pod": "in"}}}
+
+
+def test_if_the_describer_ever_found_nothing_the_file_is_still_refused(monkeypatch):
+    class FindsNothing:
+        def iter_errors(self, instance):
+            return iter(())
+
+    monkeypatch.setattr(schema, "validator", lambda kind: FindsNothing())
+    document = parse_mapping('phone_number: "+14155550100\\n"\n', "f.yaml")
+    assert [str(problem) for problem in schema.check("profile", document)] == [
+        "f.yaml:1:1: does not satisfy the profile schema"
+    ]
