@@ -153,13 +153,13 @@ class _Builder:
         if len(path) > MAX_DEPTH:
             raise _fail(self.document.path, *_mark(node.start_mark), f"nests deeper than {MAX_DEPTH} levels")
         self.document.value_at[path] = node.start_mark
+        if isinstance(node, yaml.ScalarNode):  # most nodes: tested first, and text returned at once
+            return node.value if node.tag == _STR else self._scalar(node, path)
         if isinstance(node, yaml.MappingNode):
             return self._mapping(node, path)
-        if isinstance(node, yaml.SequenceNode):
-            if node.tag != _SEQ:
-                return self._bad_tag(node, path)
-            return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
-        return self._scalar(node, path)
+        if node.tag != _SEQ:
+            return self._bad_tag(node, path)
+        return [self.build(item, (*path, index)) for index, item in enumerate(node.value)]
 
     def _mapping(self, node: yaml.MappingNode, path: Path_) -> dict[str, Any]:
         if node.tag != _MAP:
@@ -175,21 +175,20 @@ class _Builder:
                 )
                 continue
             key = key_node.value
-            if (*path, key) in self.document.key_at:
-                first_line = _mark(self.document.key_at[(*path, key)])[0]
+            child = (*path, key)
+            if child in self.document.key_at:
+                first_line = _mark(self.document.key_at[child])[0]
                 self._add(
                     _mark(key_node.start_mark), f"duplicate key '{key}' (first set on line {first_line})"
                 )
                 continue
-            self.document.key_at[(*path, key)] = key_node.start_mark
-            result[key] = self.build(value_node, (*path, key))
+            self.document.key_at[child] = key_node.start_mark
+            result[key] = self.build(value_node, child)
         return result
 
     def _scalar(self, node: yaml.ScalarNode, path: Path_) -> Any:
-        if node.tag == _STR:
-            # Line breaks and control characters are the schemas' to refuse (schema.NOT_IN_A_LINE), so
-            # that editors, check-jsonschema and `validate` all refuse the same values.
-            return node.value
+        """A scalar that YAML did not read as text (text is returned as it is: line breaks and control
+        characters are the schemas' to refuse, so editors, check-jsonschema and `validate` agree)."""
         if node.tag not in _PLAIN_SCALARS:
             return self._bad_tag(node, path)
         self.document.raw_text[path] = node.value
