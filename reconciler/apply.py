@@ -17,9 +17,9 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import audit
+from . import audit, secrets
 from .config import Config
-from .errors import MissingApiKey, ReconcilerError
+from .errors import ReconcilerError
 from .kaleyra import KaleyraClient, KaleyraError
 from .plan import Change, Plan
 from .state import Entry, Journal, State, now
@@ -60,22 +60,8 @@ def check_safety(plan: Plan, max_changes: int | None, force: bool) -> None:
 
 
 def api_keys(plan: Plan, config: Config) -> dict[str, str]:
-    """The API key of every account the plan sends to; a missing one stops the run before any PUT."""
-    keys: dict[str, str] = {}
-    for account_name in sorted({change.account for change in plan.puts}):
-        account = config.accounts.get(account_name)
-        if account is None:
-            raise ReconcilerError(
-                f"the plan sends to account '{account_name}', which reconciler.yaml no longer has"
-            )
-        key = account.api_key()
-        if key is None:
-            raise MissingApiKey(
-                f"account '{account_name}' has changes but the environment variable {account.api_key_env} "
-                "is not set; export the API key in it (nothing was sent)"
-            )
-        keys[account_name] = key
-    return keys
+    """The API key of every account the plan sends to; any missing or malformed one stops the run."""
+    return secrets.resolve_keys(config, {change.account for change in plan.puts})
 
 
 def apply_plan(

@@ -24,6 +24,7 @@ from .errors import ReconcilerError, StalePlan
 from .kaleyra import KaleyraClient
 from .plan import Plan, compute_plan
 from .profiles import Profile, load_profiles
+from .secrets import redact
 from .state import StateStore, atomic_write, locked, unlock
 
 FORMATS = click.Choice(["text", "json", "markdown"])
@@ -45,7 +46,6 @@ class PhoneNumber(click.ParamType):
 
 
 PHONE = PhoneNumber()
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
 
 
 class ReconcilerGroup(click.Group):
@@ -84,14 +84,6 @@ class ReconcilerGroup(click.Group):
             )
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
-
-
-def redact(text: str) -> str:
-    """Remove the value of every secret-looking environment variable from text we print."""
-    for name, secret in os.environ.items():
-        if len(secret) >= 6 and SECRET_NAME.search(name):
-            text = text.replace(secret, "[redacted]")
-    return text
 
 
 def echo(text: str, err: bool = False) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import schema
+from . import schema, secrets
 from .errors import Problem, ReconcilerError, ValidationFailed
 from .kaleyra import RetryPolicy, Target, pod_base_url
 from .yamlfile import MAX_CONFIG_NODES, Document, load_mapping
@@ -36,9 +36,6 @@ class Account:
     def waba_key(self) -> str:
         """Which WABA this account sends to ("sid/waba_id"); the state records it per number."""
         return f"{self.sid}/{self.waba_id}"
-
-    def api_key(self) -> str | None:
-        return os.environ.get(self.api_key_env) or None
 
 
 @dataclass(frozen=True)
@@ -90,7 +87,7 @@ def load_config(explicit: str | None = None) -> Config:
     if problems:
         raise ValidationFailed(problems)
     root = Path(os.path.abspath(path.parent))  # absolute: later chdirs must not move the state
-    return Config(
+    config = Config(
         path=path,
         profiles_dir=root / data.get("profiles_dir", "profiles"),
         state_path=root / (data.get("state") or {}).get("path", ".reconciler/state.json"),
@@ -100,6 +97,8 @@ def load_config(explicit: str | None = None) -> Config:
         retry=RetryPolicy(**(data.get("retry") or {})),
         document=document,
     )
+    secrets.remember_configured_keys(config)
+    return config
 
 
 def display_path(path: Path | str) -> str:

@@ -57,7 +57,14 @@ class StalePlan(ReconcilerError):
 
 
 class MissingApiKey(ReconcilerError):
-    """An account with changes has no API key in the environment."""
+    """Accounts with changes lack a usable API key in the environment; every one is listed at once."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+    def lines(self) -> list[str]:
+        return [*self.problems, "Export each key in its variable; nothing was sent."]
 
 
 class StateCorrupt(ReconcilerError):
