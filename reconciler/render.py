@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import click
 
 from .apply import APPLIED, FAILED, NOT_ATTEMPTED, RECORDED, ApplyReport
+from .escape import escape, json_text, quote
 from .plan import FORMAT_VERSION, Change, Plan
 from .state import Entry, State
 
@@ -18,11 +18,6 @@ SYMBOLS = {
     "unmanage": ("-", "cyan"),
     "forget": ("-", "red"),
 }
-
-
-def value(text: str | None) -> str:
-    """A field value for a terminal: quoted, escapes visible, so "" and trailing spaces show."""
-    return "(not managed)" if text is None else json.dumps(text, ensure_ascii=False)
 
 
 def summary_line(plan: Plan) -> str:
@@ -55,18 +50,18 @@ def _change_text(change: Change) -> list[str]:
     for name, field_change in change.fields.items():
         label = f"{name}:".ljust(width + 1)
         if change.action == "create":
-            lines.append(f"    {label} {value(field_change.after)}")
+            lines.append(f"    {label} {quote(field_change.after)}")
         elif change.action == "forget":
-            lines.append(f"    {label} {value(field_change.before)}")
+            lines.append(f"    {label} {quote(field_change.before)}")
         elif field_change.after is None:
-            lines.append(f"    {label} {value(field_change.before)}  (no longer managed; nothing sent)")
+            lines.append(f"    {label} {quote(field_change.before)}  (no longer managed; nothing sent)")
         else:
-            lines.append(f"    {label} {value(field_change.before)} -> {value(field_change.after)}")
+            lines.append(f"    {label} {quote(field_change.before)} -> {quote(field_change.after)}")
     return lines
 
 
 def plan_json(plan: Plan) -> str:
-    return json.dumps(plan.to_json(), indent=2, ensure_ascii=False) + "\n"
+    return json_text(plan.to_json(), indent=2) + "\n"
 
 
 # Every character that could end a table cell, start markup or code, or @-mention someone.
@@ -74,12 +69,13 @@ _MARKDOWN_ENTITIES = str.maketrans({char: f"&#{ord(char)};" for char in "&<>\"'|
 
 
 def md(text: str | None) -> str:
-    """Escape a value for a markdown table cell: profile text can never break out of it."""
+    """Escape a value for a markdown table cell: profile text can never break out of it, and control
+    and bidi characters show as visible escapes (an HTML entity would still reorder the text)."""
     if text is None:
         return "_(not managed)_"
     if text == "":
         return '`""` (cleared)'
-    return text.translate(_MARKDOWN_ENTITIES).replace("\r", "").replace("\n", "<br>")
+    return escape(text).translate(_MARKDOWN_ENTITIES)
 
 
 def plan_markdown(plan: Plan, title: str = "Kaleyra profile plan", limit: int = MARKDOWN_LIMIT) -> str:
@@ -182,7 +178,7 @@ def report_json(report: ApplyReport, plan: Plan) -> str:
             for outcome in report.outcomes
         ],
     }
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    return json_text(document, indent=2) + "\n"
 
 
 def report_markdown(report: ApplyReport, plan: Plan) -> str:
@@ -220,34 +216,44 @@ def state_list_text(state: State) -> str:
     if not state.entries:
         return "The state is empty: nothing has been applied yet.\n"
     rows = [
-        f"{phone}  {entry.account}  {entry.applied_at}  {len(entry.fields)} field(s)"
+        escape(f"{phone}  {entry.account}  {entry.applied_at}  {len(entry.fields)} field(s)")
         for phone, entry in sorted(state.entries.items())
     ]
-    header = f"lineage {state.lineage}, serial {state.serial}, {len(state.entries)} number(s)"
+    header = escape(f"lineage {state.lineage}, serial {state.serial}, {len(state.entries)} number(s)")
     return "\n".join([header, *rows]) + "\n"
 
 
 def entry_text(phone_number: str, entry: Entry) -> str:
     lines = [
-        f"{phone_number}",
-        f"  account:    {entry.account} ({entry.target})",
-        f"  applied at: {entry.applied_at}",
+        phone_number,
+        escape(f"  account:    {entry.account} ({entry.target})"),
+        escape(f"  applied at: {entry.applied_at}"),
     ]
-    lines += [f"  {name}: {value(text)}" for name, text in entry.fields.items()]
+    lines += [f"  {escape(name)}: {quote(text)}" for name, text in entry.fields.items()]
     return "\n".join(lines) + "\n"
 
 
 def history_text(records: list[dict[str, Any]]) -> str:
+    """When, who, which number, the result, and each field's old and new value; newest last. Every
+    part may have been written by hand or echoed by a server, so every part is escaped."""
     if not records:
         return "No history yet.\n"
     lines = []
     for entry in records:
-        by = entry.get("by", {})
-        who = by.get("actor", "?") + (f"@{by['commit'][:10]}" if by.get("commit") else "")
+        by = entry.get("by") or {}
+        who = str(by.get("actor", "?")) + (f"@{str(by['commit'])[:10]}" if by.get("commit") else "")
+        result, message = str(entry.get("result", "")), str(entry.get("message", ""))
+        outcome = message if message.startswith(f"{result}:") else f"{result}: {message}"
         lines.append(
-            f"{entry.get('time')}  {who}  {entry.get('phone_number')} ({entry.get('account')})  "
-            f"{entry.get('action')}  {entry.get('result')}: {entry.get('message')}"
+            escape(
+                f"{entry.get('time')}  {who}  {entry.get('phone_number')} ({entry.get('account')})  "
+                f"{entry.get('action')}  {outcome}"
+            )
         )
-        for name, change in entry.get("fields", {}).items():
-            lines.append(f"    {name}: {value(change.get('old'))} -> {value(change.get('new'))}")
+        for name, change in (entry.get("fields") or {}).items():
+            lines.append(f"    {escape(str(name))}: {_any(change.get('old'))} -> {_any(change.get('new'))}")
     return "\n".join(lines) + "\n"
+
+
+def _any(recorded: Any) -> str:
+    return quote(recorded) if recorded is None or isinstance(recorded, str) else escape(str(recorded))
