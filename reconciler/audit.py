@@ -15,7 +15,7 @@ from typing import Any
 from .errors import ReconcilerError
 from .escape import json_line
 from .plan import Change
-from .state import RecordingFailed, now, sync_appended
+from .state import RecordingFailed, drop_torn_tail, now, open_appending, sync_appended, write_all
 
 
 def who(cwd: Path | None = None) -> dict[str, str]:
@@ -55,6 +55,7 @@ class AuditLog:
     def __init__(self, path: Path):
         self.path = path
         self.file: Any = None
+        self.size = 0
         self.last_sync = 0.0
 
     def open(self) -> None:
@@ -63,7 +64,8 @@ class AuditLog:
             return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.path, "ab")  # noqa: SIM115 (kept open for the run)
+            self.file = open_appending(self.path)
+            self.size = drop_torn_tail(self.file)
             sync_appended(self.file.fileno())
         except OSError as error:
             self.file = None
@@ -76,19 +78,21 @@ class AuditLog:
         if not text:
             return
         self.open()
+        data = text.encode()
         try:
-            self.file.write(text.encode())
-            self.file.flush()
+            write_all(self.file, data)
             if time.monotonic() - self.last_sync >= self.SYNC_INTERVAL_S:
                 sync_appended(self.file.fileno())
                 self.last_sync = time.monotonic()
         except OSError as error:
+            with contextlib.suppress(OSError):  # the log must end on a whole record
+                self.file.truncate(self.size)
             raise RecordingFailed(f"{self.path}: cannot append ({error.strerror or error})") from None
+        self.size += len(data)
 
     def close(self) -> None:
         if self.file is not None:
             try:
-                self.file.flush()
                 sync_appended(self.file.fileno())
             except OSError as error:
                 raise RecordingFailed(f"{self.path}: cannot sync ({error.strerror or error})") from None

@@ -55,6 +55,15 @@ class LockHeld(ReconcilerError):
 class StalePlan(ReconcilerError):
     """A saved plan (or --checksum) no longer matches the state or the profiles."""
 
+    def __init__(self, message: str, details: list[str] | None = None):
+        self.details = details or []
+        super().__init__(message)
+
+    def lines(self) -> list[str]:
+        if not self.details:
+            return [str(self)]
+        return [f"error: {self}", *(f"  {line}" for line in self.details)]
+
 
 class MissingApiKey(ReconcilerError):
     """Accounts with changes lack a usable API key in the environment; every one is listed at once."""

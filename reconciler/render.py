@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from .apply import APPLIED, FAILED, NOT_ATTEMPTED, RECORDED, ApplyReport
-from .escape import escape, json_text, quote
+from .apply import APPLIED, FAILED, NOT_ATTEMPTED, RECORDED, ApplyReport, Outcome
+from .escape import escape, json_line, json_text, quote
 from .plan import FORMAT_VERSION, Change, Plan
 from .state import Entry, State
 
@@ -131,11 +133,58 @@ def _change_markdown(change: Change, fold: bool) -> str:
 
 # --- apply ----------------------------------------------------------------------------------------
 
+REPORT_STATUSES = (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)
+
+
+class ApplyProgress:
+    """What apply prints while it runs, so CI logs move: a line per number as its result is recorded
+    (text), one JSON event per number (jsonl), and a progress line at most every PROGRESS_EVERY_S."""
+
+    PROGRESS_EVERY_S = 10.0
+
+    def __init__(
+        self,
+        total: int,
+        output: str,
+        write: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.total, self.output, self.write, self.clock = total, output, write, clock
+        self.started = self.last_line = clock()
+        self.counts = dict.fromkeys(REPORT_STATUSES, 0)
+
+    def __call__(self, outcome: Outcome | None) -> None:
+        if outcome is not None:
+            self.counts[outcome.status] += 1
+            if self.output == "text":
+                self.write(outcome_line(outcome) + "\n")
+            elif self.output == "jsonl":
+                self.write(json_line({"event": "result", **_result(outcome)}))
+        now = self.clock()
+        done = sum(self.counts.values())
+        if self.output == "text" and done < self.total and now - self.last_line >= self.PROGRESS_EVERY_S:
+            counted = ", ".join(f"{n} {status}" for status, n in self.counts.items() if n)
+            elapsed = now - self.started
+            self.write(f"... {done} of {self.total} done ({counted or 'none yet'}) after {elapsed:.0f} s\n")
+            self.last_line = now
+
+
+def outcome_line(outcome: Outcome) -> str:
+    change = outcome.change
+    line = f"  {outcome.status:<13}  {change.phone_number}  {change.action} ({change.account})"
+    if outcome.status in (FAILED, NOT_ATTEMPTED):
+        line += f": {_coded(outcome)}"
+    return escape(line)
+
+
+def _coded(outcome: Outcome) -> str:
+    return outcome.message if outcome.code in ("", "-") else f"{outcome.code}: {outcome.message}"
+
 
 def failures_text(report: ApplyReport) -> str:
-    """One line per failed number, with Kaleyra's code and message: these go to stderr."""
+    """One line per failed number, sorted, with Kaleyra's code and message: these go to stderr."""
     lines = [
-        click.style(f"FAILED {o.change.phone_number} ({o.change.account}): {o.message}", fg="red")
+        click.style(escape(f"FAILED {o.change.phone_number} ({o.change.account}): {_coded(o)}"), fg="red")
         for o in report.having(FAILED)
     ]
     return "".join(line + "\n" for line in lines)
@@ -143,10 +192,12 @@ def failures_text(report: ApplyReport) -> str:
 
 def report_text(report: ApplyReport) -> str:
     """The outcome in a few lines (the failures themselves are in `failures_text`)."""
-    counts = {status: len(report.having(status)) for status in (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)}
+    counts = report.counts()
     lines = []
     if report.interrupted:
         lines.append("Interrupted: requests in flight were finished and recorded; nothing else was sent.")
+    if report.recording_failure:
+        lines.append("Recording failed: sending stopped at once (see the errors above).")
     lines.append(
         f"Applied {counts[APPLIED]}, recorded without sending {counts[RECORDED]}, failed {counts[FAILED]}, "
         f"not attempted {counts[NOT_ATTEMPTED]}."
@@ -158,38 +209,81 @@ def report_text(report: ApplyReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_json(report: ApplyReport, plan: Plan) -> str:
-    document = {
+def recording_failure_text(report: ApplyReport) -> str:
+    """Every number sent but not recorded, with its values: what a person must know to recover."""
+    lines = [
+        f"error: recording failed: {report.recording_failure}. Sending stopped; the requests in flight "
+        "were finished."
+    ]
+    if report.unrecorded:
+        lines.append(
+            "These numbers were accepted by Kaleyra but are NOT in the state (the next plan shows them "
+            "again; sending them again is harmless):"
+        )
+        lines += [
+            f"  {o.change.phone_number} ({o.change.account}): {json_text(o.change.sends)}"
+            for o in sorted(report.unrecorded, key=_by_number)
+        ]
+    if report.unaudited:
+        lines.append("These results are in the state but NOT in the audit log:")
+        lines += [
+            f"  {o.change.phone_number} ({o.change.account}): {json_text(o.change.sends)}"
+            for o in sorted(report.unaudited, key=_by_number)
+        ]
+    return escape("\n".join(lines)).replace("\\n", "\n") + "\n"
+
+
+def _by_number(outcome: Outcome) -> str:
+    return outcome.change.phone_number
+
+
+def _result(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "phone_number": outcome.change.phone_number,
+        "account": outcome.change.account,
+        "action": outcome.change.action,
+        "status": outcome.status,
+        "code": outcome.code,
+        "message": outcome.message,
+    }
+
+
+def _report_document(report: ApplyReport, plan: Plan) -> dict[str, Any]:
+    document: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "checksum": plan.checksum,
         "interrupted": report.interrupted,
-        "summary": {
-            status: len(report.having(status)) for status in (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)
-        },
-        "results": [
-            {
-                "phone_number": outcome.change.phone_number,
-                "account": outcome.change.account,
-                "action": outcome.change.action,
-                "status": outcome.status,
-                "code": outcome.code,
-                "message": outcome.message,
-            }
-            for outcome in report.outcomes
-        ],
+        "summary": report.counts(),
     }
+    if report.recording_failure:
+        document["recording_failure"] = report.recording_failure
+        document["unrecorded"] = [
+            {"phone_number": o.change.phone_number, "account": o.change.account, "fields": o.change.sends}
+            for o in sorted(report.unrecorded, key=_by_number)
+        ]
+    return document
+
+
+def report_json(report: ApplyReport, plan: Plan) -> str:
+    document = _report_document(report, plan)
+    document["results"] = [_result(outcome) for outcome in sorted(report.outcomes, key=_by_number)]
     return json_text(document, indent=2) + "\n"
+
+
+def report_jsonl_summary(report: ApplyReport, plan: Plan) -> str:
+    """The last event of `apply --format jsonl` (each number's event was streamed as it completed)."""
+    return json_line({"event": "summary", **_report_document(report, plan)})
 
 
 def report_markdown(report: ApplyReport, plan: Plan) -> str:
     """An apply's outcome for a CI job summary: counts, then every failure with Kaleyra's code."""
-    counts = [len(report.having(status)) for status in (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)]
+    counts = report.counts()
     lines = [
         "### Kaleyra profile apply",
         "",
         "| applied | recorded without sending | failed | not attempted |",
         "|---:|---:|---:|---:|",
-        "| " + " | ".join(map(str, counts)) + " |",
+        "| " + " | ".join(str(counts[status]) for status in REPORT_STATUSES) + " |",
         "",
     ]
     if report.interrupted:
@@ -197,6 +291,8 @@ def report_markdown(report: ApplyReport, plan: Plan) -> str:
             "**Interrupted**: requests in flight were finished and recorded; nothing else was sent.",
             "",
         ]
+    if report.recording_failure:
+        lines += [f"**Recording failed**: {md(report.recording_failure)}", ""]
     failures = report.having(FAILED)
     if failures:
         lines += ["| number | account | code | message |", "|---|---|---|---|"]

@@ -57,6 +57,12 @@ def redact(text: str) -> str:
     return pattern.sub(REDACTED, text) if pattern is not None else text
 
 
+def holds_key(text: str) -> bool:
+    """True when `text` contains a key read for this run (a key pasted into a profile value)."""
+    pattern = _pattern
+    return pattern is not None and pattern.search(text) is not None
+
+
 def remember_configured_keys(config: Config) -> None:
     """Every key the configuration names and the environment holds is redacted, even in commands
     that never send (history, state show): what one run wrote must not leak through another."""

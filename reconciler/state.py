@@ -246,8 +246,8 @@ class Journal:
                     os.fsync(file.fileno())
             finally:
                 probe.unlink(missing_ok=True)
-            self.file = open(self.store.journal_path, "ab")  # noqa: SIM115 (kept open for the run)
-            self.size = self.file.seek(0, os.SEEK_END)
+            self.file = open_appending(self.store.journal_path)
+            self.size = drop_torn_tail(self.file)
             sync_appended(self.file.fileno())
             _fsync_dir(folder)
         except OSError as error:
@@ -278,8 +278,7 @@ class Journal:
             lines.append(json_line(record))
         data = "".join(lines).encode()
         try:
-            self.file.write(data)
-            self.file.flush()
+            write_all(self.file, data)
             sync_appended(self.file.fileno())
         except OSError as error:
             self.failure = error
@@ -337,6 +336,47 @@ def atomic_write(path: Path, data: bytes) -> None:
             temporary.unlink()
         raise
     _fsync_dir(path.parent)
+
+
+def open_appending(path: Path) -> Any:
+    """A JSON Lines file opened for appending without a Python buffer: a failed write leaves nothing
+    pending in memory, so `truncate` can cut the file back to its last whole record."""
+    return open(path, "ab", buffering=0)
+
+
+def write_all(file: Any, data: bytes) -> None:
+    """Write every byte (an unbuffered write may be partial) or raise OSError."""
+    view = memoryview(data)
+    while view:
+        written = file.write(view)
+        if not written:
+            raise OSError(28, "No space left on device (a write made no progress)")
+        view = view[written:]
+
+
+def drop_torn_tail(file: Any) -> int:
+    """Cut a last line torn by a crash off a JSON Lines file opened for appending, so that a new record
+    never follows it (a torn line in the middle would make the file unreadable); return the size."""
+    size = file.seek(0, os.SEEK_END)
+    if size == 0:
+        return 0
+    with open(file.name, "rb") as reader:
+        reader.seek(size - 1)
+        if reader.read(1) == b"\n":
+            return size
+        # Walk back to the last newline; a JSON Lines record is small, so this reads little.
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            reader.seek(start)
+            newline = reader.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+    file.truncate(end)
+    file.seek(end)
+    return end
 
 
 def sync_appended(descriptor: int) -> None:
