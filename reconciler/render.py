@@ -11,6 +11,7 @@ import click
 from .apply import APPLIED, FAILED, NOT_ATTEMPTED, RECORDED, ApplyReport, Outcome
 from .escape import escape, json_line, json_text, quote
 from .plan import FORMAT_VERSION, Change, Plan
+from .secrets import redact
 from .state import Entry, State
 
 MARKDOWN_LIMIT = 60_000
@@ -77,7 +78,8 @@ def md(text: str | None) -> str:
         return "_(not managed)_"
     if text == "":
         return '`""` (cleared)'
-    return escape(text).translate(_MARKDOWN_ENTITIES)
+    # Redacted before escaping: an escaped key (`_` becomes `&#95;`) would no longer be found later.
+    return escape(redact(text)).translate(_MARKDOWN_ENTITIES)
 
 
 def plan_markdown(plan: Plan, title: str = "Kaleyra profile plan", limit: int = MARKDOWN_LIMIT) -> str:

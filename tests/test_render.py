@@ -94,3 +94,12 @@ def test_history_escapes_every_recorded_part():
     text = history_text([record])
     assert not UNSAFE.search(text.replace("\n", "")), text
     assert "WA400: \\u001b[31mforged\\rApplied 9" in text
+
+
+def test_markdown_cuts_a_key_before_escaping_it():
+    from reconciler import secrets
+
+    key = "md_key_with_under_scores_991"
+    secrets.remember(key)
+    cell = md(f"server said {key}")
+    assert "under" not in cell and "[redacted]" in cell.replace("&#91;", "[").replace("&#93;", "]")
