@@ -32,12 +32,26 @@ def who(cwd: Path | None = None) -> dict[str, str]:
 
 
 def record(change: Change, result: str, message: str, actor: dict[str, str]) -> dict[str, Any]:
+    fields = {name: (field.before, field.after) for name, field in change.fields.items()}
+    return entry(change.phone_number, change.account, change.action, fields, result, message, actor)
+
+
+def entry(
+    phone_number: str,
+    account: str,
+    action: str,
+    fields: dict[str, tuple[str | None, str | None]],
+    result: str,
+    message: str,
+    actor: dict[str, str],
+) -> dict[str, Any]:
+    """One audit record: what happened to one number, each field's old and new value, and who did it."""
     return {
         "time": now(),
-        "phone_number": change.phone_number,
-        "account": change.account,
-        "action": change.action,
-        "fields": {name: {"old": field.before, "new": field.after} for name, field in change.fields.items()},
+        "phone_number": phone_number,
+        "account": account,
+        "action": action,
+        "fields": {name: {"old": old, "new": new} for name, (old, new) in fields.items()},
         "result": result,
         "message": message,
         "by": actor,

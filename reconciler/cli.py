@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 
 import click
 
-from . import audit, render, schema
+from . import audit, render, schema, stateedit
 from .apply import (
     ApplyReport,
     api_keys,
@@ -36,6 +36,7 @@ from .kaleyra import KaleyraClient
 from .plan import Change, Plan, compute_plan, differences, unknown_accounts
 from .profiles import Profile, load_profiles
 from .secrets import redact
+from .selection import Selection, normalise_phone
 from .state import RecordingFailed, State, StateStore, atomic_write, locked, unlock
 
 FORMATS = click.Choice(["text", "json", "markdown"])
@@ -48,9 +49,8 @@ class PhoneNumber(click.ParamType):
     name = "PHONE"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        number = re.sub(r"[\s().-]", "", str(value))
-        number = number if number.startswith("+") else f"+{number}"
-        if not re.fullmatch(schema.E164, number):
+        number = normalise_phone(str(value))
+        if number is None:
             self.fail(
                 f"'{value}' is not a phone number: write + then 7 to 15 digits (+14155550100)", param, ctx
             )
@@ -134,6 +134,28 @@ class ReconcilerGroup(click.Group):
 
 def echo(text: str, err: bool = False) -> None:
     click.echo(redact(text), err=err, nl=False, color=False if os.environ.get("NO_COLOR") else None)
+
+
+def selection_options(function: Any) -> Any:
+    """--target and --exclude: a phone number, an account name, or a glob over phone numbers."""
+    function = click.option(
+        "--exclude",
+        "excludes",
+        multiple=True,
+        metavar="SEL",
+        help="Leave out this number, account or glob (repeatable).",
+    )(function)
+    return click.option(
+        "--target",
+        "targets",
+        multiple=True,
+        metavar="SEL",
+        help="Only this number, account name or glob like '+9199*' (repeatable).",
+    )(function)
+
+
+def _selection(config: Config, targets: tuple[str, ...], excludes: tuple[str, ...]) -> Selection:
+    return Selection.parse(targets, excludes, config.accounts)
 
 
 def verbose_option(function: Any) -> Any:
@@ -233,13 +255,18 @@ def validate(ctx: click.Context) -> int:
 
 @cli.command()
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Save the plan for `apply FILE`.")
-@click.option("--target", "targets", multiple=True, type=PHONE, help="Only this number (repeatable).")
+@selection_options
 @click.option("--format", "output", type=FORMATS, default="text", show_default=True)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes, 0 when none.")
 @verbose_option
 @click.pass_context
 def plan(
-    ctx: click.Context, out_file: str | None, targets: tuple[str, ...], output: str, detailed_exitcode: bool
+    ctx: click.Context,
+    out_file: str | None,
+    targets: tuple[str, ...],
+    excludes: tuple[str, ...],
+    output: str,
+    detailed_exitcode: bool,
 ) -> int:
     """Show what apply would change, field by field. Reads files only: no credentials needed.
 
@@ -247,11 +274,12 @@ def plan(
     Examples:
       reconciler plan
       reconciler plan --target +14155550100 --format json
+      reconciler plan --target acme-in --exclude '+9199*'
       reconciler plan --out plan.json && reconciler apply plan.json
     """
     config, profiles = _load(ctx)
     state = _load_state(config)
-    the_plan = compute_plan(profiles, state, targets, config.waba_keys())
+    the_plan = compute_plan(profiles, state, _selection(config, targets, excludes), config.waba_keys())
     _show_plan(the_plan, output)
     if out_file:
         atomic_write(Path(out_file), (json_text(the_plan.to_saved(), indent=2) + "\n").encode())
@@ -260,10 +288,11 @@ def plan(
 
 
 @cli.command()
+@selection_options
 @click.option("--format", "output", type=FORMATS, default="text", show_default=True)
 @verbose_option
 @click.pass_context
-def drift(ctx: click.Context, output: str) -> int:
+def drift(ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...], output: str) -> int:
     """Report where the profiles and the applied state differ: exit 2 when they do, 0 when not.
 
     \b
@@ -272,7 +301,7 @@ def drift(ctx: click.Context, output: str) -> int:
     """
     config, profiles = _load(ctx)
     state = _load_state(config)
-    the_plan = compute_plan(profiles, state, (), config.waba_keys())
+    the_plan = compute_plan(profiles, state, _selection(config, targets, excludes), config.waba_keys())
     if output == "text" and not the_plan.changes:
         echo(f"No drift: all {the_plan.unchanged} number(s) match the applied state.\n")
     else:
@@ -286,7 +315,7 @@ def drift(ctx: click.Context, output: str) -> int:
 @cli.command()
 @click.argument("plan_file", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--target", "targets", multiple=True, type=PHONE, help="Only this number (repeatable).")
+@selection_options
 @click.option("--parallelism", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--max-rps", type=Rate(), help="Hard cap on requests per second (0 < R <= 10,000).")
 @click.option("--checksum", type=Checksum(), help="Refuse unless the fresh plan has this checksum.")
@@ -301,6 +330,7 @@ def apply(
     plan_file: str | None,
     auto_approve: bool,
     targets: tuple[str, ...],
+    excludes: tuple[str, ...],
     parallelism: int,
     max_rps: float | None,
     checksum: str | None,
@@ -315,9 +345,9 @@ def apply(
       reconciler apply plan.json                # exactly a saved plan
       reconciler apply --checksum 3fa9... --auto-approve   # exactly what reviewers saw
     """
-    if plan_file and targets:
+    if plan_file and (targets or excludes):
         raise click.UsageError(
-            "--target cannot be combined with a saved plan (the plan already has its targets)"
+            "--target and --exclude cannot be combined with a saved plan (it records its own selection)"
         )
     config, profiles = _load(ctx)
     store = StateStore(config.state_path)
@@ -326,7 +356,8 @@ def apply(
         if plan_file:
             the_plan = _reviewed_plan(plan_file, profiles, state, config)
         else:
-            the_plan = compute_plan(profiles, state, targets, config.waba_keys())
+            selection = _selection(config, targets, excludes)
+            the_plan = compute_plan(profiles, state, selection, config.waba_keys())
         if checksum and the_plan.checksum != checksum:
             raise StalePlan(
                 f"stale plan: the plan is now {the_plan.checksum}, not the reviewed {checksum}; "
@@ -436,7 +467,8 @@ def _reviewed_plan(plan_file: str, profiles: dict[str, Profile], state: State, c
             f"(lineage {saved.lineage}), the state is now serial {state.serial} (lineage {state.lineage}); "
             "run `reconciler plan` again"
         )
-    fresh = compute_plan(profiles, state, saved.targets, config.waba_keys())
+    selection = _selection(config, saved.targets, saved.excludes)
+    fresh = compute_plan(profiles, state, selection, config.waba_keys())
     if fresh.profiles_digest != saved.profiles_digest:
         raise StalePlan(
             f"stale plan: the profiles changed since {plan_file} was made; run `reconciler plan` again"
@@ -465,11 +497,13 @@ def _confirm(question: str) -> None:
 
 
 @cli.command(name="import")
-@click.option("--target", "targets", multiple=True, type=PHONE, help="Only this number (repeatable).")
+@selection_options
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @verbose_option
 @click.pass_context
-def import_(ctx: click.Context, targets: tuple[str, ...], auto_approve: bool) -> int:
+def import_(
+    ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...], auto_approve: bool
+) -> int:
     """Adopt numbers with no state entry whose YAML is already live: record it as applied, send nothing.
 
     Numbers the state already manages are listed and skipped: an edit of one is applied with `apply`.
@@ -482,7 +516,7 @@ def import_(ctx: click.Context, targets: tuple[str, ...], auto_approve: bool) ->
     store = StateStore(config.state_path)
     with locked(store, "import"):
         state = _load_state(config, store)
-        the_plan = compute_plan(profiles, state, targets, config.waba_keys())
+        the_plan = compute_plan(profiles, state, _selection(config, targets, excludes), config.waba_keys())
         adopted = [
             c for c in the_plan.changes if c.action == "create" and c.phone_number not in state.entries
         ]
@@ -525,12 +559,14 @@ def _why_skipped(change: Change) -> str:
 
 @cli.group()
 def state() -> None:
-    """Inspect the applied state, or clear a stale lock.
+    """Inspect and maintain the applied state: list, show, rm, mv, unlock.
 
     \b
     Examples:
       reconciler state list
       reconciler state show +14155550100
+      reconciler state rm +14155550100
+      reconciler state mv old-label new-label
       reconciler state unlock --force
     """
 
@@ -569,6 +605,72 @@ def state_show(ctx: click.Context, phone_number: str) -> int:
     if entry is None:
         raise ReconcilerError(f"{phone_number}: not in the state (nothing applied or imported yet)")
     echo(render.entry_text(phone_number, entry))
+    return 0
+
+
+@state.command(name="rm")
+@click.argument("phone_numbers", nargs=-1, required=True, type=PHONE)
+@verbose_option
+@click.pass_context
+def state_rm(ctx: click.Context, phone_numbers: tuple[str, ...]) -> int:
+    """Stop managing numbers without touching their profiles or sending anything.
+
+    Their profiles, if they still exist, plan as creates afterwards.
+
+    \b
+    Example:
+      reconciler state rm +14155550100 +14155550101
+    """
+    return _edit_state(ctx, "state rm", lambda state, config: stateedit.remove(state, list(phone_numbers)))
+
+
+@state.command(name="mv")
+@click.argument("old")
+@click.argument("new")
+@verbose_option
+@click.pass_context
+def state_mv(ctx: click.Context, old: str, new: str) -> int:
+    """Rename account label OLD to NEW in the state, after renaming it in reconciler.yaml.
+
+    Refused unless NEW has the sid and waba_id the numbers were applied to, so a real move to another
+    WABA is still sent in full. Nothing is sent.
+
+    \b
+    Example (acme-in was renamed acme-india in reconciler.yaml):
+      reconciler state mv acme-in acme-india
+    """
+    return _edit_state(
+        ctx, "state mv", lambda state, config: stateedit.rename_account(state, old, new, config)
+    )
+
+
+def _edit_state(
+    ctx: click.Context, command: str, work_out: Callable[[State, Config], list[stateedit.Edit]]
+) -> int:
+    """Record a hand edit of the state like an apply: under the lock, journaled, audited."""
+    config = _config(ctx)
+    store = StateStore(config.state_path)
+    with locked(store, command):
+        state = store.load()
+        edits = work_out(state, config)
+        actor = audit.who(config.path.parent)
+        audit_log = audit.AuditLog(config.audit_path)
+        try:
+            with store.writer(state) as journal:
+                journal.open()
+                audit_log.open()
+                journal.record((edit.phone_number, edit.entry) for edit in edits)
+                audit_log.append(
+                    audit.entry(
+                        edit.phone_number, edit.account, command, edit.fields, "-", edit.message, actor
+                    )
+                    for edit in edits
+                )
+        finally:
+            audit_log.close()
+    for edit in edits:
+        echo(escape(f"  {command[6:]}  {edit.phone_number}: {edit.message}") + "\n")
+    echo(f"{len(edits)} number(s) changed in the state; nothing was sent.\n")
     return 0
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ReconcilerError
 from .profiles import Profile
+from .selection import Selection
 from .state import Entry, State
 
 FORMAT_VERSION = "1.0"
@@ -98,8 +99,9 @@ class Plan:
     lineage: str | None = None
     serial: int = 0
     profiles_digest: str = ""
+    # The --target and --exclude selectors it covers, as a saved plan records them.
     targets: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
+    excludes: tuple[str, ...] = ()
 
     @property
     def checksum(self) -> str:
@@ -134,6 +136,7 @@ class Plan:
         document["serial"] = self.serial
         document["profiles_digest"] = self.profiles_digest
         document["targets"] = list(self.targets)
+        document["excludes"] = list(self.excludes)
         for entry, change in zip(document["changes"], self.changes, strict=True):
             entry["target"] = change.target
             entry["digest"] = change.digest
@@ -163,6 +166,7 @@ class Plan:
                 serial=int(data["serial"]),
                 profiles_digest=str(data["profiles_digest"]),
                 targets=tuple(str(target) for target in data.get("targets", ())),
+                excludes=tuple(str(exclude) for exclude in data.get("excludes", ())),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ReconcilerError(f"not a readable saved plan ({type(error).__name__}: {error})") from None
@@ -202,24 +206,29 @@ def _shown(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
+EVERY_NUMBER = Selection()
+
+
 def compute_plan(
     desired: dict[str, Profile],
     state: State,
-    targets: tuple[str, ...] = (),
+    selection: Selection = EVERY_NUMBER,
     account_targets: dict[str, str] | None = None,
 ) -> Plan:
-    """Diff desired profiles against the applied state. `targets` limits the plan to those numbers.
+    """Diff desired profiles against the applied state, for the numbers `selection` covers.
 
     `account_targets` maps account name -> "sid/waba_id" so a number whose account now points at
     another WABA is sent in full, like a number whose account changed.
     """
     account_targets = account_targets or {}
     numbers = sorted(set(desired) | set(state.entries))
-    if targets:
-        unknown = [number for number in targets if number not in desired and number not in state.entries]
-        if unknown:
-            raise ReconcilerError(f"--target {unknown[0]}: no profile or state entry has that phone number")
-        numbers = [number for number in numbers if number in targets]
+    if selection:
+
+        def accounts_of(number: str) -> set[str]:
+            profile, entry = desired.get(number), state.entries.get(number)
+            return {owner.account for owner in (profile, entry) if owner is not None}
+
+        numbers = selection.choose(numbers, accounts_of)
     changes: list[Change] = []
     unchanged = 0
     for number in numbers:
@@ -228,13 +237,15 @@ def compute_plan(
             unchanged += 1
         else:
             changes.append(change)
+    targets, excludes = selection.texts()
     return Plan(
         changes=tuple(changes),
         unchanged=unchanged,
         lineage=state.lineage,
         serial=state.serial,
         profiles_digest=profiles_digest(desired, numbers),
-        targets=tuple(sorted(targets)),
+        targets=targets,
+        excludes=excludes,
     )
 
 
