@@ -176,6 +176,8 @@ def save(branch: str, config: str | None, message: str) -> str:
             return f"Saved the state to {branch} (attempt {attempt})."
         problem = pushed.stderr.strip()
         print(f"push attempt {attempt} failed: {problem}", file=sys.stderr)
+        if "protected branch" in problem.lower() or "permission" in problem.lower():
+            break  # a rule, not a race: retrying cannot help
         # Someone else moved the branch: replay our one commit on top of theirs. A rebase that stops
         # is aborted at once, so a conflict can never leave later attempts stuck mid-rebase.
         if git("fetch", "-q", "origin", f"refs/heads/{branch}", cwd=clone, check=False).returncode == 0:
@@ -184,7 +186,8 @@ def save(branch: str, config: str | None, message: str) -> str:
                 git("rebase", "--abort", cwd=clone, check=False)
                 problem = f"the branch {branch} changed the same files meanwhile ({rebased.stdout.strip()})"
                 break
-        time.sleep(attempt)
+        if attempt < PUSH_ATTEMPTS:
+            time.sleep(attempt / 2)
     _keep_unsaved(files, Path.cwd())
     raise StateBranchError(f"could not push the state to {branch}: {problem}")
 

@@ -149,6 +149,21 @@ class FakeGitHub:
             self.comments[comment["id"]] = comment
             return comment
 
+    def add_issue(self, title: str, body: str, labels: list[str], user: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            number = next(self.numbers)
+            issue = {
+                "number": number,
+                "state": "open",
+                "title": title,
+                "body": body,
+                "labels": labels,
+                "user": user,
+            }
+            self.issues[number] = issue
+            self.labels.update(labels)
+            return dict(issue)
+
     def comments_on(self, number: int) -> list[dict[str, Any]]:
         with self.lock:
             return [dict(c) for c in self.comments.values() if c["issue_number"] == number]
