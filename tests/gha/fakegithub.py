@@ -494,7 +494,13 @@ class FakeGitHub:
                         if fault.remaining and fault.method == self.command and fault.path.search(path):
                             fault.remaining -= 1
                             hub.requests.append((self.command, path, fault.status))
-                            self._json(fault.status, {"message": "Server Error"}, {})
+                            # As GitHub's own 5xx pages: HTML, not JSON.
+                            page = b"<html><body><h1>Unicorn!</h1></body></html>"
+                            self.send_response(fault.status)
+                            self.send_header("Content-Type", "text/html")
+                            self.send_header("Content-Length", str(len(page)))
+                            self.end_headers()
+                            self.wfile.write(page)
                             return
                     try:
                         document = json.loads(body) if body else None
