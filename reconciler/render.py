@@ -14,6 +14,8 @@ from .plan import FORMAT_VERSION, Change, Plan
 from .secrets import redact
 from .state import Entry, State
 
+# In UTF-8 bytes: GitHub refuses comments over 65,536 characters, and a byte budget under that holds
+# for every script (a Hindi plan has three bytes per character), leaving room for a flag and errors.
 MARKDOWN_LIMIT = 60_000
 SYMBOLS = {
     "create": ("+", "green"),
@@ -98,20 +100,21 @@ def plan_markdown(plan: Plan, title: str = "Kaleyra profile plan", limit: int = 
         "",
     ]
     tail = ["", f"Checksum: `{plan.checksum}`", marker, ""]
-    budget = limit - len("\n".join(head + tail)) - 400  # room for the truncation note
+    budget = limit - len("\n".join(head + tail).encode()) - 400  # bytes; room for the truncation note
     sections: list[str] = []
     shown = 0
     for change in plan.changes:
         section = _change_markdown(change, fold=len(plan.changes) > 10 or len(change.fields) > 5)
-        if budget - len(section) < 0:
+        cost = len(section.encode())
+        if budget - cost < 0:
             break
-        budget -= len(section) + 1
+        budget -= cost + 1
         sections.append(section)
         shown += 1
     if shown < len(plan.changes):
         sections.append(
             f"> **{len(plan.changes) - shown} more number(s) not shown**: this comment is limited to "
-            f"{limit:,} characters. Run `reconciler plan` for the full plan."
+            f"{limit:,} bytes. Run `reconciler plan` for the full plan."
         )
     return "\n".join(head + sections + tail)
 
