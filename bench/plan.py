@@ -49,7 +49,7 @@ def breakdown(root: Path) -> dict[str, float]:
         phases["validate"] = time.perf_counter() - started - phases["load (read + parse)"]
         started = time.perf_counter()
         state = StateStore(config.state_path).load()
-        plan = compute_plan(profiles, state, (), config.waba_keys())
+        plan = compute_plan(profiles, state, account_targets=config.waba_keys())
         phases["state + diff"] = time.perf_counter() - started
         started = time.perf_counter()
         render.plan_text(plan)

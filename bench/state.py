@@ -69,7 +69,7 @@ def apply_once(count: int, parallelism: int, bookkeeping: bool) -> tuple[float, 
             profiles = load_profiles(config)
             store = StateStore(config.state_path)
             state = store.load()
-            plan = compute_plan(profiles, state, (), config.waba_keys())
+            plan = compute_plan(profiles, state, account_targets=config.waba_keys())
             audit_log = audit.AuditLog(config.audit_path)
             patches = contextlib.ExitStack()
             calls = CallTimer()

@@ -1,30 +1,32 @@
-"""Executing a plan: PUTs in parallel, every result recorded durably as it arrives.
+"""Executing a plan: PUTs in parallel, every result recorded durably before it is reported.
 
 Only the main thread writes the state and the audit log; workers only talk to Kaleyra. Results that
 arrive within COMMIT_INTERVAL_S of each other are written with one sync (group commit), then
-reported. Ctrl-C (or SIGTERM) stops sending new requests, waits for those in flight, records them,
-and reports the rest as not attempted.
+reported. A stop (Ctrl-C, SIGTERM, or a recording that failed) means no new request starts; those in
+flight finish and are recorded; the rest are reported as not attempted.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from . import audit
+from . import audit, secrets
 from .config import Config
-from .errors import MissingApiKey, ReconcilerError
-from .kaleyra import KaleyraClient, KaleyraError
+from .errors import ReconcilerError
+from .kaleyra import ACCOUNT_FATAL, KaleyraClient, KaleyraError
 from .plan import Change, Plan
-from .state import Entry, Journal, State, now
+from .state import Entry, Journal, RecordingFailed, State, now
 
 APPLIED, RECORDED, FAILED, NOT_ATTEMPTED = "applied", "recorded", "failed", "not attempted"
+STATUSES = (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)
 # The shortest time between two syncs of the journal and audit log (bench/state.py measured it).
 COMMIT_INTERVAL_S = 0.05
 
@@ -41,41 +43,68 @@ class Outcome:
 class ApplyReport:
     outcomes: list[Outcome] = field(default_factory=list)
     interrupted: bool = False
+    # Set when a success could not be made durable: sending stopped at once.
+    recording_failure: str | None = None
+    # Accepted by Kaleyra but not in the state (the journal failed), or not in the audit log.
+    unrecorded: list[Outcome] = field(default_factory=list)
+    unaudited: list[Outcome] = field(default_factory=list)
 
     def having(self, status: str) -> list[Outcome]:
-        return [outcome for outcome in self.outcomes if outcome.status == status]
+        return sorted(
+            (outcome for outcome in self.outcomes if outcome.status == status),
+            key=lambda outcome: outcome.change.phone_number,
+        )
+
+    def counts(self) -> dict[str, int]:
+        counted = dict.fromkeys(STATUSES, 0)
+        for outcome in self.outcomes:
+            counted[outcome.status] += 1
+        return counted
 
     @property
     def ok(self) -> bool:
-        return not self.interrupted and not self.having(FAILED) and not self.having(NOT_ATTEMPTED)
+        counted = self.counts()
+        return not (self.interrupted or self.recording_failure or counted[FAILED] or counted[NOT_ATTEMPTED])
 
 
-def check_safety(plan: Plan, max_changes: int | None, force: bool) -> None:
-    puts = len(plan.puts)
-    if max_changes is not None and puts > max_changes and not force:
+def check_safety(plan: Plan, state: State, max_changes: int | None, force: bool) -> None:
+    """Refuse (before anything is sent) a plan that changes more than `safety.max_changes` numbers, or
+    one that would drop every managed number, unless `force`. Every change that alters the state
+    counts: forgets and unmanages too, not only PUTs."""
+    if force:
+        return
+    changed = len(plan.changes)
+    if max_changes is not None and changed > max_changes:
         raise ReconcilerError(
-            f"this plan sends {puts} PUTs, more than safety.max_changes ({max_changes}); "
+            f"this plan changes {changed} numbers ({len(plan.puts)} PUTs, {plan.count('forget')} forgets, "
+            f"{plan.count('unmanage')} unmanages), more than safety.max_changes ({max_changes}); "
             "check it, then run again with --force to apply it"
+        )
+    forgotten = {change.phone_number for change in plan.changes if change.action == "forget"}
+    if state.entries and forgotten >= state.entries.keys():
+        raise ReconcilerError(
+            f"this plan drops every managed number ({len(state.entries)}) from the state; is profiles_dir "
+            "right? Run again with --force if that is what you want"
         )
 
 
 def api_keys(plan: Plan, config: Config) -> dict[str, str]:
-    """The API key of every account the plan sends to; a missing one stops the run before any PUT."""
-    keys: dict[str, str] = {}
-    for account_name in sorted({change.account for change in plan.puts}):
-        account = config.accounts.get(account_name)
-        if account is None:
-            raise ReconcilerError(
-                f"the plan sends to account '{account_name}', which reconciler.yaml no longer has"
-            )
-        key = account.api_key()
-        if key is None:
-            raise MissingApiKey(
-                f"account '{account_name}' has changes but the environment variable {account.api_key_env} "
-                "is not set; export the API key in it (nothing was sent)"
-            )
-        keys[account_name] = key
+    """The API key of every account the plan sends to; any missing or malformed one stops the run."""
+    keys = secrets.resolve_keys(config, {change.account for change in plan.puts})
+    refuse_key_leaks(plan.changes)
     return keys
+
+
+def refuse_key_leaks(changes: Iterable[Change]) -> None:
+    """A profile value holding an API key would publish it on the WhatsApp profile: refuse the run."""
+    leaks = [
+        f"{change.phone_number}: {name} holds the API key of an account; never put a key in a profile"
+        for change in changes
+        for name, value in change.sends.items()
+        if secrets.holds_key(value)
+    ]
+    if leaks:
+        raise ReconcilerError("; ".join(leaks) + " (nothing was sent)")
 
 
 def apply_plan(
@@ -88,43 +117,72 @@ def apply_plan(
     keys: dict[str, str],
     *,
     parallelism: int = 8,
-    progress: Callable[[int, int], None] | None = None,
+    stop: threading.Event | None = None,
+    progress: Callable[[Outcome | None], None] | None = None,
 ) -> ApplyReport:
-    """Execute `plan`; `keys` (from `api_keys`) holds the API key of every account it sends to."""
+    """Execute `plan`; `keys` (from `api_keys`) holds the API key of every account it sends to.
+
+    `progress` is called with each outcome once it is recorded, and with None about every 0.2 s
+    while waiting, so callers can print progress. Setting `stop` stops the run as Ctrl-C does.
+    """
     actor = audit.who(config.path.parent)
     report = ApplyReport()
-    total = len(plan.changes)
+    stop = stop or threading.Event()
+    # Prove the run can record before it sends anything.
+    journal.open()
+    audit_log.open()
 
     def record(outcomes: list[Outcome]) -> None:
         successes = [outcome for outcome in outcomes if outcome.status in (APPLIED, RECORDED)]
-        journal.record((o.change.phone_number, entry_after(o.change, state)) for o in successes)
-        audit_log.append(audit.record(o.change, o.code, o.message, actor) for o in outcomes)
+        try:
+            journal.record((o.change.phone_number, entry_after(o.change, state)) for o in successes)
+        except RecordingFailed as failure:
+            report.recording_failure = report.recording_failure or str(failure)
+            report.unrecorded.extend(o for o in successes if o.status == APPLIED)
+            stop.set()
+        try:
+            audit_log.append(audit.record(o.change, o.code, o.message, actor) for o in outcomes)
+        except RecordingFailed as failure:
+            report.recording_failure = report.recording_failure or str(failure)
+            report.unaudited.extend(o for o in successes if o not in report.unrecorded)
+            stop.set()
         report.outcomes.extend(outcomes)
         if progress:
-            progress(len(report.outcomes), total)
+            for outcome in outcomes:
+                progress(outcome)
 
     local = [change for change in plan.changes if not change.needs_put]
     record([Outcome(change, RECORDED, "-", _local_message(change)) for change in local])
 
+    # One RBC001 or WA401 condemns the account's key, SID or WABA: its other numbers are failed at once
+    # instead of sending N identical doomed requests.
+    condemned: dict[str, KaleyraError] = {}
+
     def send(change: Change) -> Outcome:
         account = config.accounts[change.account]
+        fatal = condemned.get(change.account)
+        if fatal is not None:
+            return Outcome(change, FAILED, fatal.code, f"not sent: {fatal.detail()}")
         try:
             success = client.update(account.target(), keys[change.account], change.phone_number, change.sends)
         except KaleyraError as error:
-            return Outcome(change, FAILED, error.code, error.describe())
+            if error.attempts == 0:  # the stop came before the first attempt: nothing was sent
+                return Outcome(change, NOT_ATTEMPTED, "-", "interrupted before sending")
+            if error.code in ACCOUNT_FATAL:
+                condemned.setdefault(change.account, error)
+            return Outcome(change, FAILED, error.code, error.detail())
         except Exception as error:  # a bug must not lose track of the other numbers
             return Outcome(change, FAILED, "ERROR", f"{type(error).__name__}: {error}")
         return Outcome(change, APPLIED, success.code, success.message)
 
     # Workers take the next change themselves and hand results back through a queue, so they never wait
     # for the main thread. The main thread only records: it takes whatever has arrived as one batch
-    # (one fsync), so batches grow when disks are slow (group commit) and the cost stays linear.
+    # (one sync), so batches grow when disks are slow (group commit) and the cost stays linear.
     todo: queue.SimpleQueue[Change] = queue.SimpleQueue()
     for change in plan.puts:
         todo.put(change)
     # Outcomes, and one None per worker as it finishes (so the end is seen at once, with no polling).
     results: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
-    stop = threading.Event()
     workers = min(parallelism, len(plan.puts))
 
     def work() -> None:
@@ -157,27 +215,28 @@ def apply_plan(
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="put") as executor:
         for _ in range(workers):
             executor.submit(work)
-        with _stop_on_signals(stop):
-            last_commit = 0.0
-            while finished < workers:
-                gather(block=True)
-                # Group commit: while more can arrive, let results gather for a moment between syncs.
-                # A result is reported only once synced, so this delays reports and loses nothing.
-                pause = last_commit + COMMIT_INTERVAL_S - time.monotonic()
-                if batch and pause > 0 and finished < workers:
-                    time.sleep(pause)
-                    gather(block=False)
-                if batch:
-                    record(batch)
-                    batch = []
-                    last_commit = time.monotonic()
+        last_commit = 0.0
+        while finished < workers:
+            gather(block=True)
+            # Group commit: while more can arrive, let results gather for a moment between syncs.
+            # A result is reported only once synced, so this delays reports and loses nothing.
+            pause = last_commit + COMMIT_INTERVAL_S - time.monotonic()
+            if batch and pause > 0 and finished < workers:
+                time.sleep(pause)
+                gather(block=False)
+            if batch:
+                record(batch)
+                batch = []
+                last_commit = time.monotonic()
+            elif progress:
+                progress(None)
     not_sent = []
     while not todo.empty():
         not_sent.append(todo.get_nowait())
-    if stop.is_set():
-        report.interrupted = True
+    report.interrupted = stop.is_set() and report.recording_failure is None
     if not_sent:
-        record([Outcome(change, NOT_ATTEMPTED, "-", "interrupted before sending") for change in not_sent])
+        reason = "not sent: recording failed" if report.recording_failure else "interrupted before sending"
+        record([Outcome(change, NOT_ATTEMPTED, "-", reason) for change in not_sent])
     return report
 
 
@@ -203,14 +262,15 @@ def _local_message(change: Change) -> str:
 
 
 @contextlib.contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+def stop_on_signals(stop: threading.Event, in_flight_note: str) -> Iterator[None]:
     """Ctrl-C or SIGTERM (CI cancelling a job) asks the run to stop: nothing new is sent, requests in
-    flight finish and are recorded. The flag is only read between batches, so no result taken from a
-    worker can be lost halfway through being recorded. A second signal interrupts at once."""
+    flight finish and are recorded, and the report is printed. Later signals only say so again:
+    whatever Kaleyra accepted must be recorded before the process exits, however many signals come."""
 
     def request_stop(signum: int, frame: object) -> None:
         if stop.is_set():
-            raise KeyboardInterrupt
+            # os.write, not print: a handler may interrupt a print of the main thread (re-entrancy).
+            os.write(2, f"\nStill stopping: {in_flight_note}\n".encode())
         stop.set()
 
     try:

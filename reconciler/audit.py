@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
 import os
@@ -12,8 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ReconcilerError
+from .escape import json_line
 from .plan import Change
-from .state import now, sync_appended
+from .state import RecordingFailed, drop_torn_tail, now, open_appending, sync_appended, write_all
 
 
 def who(cwd: Path | None = None) -> dict[str, str]:
@@ -30,12 +32,26 @@ def who(cwd: Path | None = None) -> dict[str, str]:
 
 
 def record(change: Change, result: str, message: str, actor: dict[str, str]) -> dict[str, Any]:
+    fields = {name: (field.before, field.after) for name, field in change.fields.items()}
+    return entry(change.phone_number, change.account, change.action, fields, result, message, actor)
+
+
+def entry(
+    phone_number: str,
+    account: str,
+    action: str,
+    fields: dict[str, tuple[str | None, str | None]],
+    result: str,
+    message: str,
+    actor: dict[str, str],
+) -> dict[str, Any]:
+    """One audit record: what happened to one number, each field's old and new value, and who did it."""
     return {
         "time": now(),
-        "phone_number": change.phone_number,
-        "account": change.account,
-        "action": change.action,
-        "fields": {name: {"old": field.before, "new": field.after} for name, field in change.fields.items()},
+        "phone_number": phone_number,
+        "account": account,
+        "action": action,
+        "fields": {name: {"old": old, "new": new} for name, (old, new) in fields.items()},
         "result": result,
         "message": message,
         "by": actor,
@@ -45,40 +61,68 @@ def record(change: Change, result: str, message: str, actor: dict[str, str]) -> 
 class AuditLog:
     """Append-only JSON Lines. Every batch is written and flushed at once, so a crash of the process
     loses nothing; it is synced to disk at most every SYNC_INTERVAL_S and on close, so a power cut can
-    lose its last second. (The state, which must never lose a success, is synced with every batch.)"""
+    lose its last second. (The state, which must never lose a success, is synced with every batch.)
+    A write that fails raises RecordingFailed: the run stops sending rather than act unrecorded."""
 
     SYNC_INTERVAL_S = 1.0
 
     def __init__(self, path: Path):
         self.path = path
-        self.file = None
+        self.file: Any = None
+        self.size = 0
         self.last_sync = 0.0
 
+    def open(self) -> None:
+        """Prove, before anything is sent, that the audit log can be opened for appending and synced."""
+        if self.file is not None:
+            return
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open_appending(self.path)
+            self.size = drop_torn_tail(self.file)
+            sync_appended(self.file.fileno())
+        except OSError as error:
+            self.file = None
+            raise RecordingFailed(
+                f"{self.path}: cannot write the audit log ({error.strerror or error}); nothing was sent"
+            ) from None
+
     def append(self, records: Iterable[dict[str, Any]]) -> None:
-        text = "".join(json.dumps(entry, sort_keys=True, ensure_ascii=False) + "\n" for entry in records)
+        text = "".join(json_line(entry) for entry in records)
         if not text:
             return
-        if self.file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.path, "ab")  # noqa: SIM115 (kept open for the run)
-        self.file.write(text.encode())
-        self.file.flush()
-        if time.monotonic() - self.last_sync >= self.SYNC_INTERVAL_S:
-            sync_appended(self.file.fileno())
-            self.last_sync = time.monotonic()
+        self.open()
+        data = text.encode()
+        try:
+            write_all(self.file, data)
+            if time.monotonic() - self.last_sync >= self.SYNC_INTERVAL_S:
+                sync_appended(self.file.fileno())
+                self.last_sync = time.monotonic()
+        except OSError as error:
+            with contextlib.suppress(OSError):  # the log must end on a whole record
+                self.file.truncate(self.size)
+            raise RecordingFailed(f"{self.path}: cannot append ({error.strerror or error})") from None
+        self.size += len(data)
 
     def close(self) -> None:
         if self.file is not None:
-            self.file.flush()
-            sync_appended(self.file.fileno())
-            self.file.close()
-            self.file = None
+            try:
+                sync_appended(self.file.fileno())
+            except OSError as error:
+                raise RecordingFailed(f"{self.path}: cannot sync ({error.strerror or error})") from None
+            finally:
+                with contextlib.suppress(OSError):
+                    self.file.close()
+                self.file = None
 
     def read(self, phone_number: str | None = None) -> Iterator[dict[str, Any]]:
         """Every record, oldest first; a line torn by a crash at the very end is skipped."""
-        if not self.path.exists():
+        try:
+            lines = self.path.read_bytes().decode("utf-8", errors="replace").split("\n")
+        except FileNotFoundError:
             return
-        lines = self.path.read_text(encoding="utf-8").split("\n")
+        except OSError as error:
+            raise ReconcilerError(f"{self.path}: cannot be read ({error.strerror})") from None
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
@@ -88,6 +132,9 @@ class AuditLog:
                 if number == len(lines):
                     return
                 raise ReconcilerError(f"{self.path}:{number}: unreadable audit record") from None
+            fields = entry.get("fields", {}) if isinstance(entry, dict) else None
+            if not isinstance(fields, dict) or not all(isinstance(f, dict) for f in fields.values()):
+                raise ReconcilerError(f"{self.path}:{number}: not an audit record (expected an object)")
             if phone_number is None or entry.get("phone_number") == phone_number:
                 yield entry
 

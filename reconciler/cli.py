@@ -7,9 +7,11 @@ Exit codes, for every command: 0 success and nothing to do; 1 any error (usage e
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
+import threading
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -17,16 +19,28 @@ from typing import Any, NoReturn
 
 import click
 
-from . import audit, render, schema
-from .apply import ApplyReport, api_keys, apply_plan, check_safety, entry_after
+from . import audit, render, schema, stateedit
+from .apply import (
+    ApplyReport,
+    api_keys,
+    apply_plan,
+    check_safety,
+    entry_after,
+    refuse_key_leaks,
+    stop_on_signals,
+)
 from .config import Config, load_config
 from .errors import ReconcilerError, StalePlan
+from .escape import escape, json_text
 from .kaleyra import KaleyraClient
-from .plan import Plan, compute_plan
+from .plan import Change, Plan, compute_plan, differences, unknown_accounts
 from .profiles import Profile, load_profiles
-from .state import StateStore, atomic_write, locked, unlock
+from .secrets import redact
+from .selection import Selection, normalise_phone
+from .state import RecordingFailed, State, StateStore, atomic_write, locked, unlock
 
 FORMATS = click.Choice(["text", "json", "markdown"])
+APPLY_FORMATS = click.Choice(["text", "json", "jsonl", "markdown"])
 
 
 class PhoneNumber(click.ParamType):
@@ -35,9 +49,8 @@ class PhoneNumber(click.ParamType):
     name = "PHONE"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        number = re.sub(r"[\s().-]", "", str(value))
-        number = number if number.startswith("+") else f"+{number}"
-        if not re.fullmatch(schema.E164, number):
+        number = normalise_phone(str(value))
+        if number is None:
             self.fail(
                 f"'{value}' is not a phone number: write + then 7 to 15 digits (+14155550100)", param, ctx
             )
@@ -45,7 +58,37 @@ class PhoneNumber(click.ParamType):
 
 
 PHONE = PhoneNumber()
-SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD", re.IGNORECASE)
+
+
+class Checksum(click.ParamType):
+    """A plan checksum: exactly 64 hex characters. Anything else, the empty string included, is a
+    usage error: an empty --checksum must never mean "apply without review"."""
+
+    name = "SHA"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip()
+        if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
+            self.fail(f"{escape(repr(value))} is not a plan checksum (64 hex characters)", param, ctx)
+        return text.lower()
+
+
+class Rate(click.ParamType):
+    """Requests per second: a finite number above 0, at most MAX_RPS (nan and inf are not rates)."""
+
+    name = "R"
+    MAX_RPS = 10_000.0
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        try:
+            rate = float(value)
+        except (TypeError, ValueError):
+            self.fail(f"{escape(repr(value))} is not a number", param, ctx)
+        if not (math.isfinite(rate) and 0 < rate <= self.MAX_RPS):
+            self.fail(
+                f"{escape(repr(value))}: give a rate above 0 and at most {self.MAX_RPS:,.0f}", param, ctx
+            )
+        return rate
 
 
 class ReconcilerGroup(click.Group):
@@ -56,8 +99,9 @@ class ReconcilerGroup(click.Group):
         try:
             code = super().main(args, prog_name, standalone_mode=False, **extra)
         except ReconcilerError as error:
-            for line in error.lines():
-                click.echo(redact(f"error: {line}" if len(error.lines()) == 1 else line), err=True)
+            lines = error.lines()
+            for line in lines:
+                click.echo(redact(escape(f"error: {line}" if len(lines) == 1 else line)), err=True)
             sys.exit(1)
         except click.exceptions.Abort:
             click.echo("Aborted: nothing was changed.", err=True)
@@ -70,15 +114,17 @@ class ReconcilerGroup(click.Group):
             sys.exit(1)
         except OSError as error:  # a file we cannot read or write: disk full, permissions
             where = f"{error.filename}: " if error.filename else ""
-            click.echo(redact(f"error: {where}{error.strerror or error}"), err=True)
+            click.echo(redact(escape(f"error: {where}{error.strerror or error}")), err=True)
             sys.exit(1)
         except Exception as error:  # a bug: one line (secrets redacted), the traceback only on request
             if os.environ.get("RECONCILER_DEBUG"):
                 click.echo(redact(traceback.format_exc()), err=True)
             click.echo(
                 redact(
-                    f"internal error: {type(error).__name__}: {error}. This is a bug in the reconciler; "
-                    "please report it (RECONCILER_DEBUG=1 shows the traceback)."
+                    escape(
+                        f"internal error: {type(error).__name__}: {error}. This is a bug in the "
+                        "reconciler; please report it (RECONCILER_DEBUG=1 shows the traceback)."
+                    )
                 ),
                 err=True,
             )
@@ -86,16 +132,30 @@ class ReconcilerGroup(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-def redact(text: str) -> str:
-    """Remove the value of every secret-looking environment variable from text we print."""
-    for name, secret in os.environ.items():
-        if len(secret) >= 6 and SECRET_NAME.search(name):
-            text = text.replace(secret, "[redacted]")
-    return text
-
-
 def echo(text: str, err: bool = False) -> None:
     click.echo(redact(text), err=err, nl=False, color=False if os.environ.get("NO_COLOR") else None)
+
+
+def selection_options(function: Any) -> Any:
+    """--target and --exclude: a phone number, an account name, or a glob over phone numbers."""
+    function = click.option(
+        "--exclude",
+        "excludes",
+        multiple=True,
+        metavar="SEL",
+        help="Leave out this number, account or glob (repeatable).",
+    )(function)
+    return click.option(
+        "--target",
+        "targets",
+        multiple=True,
+        metavar="SEL",
+        help="Only this number, account name or glob like '+9199*' (repeatable).",
+    )(function)
+
+
+def _selection(config: Config, targets: tuple[str, ...], excludes: tuple[str, ...]) -> Selection:
+    return Selection.parse(targets, excludes, config.accounts)
 
 
 def verbose_option(function: Any) -> Any:
@@ -144,8 +204,24 @@ def _load(ctx: click.Context) -> tuple[Config, dict[str, Profile]]:
     return config, load_profiles(config)
 
 
+def _load_state(config: Config, store: StateStore | None = None) -> State:
+    """The applied state; entries for accounts reconciler.yaml no longer has are named in a warning."""
+    state = (store or StateStore(config.state_path)).load()
+    for account, numbers in sorted(unknown_accounts(state, config.accounts).items()):
+        shown = ", ".join(numbers[:5]) + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
+        echo(
+            escape(
+                f"warning: the state holds {len(numbers)} number(s) of account '{account}', which "
+                f"{config.path.name} does not have: {shown}. Renamed? `reconciler state mv {account} NEW`"
+            )
+            + "\n",
+            err=True,
+        )
+    return state
+
+
 def _log(ctx: click.Context) -> Callable[[str], None] | None:
-    return (lambda line: echo(line + "\n", err=True)) if ctx.obj.get("verbose") else None
+    return (lambda line: echo(escape(line) + "\n", err=True)) if ctx.obj.get("verbose") else None
 
 
 def _show_plan(plan: Plan, output: str, title: str = "Plan") -> None:
@@ -179,13 +255,18 @@ def validate(ctx: click.Context) -> int:
 
 @cli.command()
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Save the plan for `apply FILE`.")
-@click.option("--target", "targets", multiple=True, type=PHONE, help="Only this number (repeatable).")
+@selection_options
 @click.option("--format", "output", type=FORMATS, default="text", show_default=True)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes, 0 when none.")
 @verbose_option
 @click.pass_context
 def plan(
-    ctx: click.Context, out_file: str | None, targets: tuple[str, ...], output: str, detailed_exitcode: bool
+    ctx: click.Context,
+    out_file: str | None,
+    targets: tuple[str, ...],
+    excludes: tuple[str, ...],
+    output: str,
+    detailed_exitcode: bool,
 ) -> int:
     """Show what apply would change, field by field. Reads files only: no credentials needed.
 
@@ -193,23 +274,25 @@ def plan(
     Examples:
       reconciler plan
       reconciler plan --target +14155550100 --format json
+      reconciler plan --target acme-in --exclude '+9199*'
       reconciler plan --out plan.json && reconciler apply plan.json
     """
     config, profiles = _load(ctx)
-    state = StateStore(config.state_path).load()
-    the_plan = compute_plan(profiles, state, targets, config.waba_keys())
+    state = _load_state(config)
+    the_plan = compute_plan(profiles, state, _selection(config, targets, excludes), config.waba_keys())
     _show_plan(the_plan, output)
     if out_file:
-        atomic_write(Path(out_file), (json.dumps(the_plan.to_saved(), indent=2) + "\n").encode())
+        atomic_write(Path(out_file), (json_text(the_plan.to_saved(), indent=2) + "\n").encode())
         echo(f"Saved the plan to {out_file} (checksum {the_plan.checksum}).\n", err=True)
     return 2 if detailed_exitcode and the_plan.changes else 0
 
 
 @cli.command()
+@selection_options
 @click.option("--format", "output", type=FORMATS, default="text", show_default=True)
 @verbose_option
 @click.pass_context
-def drift(ctx: click.Context, output: str) -> int:
+def drift(ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...], output: str) -> int:
     """Report where the profiles and the applied state differ: exit 2 when they do, 0 when not.
 
     \b
@@ -217,8 +300,8 @@ def drift(ctx: click.Context, output: str) -> int:
       reconciler drift --format markdown >> "$GITHUB_STEP_SUMMARY"
     """
     config, profiles = _load(ctx)
-    state = StateStore(config.state_path).load()
-    the_plan = compute_plan(profiles, state, (), config.waba_keys())
+    state = _load_state(config)
+    the_plan = compute_plan(profiles, state, _selection(config, targets, excludes), config.waba_keys())
     if output == "text" and not the_plan.changes:
         echo(f"No drift: all {the_plan.unchanged} number(s) match the applied state.\n")
     else:
@@ -232,12 +315,14 @@ def drift(ctx: click.Context, output: str) -> int:
 @cli.command()
 @click.argument("plan_file", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
-@click.option("--target", "targets", multiple=True, type=PHONE, help="Only this number (repeatable).")
+@selection_options
 @click.option("--parallelism", type=click.IntRange(1, 256), default=8, show_default=True)
-@click.option("--max-rps", type=click.FloatRange(min=0, min_open=True), help="Cap on requests per second.")
-@click.option("--checksum", metavar="SHA", help="Refuse unless the fresh plan has this checksum.")
-@click.option("--force", is_flag=True, help="Apply even beyond safety.max_changes.")
-@click.option("--format", "output", type=FORMATS, default="text", show_default=True)
+@click.option("--max-rps", type=Rate(), help="Hard cap on requests per second (0 < R <= 10,000).")
+@click.option("--checksum", type=Checksum(), help="Refuse unless the fresh plan has this checksum.")
+@click.option(
+    "--force", is_flag=True, help="Apply beyond safety.max_changes, or a plan dropping every number."
+)
+@click.option("--format", "output", type=APPLY_FORMATS, default="text", show_default=True)
 @verbose_option
 @click.pass_context
 def apply(
@@ -245,6 +330,7 @@ def apply(
     plan_file: str | None,
     auto_approve: bool,
     targets: tuple[str, ...],
+    excludes: tuple[str, ...],
     parallelism: int,
     max_rps: float | None,
     checksum: str | None,
@@ -259,19 +345,20 @@ def apply(
       reconciler apply plan.json                # exactly a saved plan
       reconciler apply --checksum 3fa9... --auto-approve   # exactly what reviewers saw
     """
-    if plan_file and targets:
+    if plan_file and (targets or excludes):
         raise click.UsageError(
-            "--target cannot be combined with a saved plan (the plan already has its targets)"
+            "--target and --exclude cannot be combined with a saved plan (it records its own selection)"
         )
     config, profiles = _load(ctx)
     store = StateStore(config.state_path)
     with locked(store, "apply"):
-        state = store.load()
+        state = _load_state(config, store)
         if plan_file:
-            the_plan = _saved_plan(plan_file, profiles, state, config)
+            the_plan = _reviewed_plan(plan_file, profiles, state, config)
         else:
-            the_plan = compute_plan(profiles, state, targets, config.waba_keys())
-        if checksum and the_plan.checksum != checksum.strip().lower():
+            selection = _selection(config, targets, excludes)
+            the_plan = compute_plan(profiles, state, selection, config.waba_keys())
+        if checksum and the_plan.checksum != checksum:
             raise StalePlan(
                 f"stale plan: the plan is now {the_plan.checksum}, not the reviewed {checksum}; "
                 "the state or the profiles changed since. Review the new plan"
@@ -279,15 +366,40 @@ def apply(
         if not the_plan.changes:
             _show_report(ApplyReport(), the_plan, output)
             return 0
-        check_safety(the_plan, config.max_changes, force)
+        check_safety(the_plan, state, config.max_changes, force)
         keys = api_keys(the_plan, config)
         if output == "text":
             echo(render.plan_text(the_plan))
         if not (plan_file or checksum or auto_approve):
             _confirm("Apply these changes?")
-        audit_log = audit.AuditLog(config.audit_path)
-        client = KaleyraClient(config.retry, max_connections=parallelism, max_rps=max_rps, log=_log(ctx))
+        report = _send(ctx, the_plan, config, store, state, keys, parallelism, max_rps, output)
+    _show_report(report, the_plan, output)
+    return 0 if report.ok else 1
+
+
+def _send(
+    ctx: click.Context,
+    the_plan: Plan,
+    config: Config,
+    store: StateStore,
+    state: State,
+    keys: dict[str, str],
+    parallelism: int,
+    max_rps: float | None,
+    output: str,
+) -> ApplyReport:
+    """Run the plan with signals deferred, so the report is always printed and every result Kaleyra
+    accepted is recorded before the process exits."""
+    stop = threading.Event()
+    audit_log = audit.AuditLog(config.audit_path)
+    progress = render.ApplyProgress(len(the_plan.changes), output, echo)
+    report: ApplyReport | None = None
+    in_flight = (
+        f"finishing the requests in flight (each within {config.retry.timeout_s:g} s) and recording them"
+    )
+    with stop_on_signals(stop, in_flight):
         try:
+            client = KaleyraClient(config.retry, max_connections=parallelism, max_rps=max_rps, log=_log(ctx))
             with client, store.writer(state) as journal:
                 report = apply_plan(
                     the_plan,
@@ -298,17 +410,34 @@ def apply(
                     client,
                     keys,
                     parallelism=parallelism,
-                    progress=_progress_bar(len(the_plan.puts)),
+                    stop=stop,
+                    progress=progress,
                 )
+        except (RecordingFailed, OSError) as failure:
+            if report is None:
+                raise  # before the first PUT: nothing was sent
+            # Compaction failed: every success is still in the journal, which the next command replays.
+            report.recording_failure = report.recording_failure or (
+                f"the state file could not be rewritten ({failure}); its journal {store.journal_path.name} "
+                "keeps every success and the next command replays it"
+            )
         finally:
-            audit_log.close()
-    _show_report(report, the_plan, output)
-    return 0 if report.ok else 1
+            try:
+                audit_log.close()
+            except RecordingFailed as failure:
+                if report is None:
+                    raise
+                report.recording_failure = report.recording_failure or str(failure)
+    return report
 
 
 def _show_report(report: ApplyReport, plan: Plan, output: str) -> None:
+    if report.recording_failure:  # on stderr whatever the format: someone must act on it
+        echo(render.recording_failure_text(report), err=True)
     if output == "json":
         echo(render.report_json(report, plan))
+    elif output == "jsonl":
+        echo(render.report_jsonl_summary(report, plan))
     elif output == "markdown":
         echo(render.report_markdown(report, plan))
     elif plan.changes:
@@ -318,13 +447,18 @@ def _show_report(report: ApplyReport, plan: Plan, output: str) -> None:
         echo(render.plan_text(plan))  # nothing to do: "No changes."
 
 
-def _saved_plan(plan_file: str, profiles: dict[str, Profile], state: Any, config: Config) -> Plan:
+def _reviewed_plan(plan_file: str, profiles: dict[str, Profile], state: State, config: Config) -> Plan:
+    """The plan to apply for a saved plan file: a FRESH plan, and only if it equals the saved one.
+
+    The file's own checksum proves nothing (anyone can recompute a sha256), so the file is only a
+    statement of what was reviewed; what is sent is computed now, and must match it exactly.
+    """
     try:
-        saved = Plan.from_saved(json.loads(Path(plan_file).read_text()))
-    except (ValueError, KeyError, TypeError) as error:
-        raise ReconcilerError(
-            f"{plan_file}: not a readable saved plan ({type(error).__name__}: {error})"
-        ) from None
+        document = json.loads(Path(plan_file).read_bytes())
+    except (OSError, ValueError) as error:
+        raise ReconcilerError(f"{plan_file}: not a readable saved plan ({error})") from None
+    try:
+        saved = Plan.from_saved(document)
     except ReconcilerError as error:
         raise ReconcilerError(f"{plan_file}: {error}") from None
     if (saved.lineage, saved.serial) != (state.lineage, state.serial):
@@ -333,12 +467,20 @@ def _saved_plan(plan_file: str, profiles: dict[str, Profile], state: Any, config
             f"(lineage {saved.lineage}), the state is now serial {state.serial} (lineage {state.lineage}); "
             "run `reconciler plan` again"
         )
-    current = compute_plan(profiles, state, saved.targets, config.waba_keys())
-    if current.profiles_digest != saved.profiles_digest:
+    selection = _selection(config, saved.targets, saved.excludes)
+    fresh = compute_plan(profiles, state, selection, config.waba_keys())
+    if fresh.profiles_digest != saved.profiles_digest:
         raise StalePlan(
             f"stale plan: the profiles changed since {plan_file} was made; run `reconciler plan` again"
         )
-    return saved
+    found = differences(saved, fresh)
+    if found:
+        raise StalePlan(
+            f"stale plan: {plan_file} does not match a fresh plan of the same state and profiles "
+            "(was it edited?); nothing was sent. What differs:",
+            found,
+        )
+    return fresh
 
 
 def _interactive() -> bool:
@@ -354,27 +496,17 @@ def _confirm(question: str) -> None:
         raise click.exceptions.Abort()
 
 
-def _progress_bar(total: int) -> Callable[[int, int], None] | None:
-    """A one-line progress bar on a terminal for more than a handful of numbers; nothing otherwise."""
-    if total <= 5 or not sys.stderr.isatty():
-        return None
-
-    def show(done: int, of: int) -> None:
-        width = 30
-        filled = int(width * done / of) if of else width
-        end = "\n" if done >= of else ""
-        click.echo(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{of}{end}", err=True, nl=False)
-
-    return show
-
-
 @cli.command(name="import")
-@click.option("--target", "targets", multiple=True, type=PHONE, help="Only this number (repeatable).")
+@selection_options
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @verbose_option
 @click.pass_context
-def import_(ctx: click.Context, targets: tuple[str, ...], auto_approve: bool) -> int:
-    """Adopt numbers whose YAML is already live: record it as applied, send nothing.
+def import_(
+    ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...], auto_approve: bool
+) -> int:
+    """Adopt numbers with no state entry whose YAML is already live: record it as applied, send nothing.
+
+    Numbers the state already manages are listed and skipped: an edit of one is applied with `apply`.
 
     \b
     Example (numbers set up by hand before the reconciler):
@@ -383,12 +515,18 @@ def import_(ctx: click.Context, targets: tuple[str, ...], auto_approve: bool) ->
     config, profiles = _load(ctx)
     store = StateStore(config.state_path)
     with locked(store, "import"):
-        state = store.load()
-        the_plan = compute_plan(profiles, state, targets, config.waba_keys())
-        adopted = [change for change in the_plan.changes if change.action in ("create", "update")]
+        state = _load_state(config, store)
+        the_plan = compute_plan(profiles, state, _selection(config, targets, excludes), config.waba_keys())
+        adopted = [
+            c for c in the_plan.changes if c.action == "create" and c.phone_number not in state.entries
+        ]
+        for change in the_plan.changes:
+            if change not in adopted:
+                echo(escape(f"  skip   {change.phone_number} ({change.account}): {_why_skipped(change)}\n"))
         if not adopted:
-            echo("Nothing to import: every profile is already recorded in the state.\n")
+            echo("Nothing to import: every profile already has a state entry.\n")
             return 0
+        refuse_key_leaks(adopted)
         for change in adopted:
             echo(f"  import {change.phone_number} ({change.account}): {len(change.fields)} field(s)\n")
         if not auto_approve:
@@ -397,6 +535,8 @@ def import_(ctx: click.Context, targets: tuple[str, ...], auto_approve: bool) ->
         audit_log = audit.AuditLog(config.audit_path)
         try:
             with store.writer(state) as journal:
+                journal.open()
+                audit_log.open()
                 journal.record((change.phone_number, entry_after(change, state)) for change in adopted)
                 message = "imported: recorded as applied, nothing sent"
                 audit_log.append(audit.record(change, "IMPORTED", message, actor) for change in adopted)
@@ -406,17 +546,27 @@ def import_(ctx: click.Context, targets: tuple[str, ...], auto_approve: bool) ->
     return 0
 
 
+def _why_skipped(change: Change) -> str:
+    if change.action == "forget":
+        return "in the state with no profile; `reconciler apply` forgets it"
+    if change.moved_from:
+        return f"managed under {change.moved_from}; `reconciler apply` sends it to its new account"
+    return f"already managed, {change.action} pending; `reconciler apply` applies it"
+
+
 # --- state, history, schema -----------------------------------------------------------------------
 
 
 @cli.group()
 def state() -> None:
-    """Inspect the applied state, or clear a stale lock.
+    """Inspect and maintain the applied state: list, show, rm, mv, unlock.
 
     \b
     Examples:
       reconciler state list
       reconciler state show +14155550100
+      reconciler state rm +14155550100
+      reconciler state mv old-label new-label
       reconciler state unlock --force
     """
 
@@ -434,9 +584,7 @@ def state_list(ctx: click.Context, output: str) -> int:
     """
     current = StateStore(_config(ctx).state_path).load()
     echo(
-        json.dumps(current.to_json(), indent=2) + "\n"
-        if output == "json"
-        else render.state_list_text(current)
+        json_text(current.to_json(), indent=2) + "\n" if output == "json" else render.state_list_text(current)
     )
     return 0
 
@@ -457,6 +605,72 @@ def state_show(ctx: click.Context, phone_number: str) -> int:
     if entry is None:
         raise ReconcilerError(f"{phone_number}: not in the state (nothing applied or imported yet)")
     echo(render.entry_text(phone_number, entry))
+    return 0
+
+
+@state.command(name="rm")
+@click.argument("phone_numbers", nargs=-1, required=True, type=PHONE)
+@verbose_option
+@click.pass_context
+def state_rm(ctx: click.Context, phone_numbers: tuple[str, ...]) -> int:
+    """Stop managing numbers without touching their profiles or sending anything.
+
+    Their profiles, if they still exist, plan as creates afterwards.
+
+    \b
+    Example:
+      reconciler state rm +14155550100 +14155550101
+    """
+    return _edit_state(ctx, "state rm", lambda state, config: stateedit.remove(state, list(phone_numbers)))
+
+
+@state.command(name="mv")
+@click.argument("old")
+@click.argument("new")
+@verbose_option
+@click.pass_context
+def state_mv(ctx: click.Context, old: str, new: str) -> int:
+    """Rename account label OLD to NEW in the state, after renaming it in reconciler.yaml.
+
+    Refused unless NEW has the sid and waba_id the numbers were applied to, so a real move to another
+    WABA is still sent in full. Nothing is sent.
+
+    \b
+    Example (acme-in was renamed acme-india in reconciler.yaml):
+      reconciler state mv acme-in acme-india
+    """
+    return _edit_state(
+        ctx, "state mv", lambda state, config: stateedit.rename_account(state, old, new, config)
+    )
+
+
+def _edit_state(
+    ctx: click.Context, command: str, work_out: Callable[[State, Config], list[stateedit.Edit]]
+) -> int:
+    """Record a hand edit of the state like an apply: under the lock, journaled, audited."""
+    config = _config(ctx)
+    store = StateStore(config.state_path)
+    with locked(store, command):
+        state = store.load()
+        edits = work_out(state, config)
+        actor = audit.who(config.path.parent)
+        audit_log = audit.AuditLog(config.audit_path)
+        try:
+            with store.writer(state) as journal:
+                journal.open()
+                audit_log.open()
+                journal.record((edit.phone_number, edit.entry) for edit in edits)
+                audit_log.append(
+                    audit.entry(
+                        edit.phone_number, edit.account, command, edit.fields, "-", edit.message, actor
+                    )
+                    for edit in edits
+                )
+        finally:
+            audit_log.close()
+    for edit in edits:
+        echo(escape(f"  {command[6:]}  {edit.phone_number}: {edit.message}") + "\n")
+    echo(f"{len(edits)} number(s) changed in the state; nothing was sent.\n")
     return 0
 
 
@@ -489,11 +703,7 @@ def history(ctx: click.Context, phone_number: str | None, output: str) -> int:
       reconciler history +14155550100
     """
     records = list(audit.AuditLog(_config(ctx).audit_path).read(phone_number))
-    echo(
-        json.dumps(records, indent=2, ensure_ascii=False) + "\n"
-        if output == "json"
-        else render.history_text(records)
-    )
+    echo(json_text(records, indent=2) + "\n" if output == "json" else render.history_text(records))
     return 0
 
 

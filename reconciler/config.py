@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from . import schema
+from . import schema, secrets
 from .errors import Problem, ReconcilerError, ValidationFailed
 from .kaleyra import RetryPolicy, Target, pod_base_url
 from .yamlfile import MAX_CONFIG_NODES, Document, load_mapping
 
 DEFAULT_CONFIG = "reconciler.yaml"
+DEFAULT_STATE_PATH = ".reconciler/state.json"
 ENDPOINT_ENV = "KALEYRA_ENDPOINT"
 
 
@@ -36,9 +37,6 @@ class Account:
     def waba_key(self) -> str:
         """Which WABA this account sends to ("sid/waba_id"); the state records it per number."""
         return f"{self.sid}/{self.waba_id}"
-
-    def api_key(self) -> str | None:
-        return os.environ.get(self.api_key_env) or None
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,8 @@ def load_config(explicit: str | None = None) -> Config:
         raise ValidationFailed(problems)
     data = document.data
     accounts = {name: Account(name=name, **fields) for name, fields in data["accounts"].items()}
-    problems += _endpoint_problems(document, accounts)
+    root = Path(os.path.abspath(path.parent))  # absolute: later chdirs must not move the state
+    problems += _endpoint_problems(document, accounts) + _path_problems(document, root)
     defaults = dict(data.get("defaults") or {})
     default_account = defaults.get("account")
     if default_account is not None and default_account not in accounts:
@@ -89,17 +88,18 @@ def load_config(explicit: str | None = None) -> Config:
         )
     if problems:
         raise ValidationFailed(problems)
-    root = Path(os.path.abspath(path.parent))  # absolute: later chdirs must not move the state
-    return Config(
+    config = Config(
         path=path,
         profiles_dir=root / data.get("profiles_dir", "profiles"),
-        state_path=root / (data.get("state") or {}).get("path", ".reconciler/state.json"),
+        state_path=root / (data.get("state") or {}).get("path", DEFAULT_STATE_PATH),
         accounts=accounts,
         defaults=defaults,
         max_changes=(data.get("safety") or {}).get("max_changes"),
         retry=RetryPolicy(**(data.get("retry") or {})),
         document=document,
     )
+    secrets.remember_configured_keys(config)
+    return config
 
 
 def display_path(path: Path | str) -> str:
@@ -123,19 +123,54 @@ def insecure_endpoint(url: str) -> bool:
         return True
 
 
+def endpoint_problem(url: str) -> str | None:
+    """Why `url` cannot be a base URL for Kaleyra requests, or None: http(s) with a host, and http only
+    to a loopback address."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 (raises ValueError for a port that is not a number)
+    except ValueError:
+        return f"'{url}' is not a URL"
+    if parts.scheme not in ("http", "https") or not host:
+        return f"'{url}' is not an http(s) URL with a host (like https://api.in.kaleyra.io)"
+    if parts.username is not None or parts.password is not None:
+        return f"'{url}' carries credentials; keys only ever come from the environment"
+    if insecure_endpoint(url):
+        return f"'{url}' uses http:// to a non-loopback host; use https://"
+    return None
+
+
 def _endpoint_problems(document: Document, accounts: dict[str, Account]) -> list[Problem]:
     problems = []
     for account in accounts.values():
-        if account.endpoint and insecure_endpoint(account.endpoint):
+        problem = account.endpoint and endpoint_problem(account.endpoint)
+        if problem:
+            problems.append(document.problem(("accounts", account.name, "endpoint"), f"endpoint: {problem}"))
+    override = os.environ.get(ENDPOINT_ENV)
+    problem = override and endpoint_problem(override)
+    if problem:
+        problems.append(Problem(ENDPOINT_ENV, 0, 0, problem))
+    return problems
+
+
+def _path_problems(document: Document, root: Path) -> list[Problem]:
+    """profiles_dir and state.path stay inside the folder of reconciler.yaml, symlinks resolved: a
+    config must not walk the whole disk (`/`) or read and write beside the repository (`..`)."""
+    data = document.data
+    problems = []
+    real_root = os.path.realpath(root)
+    for key_path, relative in (
+        (("profiles_dir",), data.get("profiles_dir", "profiles")),
+        (("state", "path"), (data.get("state") or {}).get("path", DEFAULT_STATE_PATH)),
+    ):
+        resolved = os.path.realpath(root / relative)
+        if resolved != real_root and not resolved.startswith(os.path.join(real_root, "")):
             problems.append(
                 document.problem(
-                    ("accounts", account.name, "endpoint"),
-                    f"endpoint: '{account.endpoint}' uses http:// to a non-loopback host; use https://",
+                    key_path,
+                    f"{'.'.join(key_path)}: '{relative}' leads outside the folder of {document.path} "
+                    f"(to {resolved}); keep it inside the repository",
                 )
             )
-    override = os.environ.get(ENDPOINT_ENV)
-    if override and insecure_endpoint(override):
-        problems.append(
-            Problem(ENDPOINT_ENV, 0, 0, f"'{override}' uses http:// to a non-loopback host; use https://")
-        )
     return problems

@@ -55,9 +55,25 @@ class LockHeld(ReconcilerError):
 class StalePlan(ReconcilerError):
     """A saved plan (or --checksum) no longer matches the state or the profiles."""
 
+    def __init__(self, message: str, details: list[str] | None = None):
+        self.details = details or []
+        super().__init__(message)
+
+    def lines(self) -> list[str]:
+        if not self.details:
+            return [str(self)]
+        return [f"error: {self}", *(f"  {line}" for line in self.details)]
+
 
 class MissingApiKey(ReconcilerError):
-    """An account with changes has no API key in the environment."""
+    """Accounts with changes lack a usable API key in the environment; every one is listed at once."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+    def lines(self) -> list[str]:
+        return [*self.problems, "Export each key in its variable; nothing was sent."]
 
 
 class StateCorrupt(ReconcilerError):

@@ -28,6 +28,8 @@ POD_HOSTS = {
 SUCCESS = "WA200"
 # Codes that mean "the request is wrong": sending it again cannot help.
 NEVER_RETRY = frozenset({"WA400", "WA401", "RBC001", "E112"})
+# Codes that condemn every request of the account (its key, SID or WABA), not just one number.
+ACCOUNT_FATAL = frozenset({"RBC001", "WA401"})
 HINTS = {
     "RBC001": "check the account's sid and the API key in its environment variable",
     "WA401": "the account's waba_id is not on this Kaleyra account",
@@ -88,7 +90,11 @@ class KaleyraError(Exception):
         super().__init__(self.describe())
 
     def describe(self) -> str:
-        text = f"{self.code}: {self.message}"
+        return f"{self.code}: {self.detail()}"
+
+    def detail(self) -> str:
+        """The message with its hint and attempt count, without the code (shown beside it)."""
+        text = self.message
         if self.code in HINTS:
             text += f" ({HINTS[self.code]})"
         if self.attempts > 1:

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import ReconcilerError
 from .profiles import Profile
+from .selection import Selection
 from .state import Entry, State
 
 FORMAT_VERSION = "1.0"
@@ -97,8 +99,9 @@ class Plan:
     lineage: str | None = None
     serial: int = 0
     profiles_digest: str = ""
+    # The --target and --exclude selectors it covers, as a saved plan records them.
     targets: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
+    excludes: tuple[str, ...] = ()
 
     @property
     def checksum(self) -> str:
@@ -133,49 +136,99 @@ class Plan:
         document["serial"] = self.serial
         document["profiles_digest"] = self.profiles_digest
         document["targets"] = list(self.targets)
+        document["excludes"] = list(self.excludes)
         for entry, change in zip(document["changes"], self.changes, strict=True):
             entry["target"] = change.target
             entry["digest"] = change.digest
         return document
 
     @classmethod
-    def from_saved(cls, data: dict[str, Any]) -> Plan:
-        major = str(data.get("format_version", "")).split(".")[0]
-        if data.get("kind") != "saved-plan" or major != FORMAT_VERSION.split(".")[0]:
+    def from_saved(cls, data: Any) -> Plan:
+        """A plan read back from `plan --out`; of the wrong shape or version, a ReconcilerError.
+
+        Its checksum is checked against its changes, which catches accidents only: anyone can
+        recompute a sha256. What makes a saved plan safe to apply is `differences` with a fresh plan.
+        """
+        if not isinstance(data, dict) or data.get("kind") != "saved-plan":
             raise ReconcilerError(
-                "not a saved plan of this reconciler version (expected `plan --out` output)"
+                "not a saved plan (expected the JSON object `reconciler plan --out` writes)"
             )
-        plan = cls(
-            changes=tuple(Change.from_json(entry) for entry in data["changes"]),
-            unchanged=int(data.get("summary", {}).get("no-op", 0)),
-            lineage=data.get("lineage"),
-            serial=int(data["serial"]),
-            profiles_digest=data["profiles_digest"],
-            targets=tuple(data.get("targets", ())),
-        )
+        major = str(data.get("format_version", "")).split(".")[0]
+        if major != FORMAT_VERSION.split(".")[0]:
+            raise ReconcilerError(
+                f"saved plan format {data.get('format_version')!r} is not {FORMAT_VERSION}; "
+                "make the plan again with this reconciler"
+            )
+        try:
+            plan = cls(
+                changes=tuple(Change.from_json(entry) for entry in data["changes"]),
+                lineage=data.get("lineage"),
+                serial=int(data["serial"]),
+                profiles_digest=str(data["profiles_digest"]),
+                targets=tuple(str(target) for target in data.get("targets", ())),
+                excludes=tuple(str(exclude) for exclude in data.get("excludes", ())),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ReconcilerError(f"not a readable saved plan ({type(error).__name__}: {error})") from None
         if plan.checksum != data.get("checksum"):
             raise ReconcilerError("the saved plan was edited: its changes no longer match its checksum")
         return plan
 
 
+def differences(reviewed: Plan, fresh: Plan) -> list[str]:
+    """How a fresh plan differs from a reviewed one, one line per difference; [] when they are equal.
+
+    A comparison of two nested documents, so DeepDiff does it. `threshold_to_diff_deeper=0` makes it
+    name the field that differs instead of reporting a whole mapping as replaced when two numbers
+    share few keys. Imported here only: it is never on the path of a plain `plan`.
+    """
+    from deepdiff import DeepDiff
+
+    def keyed(plan: Plan) -> dict[str, Any]:
+        return {change.phone_number: change.to_json() for change in plan.changes}
+
+    found = DeepDiff(keyed(reviewed), keyed(fresh), threshold_to_diff_deeper=0, view="tree")
+    lines = []
+    for kind, items in sorted(found.items()):
+        for item in items:
+            where = item.path(output_format="list")
+            number, rest = where[0], ".".join(map(str, where[1:])) or "the whole change"
+            if kind == "dictionary_item_added":
+                lines.append(f"{number} {rest}: not in the reviewed plan, now {_shown(item.t2)}")
+            elif kind == "dictionary_item_removed":
+                lines.append(f"{number} {rest}: {_shown(item.t1)} in the reviewed plan, not any more")
+            else:
+                lines.append(f"{number} {rest}: {_shown(item.t1)} reviewed, {_shown(item.t2)} now")
+    return sorted(lines)
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+EVERY_NUMBER = Selection()
+
+
 def compute_plan(
     desired: dict[str, Profile],
     state: State,
-    targets: tuple[str, ...] = (),
+    selection: Selection = EVERY_NUMBER,
     account_targets: dict[str, str] | None = None,
 ) -> Plan:
-    """Diff desired profiles against the applied state. `targets` limits the plan to those numbers.
+    """Diff desired profiles against the applied state, for the numbers `selection` covers.
 
     `account_targets` maps account name -> "sid/waba_id" so a number whose account now points at
     another WABA is sent in full, like a number whose account changed.
     """
     account_targets = account_targets or {}
     numbers = sorted(set(desired) | set(state.entries))
-    if targets:
-        unknown = [number for number in targets if number not in desired and number not in state.entries]
-        if unknown:
-            raise ReconcilerError(f"--target {unknown[0]}: no profile or state entry has that phone number")
-        numbers = [number for number in numbers if number in targets]
+    if selection:
+
+        def accounts_of(number: str) -> set[str]:
+            profile, entry = desired.get(number), state.entries.get(number)
+            return {owner.account for owner in (profile, entry) if owner is not None}
+
+        numbers = selection.choose(numbers, accounts_of)
     changes: list[Change] = []
     unchanged = 0
     for number in numbers:
@@ -184,14 +237,25 @@ def compute_plan(
             unchanged += 1
         else:
             changes.append(change)
+    targets, excludes = selection.texts()
     return Plan(
         changes=tuple(changes),
         unchanged=unchanged,
         lineage=state.lineage,
         serial=state.serial,
         profiles_digest=profiles_digest(desired, numbers),
-        targets=tuple(sorted(targets)),
+        targets=targets,
+        excludes=excludes,
     )
+
+
+def unknown_accounts(state: State, accounts: Mapping[str, object]) -> dict[str, list[str]]:
+    """State entries whose account reconciler.yaml does not have: account -> its numbers."""
+    found: dict[str, list[str]] = {}
+    for number, entry in sorted(state.entries.items()):
+        if entry.account not in accounts:
+            found.setdefault(entry.account, []).append(number)
+    return found
 
 
 def profiles_digest(desired: dict[str, Profile], numbers: list[str]) -> str:
@@ -217,8 +281,10 @@ def _diff(
         if moved_from == profile.account:
             moved_from = f"{entry.account} ({entry.target})"
         return Change(number, profile.account, "create", fields, target, profile.digest, moved_from)
-    if entry.digest == profile.digest:
-        return None  # the cheap check settles almost every number on a large fleet
+    if entry.fields == profile.fields:
+        # The state's field values are the truth; its digest is only a cache and is never trusted over
+        # them (a hand-edited value under an old digest must show as a change).
+        return None
     fields = {
         str(name): FieldChange(entry.fields.get(name), profile.fields.get(name))
         for name in sorted(_changed_names(entry.fields, profile.fields))

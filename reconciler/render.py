@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import json
+import time
+from collections.abc import Callable
 from typing import Any
 
 import click
 
-from .apply import APPLIED, FAILED, NOT_ATTEMPTED, RECORDED, ApplyReport
+from .apply import APPLIED, FAILED, NOT_ATTEMPTED, RECORDED, ApplyReport, Outcome
+from .escape import escape, json_line, json_text, quote
 from .plan import FORMAT_VERSION, Change, Plan
+from .secrets import redact
 from .state import Entry, State
 
+# In UTF-8 bytes: GitHub refuses comments over 65,536 characters, and a byte budget under that holds
+# for every script (a Hindi plan has three bytes per character), leaving room for a flag and errors.
 MARKDOWN_LIMIT = 60_000
 SYMBOLS = {
     "create": ("+", "green"),
@@ -18,11 +23,6 @@ SYMBOLS = {
     "unmanage": ("-", "cyan"),
     "forget": ("-", "red"),
 }
-
-
-def value(text: str | None) -> str:
-    """A field value for a terminal: quoted, escapes visible, so "" and trailing spaces show."""
-    return "(not managed)" if text is None else json.dumps(text, ensure_ascii=False)
 
 
 def summary_line(plan: Plan) -> str:
@@ -55,18 +55,18 @@ def _change_text(change: Change) -> list[str]:
     for name, field_change in change.fields.items():
         label = f"{name}:".ljust(width + 1)
         if change.action == "create":
-            lines.append(f"    {label} {value(field_change.after)}")
+            lines.append(f"    {label} {quote(field_change.after)}")
         elif change.action == "forget":
-            lines.append(f"    {label} {value(field_change.before)}")
+            lines.append(f"    {label} {quote(field_change.before)}")
         elif field_change.after is None:
-            lines.append(f"    {label} {value(field_change.before)}  (no longer managed; nothing sent)")
+            lines.append(f"    {label} {quote(field_change.before)}  (no longer managed; nothing sent)")
         else:
-            lines.append(f"    {label} {value(field_change.before)} -> {value(field_change.after)}")
+            lines.append(f"    {label} {quote(field_change.before)} -> {quote(field_change.after)}")
     return lines
 
 
 def plan_json(plan: Plan) -> str:
-    return json.dumps(plan.to_json(), indent=2, ensure_ascii=False) + "\n"
+    return json_text(plan.to_json(), indent=2) + "\n"
 
 
 # Every character that could end a table cell, start markup or code, or @-mention someone.
@@ -74,12 +74,14 @@ _MARKDOWN_ENTITIES = str.maketrans({char: f"&#{ord(char)};" for char in "&<>\"'|
 
 
 def md(text: str | None) -> str:
-    """Escape a value for a markdown table cell: profile text can never break out of it."""
+    """Escape a value for a markdown table cell: profile text can never break out of it, and control
+    and bidi characters show as visible escapes (an HTML entity would still reorder the text)."""
     if text is None:
         return "_(not managed)_"
     if text == "":
         return '`""` (cleared)'
-    return text.translate(_MARKDOWN_ENTITIES).replace("\r", "").replace("\n", "<br>")
+    # Redacted before escaping: an escaped key (`_` becomes `&#95;`) would no longer be found later.
+    return escape(redact(text)).translate(_MARKDOWN_ENTITIES)
 
 
 def plan_markdown(plan: Plan, title: str = "Kaleyra profile plan", limit: int = MARKDOWN_LIMIT) -> str:
@@ -98,20 +100,21 @@ def plan_markdown(plan: Plan, title: str = "Kaleyra profile plan", limit: int = 
         "",
     ]
     tail = ["", f"Checksum: `{plan.checksum}`", marker, ""]
-    budget = limit - len("\n".join(head + tail)) - 400  # room for the truncation note
+    budget = limit - len("\n".join(head + tail).encode()) - 400  # bytes; room for the truncation note
     sections: list[str] = []
     shown = 0
     for change in plan.changes:
         section = _change_markdown(change, fold=len(plan.changes) > 10 or len(change.fields) > 5)
-        if budget - len(section) < 0:
+        cost = len(section.encode())
+        if budget - cost < 0:
             break
-        budget -= len(section) + 1
+        budget -= cost + 1
         sections.append(section)
         shown += 1
     if shown < len(plan.changes):
         sections.append(
             f"> **{len(plan.changes) - shown} more number(s) not shown**: this comment is limited to "
-            f"{limit:,} characters. Run `reconciler plan` for the full plan."
+            f"{limit:,} bytes. Run `reconciler plan` for the full plan."
         )
     return "\n".join(head + sections + tail)
 
@@ -135,11 +138,58 @@ def _change_markdown(change: Change, fold: bool) -> str:
 
 # --- apply ----------------------------------------------------------------------------------------
 
+REPORT_STATUSES = (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)
+
+
+class ApplyProgress:
+    """What apply prints while it runs, so CI logs move: a line per number as its result is recorded
+    (text), one JSON event per number (jsonl), and a progress line at most every PROGRESS_EVERY_S."""
+
+    PROGRESS_EVERY_S = 10.0
+
+    def __init__(
+        self,
+        total: int,
+        output: str,
+        write: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.total, self.output, self.write, self.clock = total, output, write, clock
+        self.started = self.last_line = clock()
+        self.counts = dict.fromkeys(REPORT_STATUSES, 0)
+
+    def __call__(self, outcome: Outcome | None) -> None:
+        if outcome is not None:
+            self.counts[outcome.status] += 1
+            if self.output == "text":
+                self.write(outcome_line(outcome) + "\n")
+            elif self.output == "jsonl":
+                self.write(json_line({"event": "result", **_result(outcome)}))
+        now = self.clock()
+        done = sum(self.counts.values())
+        if self.output == "text" and done < self.total and now - self.last_line >= self.PROGRESS_EVERY_S:
+            counted = ", ".join(f"{n} {status}" for status, n in self.counts.items() if n)
+            elapsed = now - self.started
+            self.write(f"... {done} of {self.total} done ({counted or 'none yet'}) after {elapsed:.0f} s\n")
+            self.last_line = now
+
+
+def outcome_line(outcome: Outcome) -> str:
+    change = outcome.change
+    line = f"  {outcome.status:<13}  {change.phone_number}  {change.action} ({change.account})"
+    if outcome.status in (FAILED, NOT_ATTEMPTED):
+        line += f": {_coded(outcome)}"
+    return escape(line)
+
+
+def _coded(outcome: Outcome) -> str:
+    return outcome.message if outcome.code in ("", "-") else f"{outcome.code}: {outcome.message}"
+
 
 def failures_text(report: ApplyReport) -> str:
-    """One line per failed number, with Kaleyra's code and message: these go to stderr."""
+    """One line per failed number, sorted, with Kaleyra's code and message: these go to stderr."""
     lines = [
-        click.style(f"FAILED {o.change.phone_number} ({o.change.account}): {o.message}", fg="red")
+        click.style(escape(f"FAILED {o.change.phone_number} ({o.change.account}): {_coded(o)}"), fg="red")
         for o in report.having(FAILED)
     ]
     return "".join(line + "\n" for line in lines)
@@ -147,10 +197,12 @@ def failures_text(report: ApplyReport) -> str:
 
 def report_text(report: ApplyReport) -> str:
     """The outcome in a few lines (the failures themselves are in `failures_text`)."""
-    counts = {status: len(report.having(status)) for status in (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)}
+    counts = report.counts()
     lines = []
     if report.interrupted:
         lines.append("Interrupted: requests in flight were finished and recorded; nothing else was sent.")
+    if report.recording_failure:
+        lines.append("Recording failed: sending stopped at once (see the errors above).")
     lines.append(
         f"Applied {counts[APPLIED]}, recorded without sending {counts[RECORDED]}, failed {counts[FAILED]}, "
         f"not attempted {counts[NOT_ATTEMPTED]}."
@@ -162,38 +214,81 @@ def report_text(report: ApplyReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_json(report: ApplyReport, plan: Plan) -> str:
-    document = {
+def recording_failure_text(report: ApplyReport) -> str:
+    """Every number sent but not recorded, with its values: what a person must know to recover."""
+    lines = [
+        f"error: recording failed: {report.recording_failure}. Sending stopped; the requests in flight "
+        "were finished."
+    ]
+    if report.unrecorded:
+        lines.append(
+            "These numbers were accepted by Kaleyra but are NOT in the state (the next plan shows them "
+            "again; sending them again is harmless):"
+        )
+        lines += [
+            f"  {o.change.phone_number} ({o.change.account}): {json_text(o.change.sends)}"
+            for o in sorted(report.unrecorded, key=_by_number)
+        ]
+    if report.unaudited:
+        lines.append("These results are in the state but NOT in the audit log:")
+        lines += [
+            f"  {o.change.phone_number} ({o.change.account}): {json_text(o.change.sends)}"
+            for o in sorted(report.unaudited, key=_by_number)
+        ]
+    return escape("\n".join(lines)).replace("\\n", "\n") + "\n"
+
+
+def _by_number(outcome: Outcome) -> str:
+    return outcome.change.phone_number
+
+
+def _result(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "phone_number": outcome.change.phone_number,
+        "account": outcome.change.account,
+        "action": outcome.change.action,
+        "status": outcome.status,
+        "code": outcome.code,
+        "message": outcome.message,
+    }
+
+
+def _report_document(report: ApplyReport, plan: Plan) -> dict[str, Any]:
+    document: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "checksum": plan.checksum,
         "interrupted": report.interrupted,
-        "summary": {
-            status: len(report.having(status)) for status in (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)
-        },
-        "results": [
-            {
-                "phone_number": outcome.change.phone_number,
-                "account": outcome.change.account,
-                "action": outcome.change.action,
-                "status": outcome.status,
-                "code": outcome.code,
-                "message": outcome.message,
-            }
-            for outcome in report.outcomes
-        ],
+        "summary": report.counts(),
     }
-    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if report.recording_failure:
+        document["recording_failure"] = report.recording_failure
+        document["unrecorded"] = [
+            {"phone_number": o.change.phone_number, "account": o.change.account, "fields": o.change.sends}
+            for o in sorted(report.unrecorded, key=_by_number)
+        ]
+    return document
+
+
+def report_json(report: ApplyReport, plan: Plan) -> str:
+    document = _report_document(report, plan)
+    document["results"] = [_result(outcome) for outcome in sorted(report.outcomes, key=_by_number)]
+    return json_text(document, indent=2) + "\n"
+
+
+def report_jsonl_summary(report: ApplyReport, plan: Plan) -> str:
+    """The last event of `apply --format jsonl` (each number's event was streamed as it completed)."""
+    return json_line({"event": "summary", **_report_document(report, plan)})
 
 
 def report_markdown(report: ApplyReport, plan: Plan) -> str:
     """An apply's outcome for a CI job summary: counts, then every failure with Kaleyra's code."""
-    counts = [len(report.having(status)) for status in (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)]
+    counts = report.counts()
     lines = [
         "### Kaleyra profile apply",
         "",
         "| applied | recorded without sending | failed | not attempted |",
         "|---:|---:|---:|---:|",
-        "| " + " | ".join(map(str, counts)) + " |",
+        "| " + " | ".join(str(counts[status]) for status in REPORT_STATUSES) + " |",
         "",
     ]
     if report.interrupted:
@@ -201,6 +296,8 @@ def report_markdown(report: ApplyReport, plan: Plan) -> str:
             "**Interrupted**: requests in flight were finished and recorded; nothing else was sent.",
             "",
         ]
+    if report.recording_failure:
+        lines += [f"**Recording failed**: {md(report.recording_failure)}", ""]
     failures = report.having(FAILED)
     if failures:
         lines += ["| number | account | code | message |", "|---|---|---|---|"]
@@ -220,34 +317,44 @@ def state_list_text(state: State) -> str:
     if not state.entries:
         return "The state is empty: nothing has been applied yet.\n"
     rows = [
-        f"{phone}  {entry.account}  {entry.applied_at}  {len(entry.fields)} field(s)"
+        escape(f"{phone}  {entry.account}  {entry.applied_at}  {len(entry.fields)} field(s)")
         for phone, entry in sorted(state.entries.items())
     ]
-    header = f"lineage {state.lineage}, serial {state.serial}, {len(state.entries)} number(s)"
+    header = escape(f"lineage {state.lineage}, serial {state.serial}, {len(state.entries)} number(s)")
     return "\n".join([header, *rows]) + "\n"
 
 
 def entry_text(phone_number: str, entry: Entry) -> str:
     lines = [
-        f"{phone_number}",
-        f"  account:    {entry.account} ({entry.target})",
-        f"  applied at: {entry.applied_at}",
+        phone_number,
+        escape(f"  account:    {entry.account} ({entry.target})"),
+        escape(f"  applied at: {entry.applied_at}"),
     ]
-    lines += [f"  {name}: {value(text)}" for name, text in entry.fields.items()]
+    lines += [f"  {escape(name)}: {quote(text)}" for name, text in entry.fields.items()]
     return "\n".join(lines) + "\n"
 
 
 def history_text(records: list[dict[str, Any]]) -> str:
+    """When, who, which number, the result, and each field's old and new value; newest last. Every
+    part may have been written by hand or echoed by a server, so every part is escaped."""
     if not records:
         return "No history yet.\n"
     lines = []
     for entry in records:
-        by = entry.get("by", {})
-        who = by.get("actor", "?") + (f"@{by['commit'][:10]}" if by.get("commit") else "")
+        by = entry.get("by") or {}
+        who = str(by.get("actor", "?")) + (f"@{str(by['commit'])[:10]}" if by.get("commit") else "")
+        result, message = str(entry.get("result", "")), str(entry.get("message", ""))
+        outcome = message if message.startswith(f"{result}:") else f"{result}: {message}"
         lines.append(
-            f"{entry.get('time')}  {who}  {entry.get('phone_number')} ({entry.get('account')})  "
-            f"{entry.get('action')}  {entry.get('result')}: {entry.get('message')}"
+            escape(
+                f"{entry.get('time')}  {who}  {entry.get('phone_number')} ({entry.get('account')})  "
+                f"{entry.get('action')}  {outcome}"
+            )
         )
-        for name, change in entry.get("fields", {}).items():
-            lines.append(f"    {name}: {value(change.get('old'))} -> {value(change.get('new'))}")
+        for name, change in (entry.get("fields") or {}).items():
+            lines.append(f"    {escape(str(name))}: {_any(change.get('old'))} -> {_any(change.get('new'))}")
     return "\n".join(lines) + "\n"
+
+
+def _any(recorded: Any) -> str:
+    return quote(recorded) if recorded is None or isinstance(recorded, str) else escape(str(recorded))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import LockHeld, ReconcilerError, StateCorrupt
+from .escape import json_line, json_text
 
 STATE_FORMAT = 1
 
@@ -50,14 +51,32 @@ class Entry:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Entry:
+    def from_json(cls, data: Any, where: str) -> Entry:
+        """An entry read from a file; anything of the wrong shape is a StateCorrupt naming `where`."""
+        if not isinstance(data, dict):
+            raise StateCorrupt(f"{where}: an entry must be an object, not {_kind(data)}")
+        for name in ("account", "fields"):
+            if name not in data:
+                raise StateCorrupt(f"{where}: the entry has no '{name}'")
+        for name in ("account", "target", "applied_at", "digest"):
+            if not isinstance(data.get(name, ""), str):
+                raise StateCorrupt(f"{where}: '{name}' must be text, not {_kind(data[name])}")
+        fields = data["fields"]
+        if not isinstance(fields, dict) or not all(isinstance(v, str) for v in fields.values()):
+            raise StateCorrupt(f"{where}: 'fields' must map field names to text")
         return cls(
-            account=str(data["account"]),
-            target=str(data.get("target", "")),
-            fields={str(key): str(value) for key, value in dict(data["fields"]).items()},
-            applied_at=str(data.get("applied_at", "")),
-            digest=str(data.get("digest", "")),
+            account=data["account"],
+            target=data.get("target", ""),
+            fields=dict(fields),
+            applied_at=data.get("applied_at", ""),
+            digest=data.get("digest", ""),
         )
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "text", bool: "a boolean", type(None): "null"}.get(
+        type(value), "a number"
+    )
 
 
 @dataclass
@@ -85,13 +104,13 @@ class StateStore:
         """The state file with the journal of an unfinished (or crashed) run replayed on top."""
         state = self._read_state_file()
         if self.journal_path.exists():
-            for record in self._read_journal():
+            for where, record in self._read_journal():
                 if state.lineage is None:
                     state.lineage = record["lineage"]
                 if record["lineage"] != state.lineage:
                     raise StateCorrupt(
-                        f"{self.journal_path}: belongs to another state (lineage {record['lineage']}); "
-                        "move it away if the state file was replaced on purpose"
+                        f"{where}: belongs to another state (lineage {record['lineage']}); "
+                        "move the journal away if the state file was replaced on purpose"
                     )
                 if record["serial"] <= state.serial:
                     continue  # already compacted into the state file before a crash
@@ -99,7 +118,7 @@ class StateStore:
                 if record["entry"] is None:
                     state.entries.pop(record["phone_number"], None)
                 else:
-                    state.entries[record["phone_number"]] = Entry.from_json(record["entry"])
+                    state.entries[record["phone_number"]] = Entry.from_json(record["entry"], where)
         return state
 
     @contextlib.contextmanager
@@ -112,8 +131,7 @@ class StateStore:
             journal.close()
 
     def write_state_file(self, state: State) -> None:
-        text = json.dumps(state.to_json(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
-        atomic_write(self.path, text.encode())
+        atomic_write(self.path, (json_text(state.to_json(), indent=2, sort_keys=True) + "\n").encode())
 
     def _read_state_file(self) -> State:
         try:
@@ -124,96 +142,241 @@ class StateStore:
             raise StateCorrupt(f"{self.path}: cannot be read ({error.strerror})") from None
         try:
             data = json.loads(raw)
-            if data.get("format_version") != STATE_FORMAT:
-                raise StateCorrupt(
-                    f"{self.path}: state format {data.get('format_version')!r} is not {STATE_FORMAT}; "
-                    "use the reconciler version that wrote it"
-                )
-            entries = {phone: Entry.from_json(entry) for phone, entry in data["numbers"].items()}
-            return State(lineage=data["lineage"], serial=int(data["serial"]), entries=entries)
-        except StateCorrupt:
-            raise
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
+        except ValueError as error:
             raise StateCorrupt(
-                f"{self.path}: is not a valid state file ({type(error).__name__}: {error}); "
-                "restore it from version control"
+                f"{self.path}: is not a valid state file (not JSON: {error}); restore it from version control"
             ) from None
+        where = str(self.path)
+        if not isinstance(data, dict):
+            raise StateCorrupt(f"{where}: is not a valid state file (it holds {_kind(data)}, not an object)")
+        if data.get("format_version") != STATE_FORMAT:
+            raise StateCorrupt(
+                f"{where}: state format {data.get('format_version')!r} is not {STATE_FORMAT}; "
+                "use the reconciler version that wrote it"
+            )
+        lineage, serial, numbers = data.get("lineage"), data.get("serial"), data.get("numbers")
+        if lineage is not None and not isinstance(lineage, str):
+            raise StateCorrupt(f"{where}: 'lineage' must be text, not {_kind(lineage)}")
+        if not _is_serial(serial):
+            raise StateCorrupt(f"{where}: 'serial' must be a whole number >= 0, not {_kind(serial)}")
+        if not isinstance(numbers, dict):
+            raise StateCorrupt(f"{where}: 'numbers' must be an object of phone number -> entry")
+        entries = {
+            phone: Entry.from_json(entry, f"{where}: numbers.{phone}") for phone, entry in numbers.items()
+        }
+        return State(lineage=lineage, serial=serial, entries=entries)
 
-    def _read_journal(self) -> Iterator[dict[str, Any]]:
-        lines = self.journal_path.read_bytes().split(b"\n")
+    def _read_journal(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Each journal record with where it is (`file:line`); a record torn by a crash mid-write is
+        the last line and was never reported as applied, so it is skipped."""
+        try:
+            lines = self.journal_path.read_bytes().split(b"\n")
+        except OSError as error:
+            raise StateCorrupt(f"{self.journal_path}: cannot be read ({error.strerror})") from None
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue
+            where = f"{self.journal_path}:{number}"
             try:
                 record = json.loads(line)
-                if not {"lineage", "serial", "phone_number", "entry"} <= record.keys():
-                    raise ValueError("incomplete record")
-            except (ValueError, KeyError, TypeError):
+            except ValueError:
                 if number == len(lines):
-                    return  # a record torn by a crash mid-write was never reported as applied
-                raise StateCorrupt(f"{self.journal_path}:{number}: unreadable journal record") from None
-            yield record
+                    return
+                raise StateCorrupt(f"{where}: unreadable journal record") from None
+            problem = _journal_problem(record)
+            if problem:
+                raise StateCorrupt(f"{where}: not a journal record ({problem})")
+            yield where, record
+
+
+def _is_serial(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _journal_problem(record: Any) -> str | None:
+    if not isinstance(record, dict):
+        return f"it holds {_kind(record)}, not an object"
+    missing = [key for key in ("lineage", "serial", "phone_number", "entry") if key not in record]
+    if missing:
+        return f"no '{missing[0]}'"
+    if not isinstance(record["lineage"], str):
+        return "'lineage' must be text"
+    if not _is_serial(record["serial"]):
+        return f"'serial' must be a whole number, not {_kind(record['serial'])}"
+    if not isinstance(record["phone_number"], str):
+        return "'phone_number' must be text"
+    return None
+
+
+class RecordingFailed(ReconcilerError):
+    """A success could not be made durable (a full disk, a vanished folder): the run must stop sending."""
 
 
 class Journal:
-    """Appends fsynced records for one run; each is durable before the caller reports it."""
+    """Appends synced records for one run; each is durable before the caller reports it.
+
+    A batch is added to the in-memory state only once it is on disk. A failed write is cut back off
+    the file (so no torn record is ever followed by another) and every later `record` refuses: the
+    caller stops sending and reports what it could not record.
+    """
 
     def __init__(self, store: StateStore, state: State):
         self.store = store
         self.state = state
-        self.file = None
+        self.file: Any = None
+        self.size = 0
         self.written = 0
+        self.failure: OSError | None = None
         if state.lineage is None:
             state.lineage = str(uuid.uuid4())
 
+    def open(self) -> None:
+        """Prove, before anything is sent, that the state folder, the journal and compaction can be
+        written and synced: a probe the size of a large batch is written, synced and removed."""
+        if self.file is not None:
+            return
+        folder = self.store.path.parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".{self.store.path.name}.{os.getpid()}.probe"
+            try:
+                with open(probe, "wb") as file:
+                    file.write(b"\0" * 65536)
+                    file.flush()
+                    os.fsync(file.fileno())
+            finally:
+                probe.unlink(missing_ok=True)
+            self.file = open_appending(self.store.journal_path)
+            self.size = drop_torn_tail(self.file)
+            sync_appended(self.file.fileno())
+            _fsync_dir(folder)
+        except OSError as error:
+            self._close_file()
+            raise RecordingFailed(
+                f"{error.filename or folder}: cannot write and sync the state there "
+                f"({error.strerror or error}); nothing was sent"
+            ) from None
+
     def record(self, changes: Iterable[tuple[str, Entry | None]]) -> None:
-        """Durably record a batch (one fsync for all of it); `None` drops the number from the state."""
+        """Durably record a batch (one sync for all of it); `None` drops the number from the state."""
+        if self.failure is not None:
+            raise RecordingFailed(f"the journal failed earlier ({self.failure.strerror or self.failure})")
+        changes = list(changes)
+        if not changes:
+            return
+        self.open()
+        serial = self.state.serial
         lines = []
         for phone_number, entry in changes:
-            self.state.serial += 1
+            serial += 1
             record = {
                 "lineage": self.state.lineage,
-                "serial": self.state.serial,
+                "serial": serial,
                 "phone_number": phone_number,
                 "entry": None if entry is None else entry.to_json(),
             }
-            lines.append(json.dumps(record, sort_keys=True, ensure_ascii=False) + "\n")
+            lines.append(json_line(record))
+        data = "".join(lines).encode()
+        try:
+            write_all(self.file, data)
+            sync_appended(self.file.fileno())
+        except OSError as error:
+            self.failure = error
+            self._cut_back()
+            raise RecordingFailed(
+                f"{self.store.journal_path}: cannot record ({error.strerror or error})"
+            ) from None
+        self.size += len(data)
+        self.state.serial = serial
+        for phone_number, entry in changes:
             if entry is None:
                 self.state.entries.pop(phone_number, None)
             else:
                 self.state.entries[phone_number] = entry
-        if not lines:
-            return
-        if self.file is None:
-            self.store.path.parent.mkdir(parents=True, exist_ok=True)
-            self.file = open(self.store.journal_path, "ab")  # noqa: SIM115 (kept open for the run)
-            _fsync_dir(self.store.path.parent)
-        self.file.write("".join(lines).encode())
-        self.file.flush()
-        sync_appended(self.file.fileno())
         self.written += len(lines)
 
     def close(self) -> None:
-        """Compact: one atomic rewrite of state.json, then the journal goes."""
+        """Compact: one atomic rewrite of state.json, then the journal goes. If the rewrite fails, the
+        journal stays and the next load replays it: nothing recorded is lost."""
         if self.file is None:
             return
-        self.file.close()
-        self.file = None
-        self.store.write_state_file(self.state)
-        self.store.journal_path.unlink(missing_ok=True)
-        _fsync_dir(self.store.path.parent)
+        self._close_file()
+        if self.written:
+            self.store.write_state_file(self.state)
+        if self.failure is None:
+            self.store.journal_path.unlink(missing_ok=True)
+            _fsync_dir(self.store.path.parent)
+
+    def _cut_back(self) -> None:
+        """Remove a partly written batch, so the journal ends on a whole record."""
+        with contextlib.suppress(OSError):
+            self.file.truncate(self.size)
+            sync_appended(self.file.fileno())
+
+    def _close_file(self) -> None:
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+            self.file = None
 
 
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file, fsync it, rename it over `path`, fsync the folder."""
+    """Write to a temporary file, fsync it, rename it over `path`, fsync the folder. On any failure the
+    temporary file is removed and `path` is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(temporary, path)
+    try:
+        with open(temporary, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink()
+        raise
     _fsync_dir(path.parent)
+
+
+def open_appending(path: Path) -> Any:
+    """A JSON Lines file opened for appending without a Python buffer: a failed write leaves nothing
+    pending in memory, so `truncate` can cut the file back to its last whole record."""
+    return open(path, "ab", buffering=0)
+
+
+def write_all(file: Any, data: bytes) -> None:
+    """Write every byte (an unbuffered write may be partial) or raise OSError."""
+    view = memoryview(data)
+    while view:
+        written = file.write(view)
+        if not written:
+            raise OSError(28, "No space left on device (a write made no progress)")
+        view = view[written:]
+
+
+def drop_torn_tail(file: Any) -> int:
+    """Cut a last line torn by a crash off a JSON Lines file opened for appending, so that a new record
+    never follows it (a torn line in the middle would make the file unreadable); return the size."""
+    size = file.seek(0, os.SEEK_END)
+    if size == 0:
+        return 0
+    with open(file.name, "rb") as reader:
+        reader.seek(size - 1)
+        if reader.read(1) == b"\n":
+            return size
+        # Walk back to the last newline; a JSON Lines record is small, so this reads little.
+        end = size
+        while end > 0:
+            start = max(0, end - 65536)
+            reader.seek(start)
+            newline = reader.read(end - start).rfind(b"\n")
+            if newline >= 0:
+                end = start + newline + 1
+                break
+            end = start
+    file.truncate(end)
+    file.seek(end)
+    return end
 
 
 def sync_appended(descriptor: int) -> None:

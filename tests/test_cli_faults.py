@@ -196,17 +196,30 @@ def test_max_rps_spaces_request_starts(tmp_path, fleet_sandbox):
     assert starts[-1] - starts[0] >= 7 * 0.05 * 0.9
 
 
-def test_progress_bar_only_on_a_terminal_and_only_for_more_than_a_handful(monkeypatch, capsys):
-    from reconciler import cli
+def test_apply_prints_a_line_per_number_and_a_progress_line_at_most_every_ten_seconds():
+    from reconciler.apply import APPLIED, FAILED, Outcome
+    from reconciler.plan import Change
+    from reconciler.render import ApplyProgress
 
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
-    assert cli._progress_bar(100) is None
-    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
-    assert cli._progress_bar(5) is None
-    show = cli._progress_bar(10)
-    show(5, 10)
-    show(10, 10)
-    assert "5/10" in capsys.readouterr().err
+    printed: list[str] = []
+    now = [0.0]
+    progress = ApplyProgress(4, "text", printed.append, clock=lambda: now[0])
+    change = Change("+14155550100", "main", "update", {})
+    progress(Outcome(change, APPLIED, "WA200", "ok"))
+    now[0] = 4.0
+    progress(None)  # idle, under 10 s: nothing
+    now[0] = 10.5
+    progress(Outcome(change, FAILED, "WA400", "invalid email format"))
+    now[0] = 15.0
+    progress(None)  # 4.5 s since the last progress line: nothing
+    now[0] = 21.0
+    progress(None)
+    lines = "".join(printed).splitlines()
+    assert lines[0].split() == ["applied", "+14155550100", "update", "(main)"]
+    assert lines[1].endswith("(main): WA400: invalid email format")
+    assert lines[2] == "... 2 of 4 done (1 applied, 1 failed) after 10 s"
+    assert lines[3] == "... 2 of 4 done (1 applied, 1 failed) after 21 s"
+    assert len(lines) == 4
 
 
 def test_key_is_never_in_the_process_output(tmp_path, fleet_sandbox):

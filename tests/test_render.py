@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import click
+
 from reconciler.plan import Change, FieldChange, Plan
 from reconciler.render import md, plan_markdown, plan_text
 
@@ -17,9 +19,9 @@ def update(phone: str, before: str, after: str) -> Change:
 def test_markdown_escapes_pipes_backticks_html_and_mentions():
     hostile = "a | b `code` <script>alert(1)</script> @everyone **bold** [x](y)\nsecond line"
     cell = md(hostile)
-    assert cell.count("<br>") == 1  # the newline, and the only markup the cell holds
+    assert "&#92;nsecond line" in cell  # the newline shows as a visible escape
     for raw in ("|", "`", "<", ">", "@", "*", "[", "]", "\n"):
-        assert raw not in cell.replace("<br>", "")
+        assert raw not in cell
     rendered = plan_markdown(plan_of(update("+1", "old", hostile)))
     table_rows = [line for line in rendered.splitlines() if line.startswith("| about")]
     assert len(table_rows) == 1 and table_rows[0].count("|") == 4  # the row still has exactly 3 cells
@@ -47,3 +49,57 @@ def test_text_plan_quotes_values_so_empty_strings_and_spaces_show():
 def test_markdown_carries_the_checksum_marker_ci_applies_by_even_with_no_changes():
     for plan in (plan_of(update("+1", "a", "b")), plan_of()):
         assert f"<!-- reconciler-checksum: {plan.checksum} -->" in plan_markdown(plan)
+
+
+TERMINAL_TRICKS = [
+    "\x1b[2J\x1b[HApplied 22, failed 0.",  # clear the screen, forge a summary
+    "ok\rApplied 22",  # carriage return overwrites the line
+    "bell\x07",
+    "\u202eevil\u202c reversed",  # a bidi override makes text read backwards
+    "\u2066isolate\u2069",
+    "c1 \x9b31m control",
+    "line\u2028separator",
+]
+
+
+def test_control_and_bidi_characters_never_reach_any_human_output_raw():
+    from reconciler.escape import UNSAFE, json_text, quote
+
+    for hostile in TERMINAL_TRICKS:
+        plan = plan_of(update("+1", "old", hostile))
+        for rendered in (plan_text(plan), plan_markdown(plan), md(hostile), quote(hostile)):
+            # Our own colours are the only escape sequences allowed (click.unstyle removes them).
+            assert not UNSAFE.search(click.unstyle(rendered).replace("\n", "")), (hostile, rendered)
+        # JSON carries them as \u escapes and still round-trips to the same value.
+        import json
+
+        encoded = json_text({"about": hostile})
+        assert not UNSAFE.search(encoded) and json.loads(encoded) == {"about": hostile}
+
+
+def test_history_escapes_every_recorded_part():
+    from reconciler.escape import UNSAFE
+    from reconciler.render import history_text
+
+    record = {
+        "time": "T\x1b[2J",
+        "phone_number": "+1",
+        "account": "main\u202e",
+        "action": "update",
+        "result": "WA400",
+        "message": "\x1b[31mforged\rApplied 9",
+        "by": {"actor": "eve\x07"},
+        "fields": {"about": {"old": "a\x1b", "new": 5}},
+    }
+    text = history_text([record])
+    assert not UNSAFE.search(text.replace("\n", "")), text
+    assert "WA400: \\u001b[31mforged\\rApplied 9" in text
+
+
+def test_markdown_cuts_a_key_before_escaping_it():
+    from reconciler import secrets
+
+    key = "md_key_with_under_scores_991"
+    secrets.remember(key)
+    cell = md(f"server said {key}")
+    assert "under" not in cell and "[redacted]" in cell.replace("&#91;", "[").replace("&#93;", "]")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import API_KEY, NUMBERS
+from conftest import API_KEY, NUMBERS, put_bodies
 
 
 def test_the_api_key_appears_in_no_output_and_no_file(project, sandbox, tmp_path):
@@ -43,7 +43,7 @@ def test_the_api_key_appears_in_no_output_and_no_file(project, sandbox, tmp_path
 
 def test_a_key_embedded_in_an_error_message_is_redacted(project, monkeypatch):
     """Even if some library put the key into an exception text, what we print is redacted."""
-    from reconciler.cli import redact
+    from reconciler.secrets import redact
 
     monkeypatch.setenv("KALEYRA_API_KEY", API_KEY)
     assert (
@@ -63,3 +63,40 @@ def test_an_unexpected_error_is_one_redacted_line_not_a_traceback(project, monke
     assert result.exit_code == 1
     assert "internal error: RuntimeError: boom with [redacted] inside" in result.stderr
     assert "Traceback" not in result.stderr and API_KEY not in result.stderr
+
+
+def test_a_key_with_a_trailing_newline_is_refused_naming_the_variable_never_the_value(project, sandbox):
+    project.write_profile(NUMBERS[0], about="x")
+    project.write_profile(NUMBERS[1], account="legacy", about="y")
+    result = project.run(
+        "apply",
+        "--auto-approve",
+        env={"KALEYRA_API_KEY": API_KEY + "\n", "KALEYRA_API_KEY_OTHER": "bad key with spaces"},
+    )
+    assert result.exit_code == 1
+    # Both problems at once, each naming its variable, neither quoting the value.
+    assert "KALEYRA_API_KEY holds whitespace" in result.stderr
+    assert "KALEYRA_API_KEY_OTHER holds whitespace" in result.stderr
+    assert API_KEY not in result.output + result.stderr and "bad key" not in result.stderr
+    assert put_bodies(sandbox) == [] and not project.state_path.exists()
+
+
+def test_every_missing_key_is_reported_at_once(project, sandbox):
+    project.write_profile(NUMBERS[0], about="x")
+    project.write_profile(NUMBERS[1], account="legacy", about="y")
+    result = project.run("apply", "--auto-approve", env={"KALEYRA_API_KEY": "", "KALEYRA_API_KEY_OTHER": ""})
+    assert result.exit_code == 1
+    assert "KALEYRA_API_KEY is not set" in result.stderr
+    assert "KALEYRA_API_KEY_OTHER is not set" in result.stderr
+    assert put_bodies(sandbox) == []
+
+
+def test_a_key_is_redacted_by_value_whatever_its_variable_is_called(monkeypatch):
+    from reconciler import secrets
+
+    key = "Zq7-unusual-Credential-Value"
+    secrets.remember(key)
+    assert secrets.redact(f"server said: bad key {key}!") == "server said: bad key [redacted]!"
+    # The JSON-escaped form of a key with a quote in it is cut too.
+    secrets.remember('we"ird-key-123')
+    assert "ird-key" not in secrets.redact('{"message": "we\\"ird-key-123"}')

@@ -97,3 +97,89 @@ def test_a_lock_whose_process_is_gone_is_stale_and_can_be_cleared(tmp_path):
         pass
     assert "removed the lock" in unlock(store, force=False)
     assert not store.lock_path.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "complaint"),
+    [
+        ("[]", "holds a list, not an object"),
+        ('{"format_version": 1, "lineage": "x", "serial": "3", "numbers": {}}', "'serial' must be a whole"),
+        ('{"format_version": 1, "lineage": "x", "serial": 1, "numbers": []}', "'numbers' must be an object"),
+        ('{"format_version": 1, "lineage": 7, "serial": 1, "numbers": {}}', "'lineage' must be text"),
+        (
+            '{"format_version": 1, "lineage": "x", "serial": 1, "numbers": {"+1": {"oops": 1}}}',
+            "numbers.+1: the entry has no 'account'",
+        ),
+        (
+            '{"format_version": 1, "lineage": "x", "serial": 1, '
+            '"numbers": {"+1": {"account": "a", "fields": {"about": 5}}}}',
+            "'fields' must map field names to text",
+        ),
+    ],
+)
+def test_a_state_file_of_the_wrong_shape_is_a_clear_error_naming_the_file(tmp_path, content, complaint):
+    path = tmp_path / "state.json"
+    path.write_text(content)
+    with pytest.raises(StateCorrupt) as raised:
+        StateStore(path).load()
+    assert str(path) in str(raised.value) and complaint in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("record", "complaint"),
+    [
+        ('{"entry": {"oops": 1}}', "no 'lineage'"),
+        ('{"lineage": "x", "serial": "2", "phone_number": "+1", "entry": null}', "'serial' must be a whole"),
+        ('{"lineage": "x", "serial": 2, "phone_number": "+1", "entry": {"oops": 1}}', "no 'account'"),
+        ('"just text"', "holds text, not an object"),
+    ],
+)
+def test_a_journal_record_of_the_wrong_shape_is_a_clear_error_naming_the_line(tmp_path, record, complaint):
+    store = StateStore(tmp_path / "state.json")
+    store.journal_path.write_text(record + "\n" + '{"lineage": "x"}\n')
+    with pytest.raises(StateCorrupt) as raised:
+        store.load()
+    assert f"{store.journal_path}:1" in str(raised.value) and complaint in str(raised.value)
+
+
+def test_a_failed_journal_write_is_cut_back_and_refuses_further_records(tmp_path, monkeypatch):
+    from reconciler import state as state_module
+    from reconciler.state import RecordingFailed
+
+    store = StateStore(tmp_path / "state.json")
+    state = store.load()
+    journal = store.writer(state).__enter__()
+    journal.record([("+1", entry("a"))])
+
+    def disk_full(descriptor):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(state_module, "sync_appended", disk_full)
+    with pytest.raises(RecordingFailed, match="No space left"):
+        journal.record([("+2", entry("b"))])
+    monkeypatch.undo()
+    assert "+2" not in state.entries and state.serial == 1  # memory holds only what is on disk
+    with pytest.raises(RecordingFailed):
+        journal.record([("+3", entry("c"))])
+    # The file ends on a whole record: it loads, with exactly what was durable.
+    assert set(StateStore(store.path).load().entries) == {"+1"}
+    journal.close()
+    assert set(StateStore(store.path).load().entries) == {"+1"}
+    assert store.journal_path.exists()  # kept after a failure; replaying it is harmless
+
+
+def test_a_failed_compaction_leaves_no_temporary_file_and_loses_nothing(tmp_path, monkeypatch):
+    store = StateStore(tmp_path / "state.json")
+    state = store.load()
+    journal = store.writer(state).__enter__()
+    journal.record([("+1", entry("a"))])
+
+    def refuse(source, destination):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OSError):
+        journal.close()
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+    assert set(StateStore(store.path).load().entries) == {"+1"}  # the journal still holds it

@@ -1,0 +1,295 @@
+"""GitHub glue for the composite action (action.yml): comment bodies, the reviewed checksum, the state flag.
+
+Run as `python -I -m reconciler.github COMMAND` (`-I`: never import from the working directory, which
+in the comment job is a pull request's tree). Everything here is pure text processing: the action's
+bash steps make the `gh` calls and pass their JSON in, so each rule lives in one tested place:
+
+- a comment or issue body fits GitHub's limit (65,536 characters) by a budget in UTF-8 bytes, and the
+  `<!-- reconciler-checksum: ... -->` marker always survives the cut;
+- errors of `validate` and `plan` are shown escaped, never as markup;
+- only the workflow bot's own comment (login and type Bot) is the plan comment, and only its checksum
+  is the reviewed one;
+- a pull request that edits the state file is flagged with the numbers whose entries it changes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from .render import md
+
+PLAN_MARKER = "<!-- kaleyra-reconciler-plan -->"
+DRIFT_MARKER = "<!-- kaleyra-reconciler-drift -->"
+DEFAULT_AUTHOR = "github-actions[bot]"
+# GitHub refuses bodies over 65,536 characters. A character is at most 4 UTF-8 bytes and at least 1,
+# so a budget in bytes under that limit is safe whatever the script; 64,000 leaves room to spare.
+BODY_BYTES = 64_000
+FLAG_BYTES = 4_000
+CHECKSUM = re.compile(r"<!-- reconciler-checksum: ([0-9a-f]{64}) -->")
+CUT_NOTE = (
+    "\n> **Cut to fit GitHub's comment limit.** Run `reconciler plan` for the whole plan; "
+    "the checksum below covers all of it.\n"
+)
+
+
+def size(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def cut(text: str, budget: int) -> str:
+    """The longest prefix of whole lines within `budget` UTF-8 bytes."""
+    if size(text) <= budget:
+        return text
+    prefix = text.encode("utf-8")[: max(budget, 0)].decode("utf-8", "ignore")
+    return prefix[: prefix.rfind("\n") + 1] if "\n" in prefix else ""
+
+
+def fit_plan(plan: str, budget: int) -> str:
+    """Cut a plan's markdown to `budget` bytes, keeping its tail: the checksum line and the marker."""
+    if size(plan) <= budget:
+        return plan
+    match = CHECKSUM.search(plan)
+    tail_start = plan.rfind("\nChecksum:", 0, match.start()) + 1 if match else len(plan)
+    tail = plan[tail_start:] if match else ""
+    head = cut(plan[:tail_start], budget - size(tail) - size(CUT_NOTE) - 64)
+    unclosed = head.count("<details>") - head.count("</details>")
+    return head + "\n</details>\n" * max(unclosed, 0) + CUT_NOTE + "\n" + tail
+
+
+def errors_section(errors: str, budget: int) -> str:
+    """Every line the reconciler printed on stderr, escaped inside <pre>, cut to `budget` bytes."""
+    lines = [line for line in errors.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    head = "**The reconciler reported errors**; nothing can be applied until they are fixed:\n\n<pre>\n"
+    foot = "</pre>\n\n"
+    body, shown = "", 0
+    for line in lines:
+        escaped = html.escape(line).replace("@", "&#64;") + "\n"
+        if size(head + body + escaped + foot) + 80 > budget:
+            break
+        body += escaped
+        shown += 1
+    if shown < len(lines):
+        body += f"... and {len(lines) - shown} more line(s); the job's log has them all.\n"
+    return head + body + foot
+
+
+def assemble(
+    marker: str,
+    plan: str,
+    errors: str = "",
+    flag: str = "",
+    footer: str = "",
+    budget: int = BODY_BYTES,
+) -> str:
+    """A comment or issue body: marker, state-edit flag, errors, plan, footer, within `budget` bytes."""
+    flag = cut(flag, FLAG_BYTES)
+    footer = cut(footer, 1_000)
+    fixed = size(marker) + 1 + size(flag) + size(footer) + 2
+    error_text = errors_section(errors, min(16_000, budget - fixed - min(size(plan), 1_000)))
+    plan_text = fit_plan(plan, budget - fixed - size(error_text))
+    parts = [marker, flag, error_text, plan_text]
+    if not plan.strip() and not error_text:
+        parts.append("_The reconciler printed no plan._\n")
+    body = "\n".join(part.rstrip("\n") + "\n" for part in parts if part)
+    if footer:
+        body += "\n" + footer.rstrip("\n") + "\n"
+    return body
+
+
+# --- the state-edit flag --------------------------------------------------------------------------
+
+
+def _state_numbers(text: str | None) -> tuple[dict[str, Any], str | None]:
+    if text is None or not text.strip():
+        return {}, None
+    try:
+        numbers = json.loads(text).get("numbers", {})
+        if not isinstance(numbers, dict):
+            raise ValueError("'numbers' is not a mapping")
+        return numbers, None
+    except (ValueError, AttributeError) as error:
+        return {}, f"it is not a readable state file ({type(error).__name__})"
+
+
+def state_edit_flag(path: str, before: str | None, after: str | None, trusted_source: str) -> str:
+    """Markdown for the top of the comment when a pull request edits the state file; '' when it does not."""
+    if (before or "") == (after or ""):
+        return ""
+    old, _ = _state_numbers(before)
+    new, problem = _state_numbers(after)
+    touched = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
+    if after is None:
+        what = "deletes"
+    elif before is None:
+        what = "adds"
+    else:
+        what = "edits"
+    lines = [
+        "> [!WARNING]",
+        f"> **This pull request {what} the applied state** (`{md(path)}`). The plan below ignores that: "
+        f"it is made against {trusted_source}. An edited state can hide a change from the plan or "
+        "blind the drift check, so review this file with care.",
+    ]
+    if problem:
+        lines.append(f"> The pull request's copy: {problem}.")
+    if touched:
+        shown = ", ".join(f"`{md(number)}`" for number in touched[:50])
+        more = f" and {len(touched) - 50} more" if len(touched) > 50 else ""
+        lines.append(f"> Numbers whose state entries it changes ({len(touched)}): {shown}{more}.")
+    return "\n".join(lines) + "\n"
+
+
+# --- the bot's own comment --------------------------------------------------------------------------
+
+
+def read_comments(stream: Any) -> list[dict[str, Any]]:
+    """Comments as `gh api --paginate ... --jq '.[]'` prints them: one JSON object per line."""
+    comments = []
+    for line in stream:
+        if line.strip():
+            comments.append(json.loads(line))
+    return comments
+
+
+def plan_comment(comments: list[dict[str, Any]], author: str) -> dict[str, Any] | None:
+    """The plan comment: the oldest one by the workflow's bot that starts with the marker.
+
+    Anyone can write the marker into a comment; only the bot's (login *and* type Bot, which no
+    person's account can have) counts, for updating in place and for the checksum apply uses.
+    """
+    for comment in sorted(comments, key=lambda c: (c.get("created_at", ""), c.get("id", 0))):
+        user = comment.get("user") or {}
+        if (
+            user.get("login") == author
+            and user.get("type") == "Bot"
+            and str(comment.get("body", "")).startswith(PLAN_MARKER)
+        ):
+            return comment
+    return None
+
+
+def reviewed_checksum(comment: dict[str, Any] | None) -> str | None:
+    if comment is None:
+        return None
+    found = set(CHECKSUM.findall(str(comment.get("body", ""))))
+    return found.pop() if len(found) == 1 else None
+
+
+# --- where the state lives --------------------------------------------------------------------------
+
+
+def state_files(config_file: str | None) -> list[str]:
+    """The files that hold the applied state, relative to the working directory.
+
+    Hook for remote state (issue 13): a config whose state is not a local file lists nothing, so the
+    action neither fetches nor commits anything.
+    """
+    from .config import load_config
+    from .errors import ReconcilerError
+
+    try:
+        config = load_config(config_file)
+    except ReconcilerError as error:
+        print(f"note: using the default state path; the config did not load: {error}", file=sys.stderr)
+        return [".reconciler/state.json", ".reconciler/audit.jsonl"]
+    if getattr(config, "state_backend", "local") != "local":
+        return []
+    root = Path.cwd().resolve()
+    paths = []
+    for path in (config.state_path, config.audit_path):
+        try:
+            paths.append(path.resolve().relative_to(root).as_posix())
+        except ValueError:
+            print(f"note: {path} is outside the working directory; it is not kept", file=sys.stderr)
+    return paths
+
+
+# --- command line -----------------------------------------------------------------------------------
+
+
+def _read(path: str | None) -> str:
+    if not path:
+        return ""
+    file = Path(path)
+    return file.read_text(encoding="utf-8", errors="replace") if file.exists() else ""
+
+
+def _optional(path: str | None) -> str | None:
+    return Path(path).read_text(encoding="utf-8", errors="replace") if path and Path(path).exists() else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reconciler.github", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    body = commands.add_parser("body", help="assemble a plan comment or drift issue body")
+    body.add_argument("--marker", choices=["plan", "drift"], default="plan")
+    body.add_argument("--plan", help="markdown from `reconciler plan|drift --format markdown`")
+    body.add_argument("--errors", help="what the reconciler printed on stderr")
+    body.add_argument("--flag", help="markdown from `state-flag`, shown first")
+    body.add_argument("--footer", default="")
+    body.add_argument("--max-bytes", type=int, default=BODY_BYTES)
+    body.add_argument("--json", action="store_true", help='print {"body": ...} for `gh api --input`')
+    body.add_argument("--title", help="with --json: an issue title")
+    body.add_argument("--label", help="with --json: an issue label")
+
+    flag = commands.add_parser("state-flag", help="flag a pull request's edit of the state file")
+    flag.add_argument("--path", required=True)
+    flag.add_argument("--before", help="the base branch's copy (absent: none)")
+    flag.add_argument("--after", help="the pull request's copy (absent: none)")
+    flag.add_argument("--trusted-source", default="the state the last apply saved")
+
+    for name in ("pick-comment", "reviewed-checksum"):
+        pick = commands.add_parser(name, help="read comments (JSON lines) on stdin")
+        pick.add_argument("--author", default=DEFAULT_AUTHOR)
+
+    files = commands.add_parser("state-files", help="print the state's files, one per line")
+    files.add_argument("--config")
+
+    args = parser.parse_args(argv)
+    if args.command == "body":
+        marker = PLAN_MARKER if args.marker == "plan" else DRIFT_MARKER
+        text = assemble(
+            marker, _read(args.plan), _read(args.errors), _read(args.flag), args.footer, args.max_bytes
+        )
+        if args.json:
+            document: dict[str, Any] = {"body": text}
+            if args.title:
+                document["title"] = args.title
+            if args.label:
+                document["labels"] = [args.label]
+            text = json.dumps(document)
+        sys.stdout.write(text)
+    elif args.command == "state-flag":
+        sys.stdout.write(
+            state_edit_flag(args.path, _optional(args.before), _optional(args.after), args.trusted_source)
+        )
+    elif args.command == "pick-comment":
+        comment = plan_comment(read_comments(sys.stdin), args.author)
+        if comment:
+            print(comment["id"])
+    elif args.command == "reviewed-checksum":
+        checksum = reviewed_checksum(plan_comment(read_comments(sys.stdin), args.author))
+        if not checksum:
+            print(
+                f"error: no plan comment by {args.author} with one checksum marker; nothing was reviewed",
+                file=sys.stderr,
+            )
+            return 1
+        print(checksum)
+    elif args.command == "state-files":
+        for path in state_files(args.config):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

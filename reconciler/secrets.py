@@ -1,0 +1,109 @@
+"""API keys: read from the environment, checked before any request, and redacted by value everywhere.
+
+Keys only ever live in environment variables. Every key read for a run is remembered here, and every
+sink (stdout, stderr, the state, the journal, the audit log, saved plans) passes its text through
+`redact`, so a key cannot escape whatever its variable is called and whatever a server echoes back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from .errors import MissingApiKey
+
+if TYPE_CHECKING:
+    from .config import Config
+
+REDACTED = "[redacted]"
+# A key travels in an HTTP header: printable ASCII without spaces. Anything else is a paste accident
+# (a trailing newline from `echo > file`, a non-breaking space) and is refused before any request.
+_PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
+# No real key is shorter; cutting every "a" out of the output would garble it (and break JSON).
+MIN_KEY_LENGTH = 4
+# A second line of defence: values of variables whose names say they are secret (GITHUB_TOKEN,
+# AWS_SECRET_ACCESS_KEY, ...) are cut too, though we never read them ourselves.
+_SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+
+_lock = threading.Lock()
+_known: set[str] = set()
+_pattern: re.Pattern[str] | None = None
+
+
+def remember(key: str) -> None:
+    """Redact `key` (and the forms JSON gives it) from everything written from now on."""
+    global _pattern
+    forms = {key, key.strip(), json.dumps(key)[1:-1], json.dumps(key, ensure_ascii=False)[1:-1]}
+    forms = {form for form in forms if len(form) >= MIN_KEY_LENGTH}
+    with _lock:
+        if forms <= _known:
+            return
+        _known.update(forms)
+        # Longest first, so a key that contains another is cut whole.
+        alternatives = sorted(_known, key=len, reverse=True)
+        _pattern = re.compile("|".join(map(re.escape, alternatives)))
+
+
+def redact(text: str) -> str:
+    """`text` with every remembered key, and every secret-looking variable's value, cut out."""
+    for name, value in os.environ.items():
+        if len(value) >= MIN_KEY_LENGTH and _SECRET_NAME.search(name) and value in text:
+            text = text.replace(value, REDACTED)
+    pattern = _pattern
+    return pattern.sub(REDACTED, text) if pattern is not None else text
+
+
+def holds_key(text: str) -> bool:
+    """True when `text` contains a key read for this run (a key pasted into a profile value)."""
+    pattern = _pattern
+    return pattern is not None and pattern.search(text) is not None
+
+
+def remember_configured_keys(config: Config) -> None:
+    """Every key the configuration names and the environment holds is redacted, even in commands
+    that never send (history, state show): what one run wrote must not leak through another."""
+    for account in config.accounts.values():
+        value = os.environ.get(account.api_key_env)
+        if value:
+            remember(value)
+
+
+def key_problem(value: str | None) -> str | None:
+    """Why an environment value cannot be an API key, or None when it can. Never quotes the value."""
+    if not value:
+        return "is not set"
+    if not _PRINTABLE_ASCII.fullmatch(value):
+        return "holds whitespace, control or non-ASCII characters (a stray newline or space?)"
+    if len(value) < MIN_KEY_LENGTH:
+        return f"is shorter than {MIN_KEY_LENGTH} characters, so it cannot be an API key"
+    return None
+
+
+def resolve_keys(config: Config, account_names: Iterable[str]) -> dict[str, str]:
+    """The API key of each named account, from its environment variable.
+
+    Every missing or malformed key is reported at once, naming the variable and never the value, so a
+    run is refused before any request rather than one account at a time.
+    """
+    keys: dict[str, str] = {}
+    problems: list[str] = []
+    for name in sorted(set(account_names)):
+        account = config.accounts.get(name)
+        if account is None:
+            problems.append(f"account '{name}' is not in {config.path.name} any more")
+            continue
+        value = os.environ.get(account.api_key_env)
+        if value:
+            remember(value)
+        problem = key_problem(value)
+        if problem is None:
+            keys[name] = value  # type: ignore[assignment]  (key_problem rejects None)
+        else:
+            problems.append(f"account '{name}': the environment variable {account.api_key_env} {problem}")
+    if problems:
+        raise MissingApiKey(problems)
+    return keys

@@ -1,0 +1,59 @@
+"""`pip install [options] PATH...` for local pure-Python projects: copy their packages into this
+interpreter's site-packages and write their console scripts. Anything else is refused, loudly."""
+
+from __future__ import annotations
+
+import fnmatch
+import shutil
+import sys
+import sysconfig
+import tomllib
+from pathlib import Path
+
+
+def install(source: Path) -> None:
+    project = tomllib.loads((source / "pyproject.toml").read_text())
+    site = Path(sysconfig.get_paths()["purelib"])
+    patterns = (
+        project.get("tool", {})
+        .get("setuptools", {})
+        .get("packages", {})
+        .get("find", {})
+        .get("include", ["*"])
+    )
+    for folder in sorted(source.iterdir()):
+        if (folder / "__init__.py").exists() and any(fnmatch.fnmatch(folder.name, p) for p in patterns):
+            shutil.rmtree(site / folder.name, ignore_errors=True)
+            shutil.copytree(folder, site / folder.name, ignore=shutil.ignore_patterns("__pycache__"))
+    meta = project["project"]
+    dist = site / f"{meta['name'].replace('-', '_')}-{meta['version']}.dist-info"
+    dist.mkdir(exist_ok=True)
+    (dist / "METADATA").write_text(
+        f"Metadata-Version: 2.1\nName: {meta['name']}\nVersion: {meta['version']}\n"
+    )
+    for name, target in meta.get("scripts", {}).items():
+        module, function = target.split(":")
+        script = Path(sys.executable).parent / name
+        script.write_text(
+            f"#!{sys.executable}\nimport sys\nfrom {module} import {function}\nsys.exit({function}())\n"
+        )
+        script.chmod(0o755)
+    print(f"Successfully installed {meta['name']}-{meta['version']} (offline emulation)")
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    if not args or args[0] != "install":
+        sys.exit("emulated pip: only `pip install PATH` is supported")
+    sources = [a for a in args[1:] if not a.startswith("-")]
+    if not sources:
+        sys.exit("emulated pip: nothing to install")
+    for source in sources:
+        path = Path(source)
+        if not (path / "pyproject.toml").exists():
+            sys.exit(f"emulated pip: {source} is not a local project; this runner has no network")
+        install(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,401 @@
+"""Integrity, end to end: sent equals reviewed, recorded or stopped, keys never written, outside text
+escaped, guards that cover whole classes of mistakes. Each test failed on the reconciler before the
+fix it names (issue 9)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from reconciler.escape import UNSAFE
+
+from conftest import API_KEY, NUMBERS, Project, assert_clean_failure, put_bodies
+
+A, B, C = NUMBERS[0], NUMBERS[1], NUMBERS[2]
+
+
+def state_document(project: Project) -> dict:
+    return json.loads(project.state_path.read_text())
+
+
+# --- exactly what was reviewed ---------------------------------------------------------------------
+
+
+def test_a_state_value_edited_under_its_old_digest_still_plans_as_a_change(project):
+    project.write_profile(A, about="Body care")
+    assert project.run("apply", "--auto-approve").exit_code == 0
+    document = state_document(project)
+    document["numbers"][A]["fields"]["about"] = "edited by hand"  # the digest is left as it was
+    project.state_path.write_text(json.dumps(document))
+    plan = json.loads(project.run("plan", "--format", "json").stdout)
+    assert plan["changes"] == [
+        {
+            "phone_number": A,
+            "account": "main",
+            "action": "update",
+            "fields": {"about": {"before": "edited by hand", "after": "Body care"}},
+        }
+    ]
+
+
+def rechecksum(document: dict) -> None:
+    named = ("phone_number", "account", "action", "fields")
+    entries = [{key: change[key] for key in named} for change in document["changes"]]
+    canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
+    document["checksum"] = hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda d: d["changes"][0]["fields"]["about"].update(after="EVIL"),  # a value
+        lambda d: d["changes"][0]["fields"].update(email={"before": None, "after": "x@evil.example"}),
+        lambda d: d["changes"][0].update(account="legacy"),  # another account
+        lambda d: d["changes"].append(  # another number
+            {"phone_number": C, "account": "main", "action": "create", "fields": {}}
+        ),
+    ],
+    ids=["value", "added-field", "account", "added-number"],
+)
+def test_a_saved_plan_edited_with_a_recomputed_checksum_is_refused_showing_what_differs(
+    project, sandbox, tamper
+):
+    project.write_profile(A, about="reviewed")
+    plan_file = project.root / "plan.json"
+    assert project.run("plan", "--out", str(plan_file)).exit_code == 0
+    document = json.loads(plan_file.read_text())
+    tamper(document)
+    rechecksum(document)
+    plan_file.write_text(json.dumps(document))
+    result = project.run("apply", str(plan_file))
+    assert_clean_failure(result)
+    assert "stale plan" in result.stderr and "What differs" in result.stderr
+    assert put_bodies(sandbox) == [] and not project.state_path.exists()
+
+
+def test_an_untouched_saved_plan_applies_exactly_its_changes(project, sandbox):
+    project.write_profile(A, about="reviewed")
+    plan_file = project.root / "plan.json"
+    project.run("plan", "--out", str(plan_file))
+    result = project.run("apply", str(plan_file))
+    assert result.exit_code == 0, result.output + result.stderr
+    assert put_bodies(sandbox) == [{"phone_number": A, "about": "reviewed"}]
+
+
+@pytest.mark.parametrize(
+    "content", ["[]", '"text"', "{}", '{"kind": "saved-plan", "format_version": "1.0"}', "{no"]
+)
+def test_a_plan_file_of_the_wrong_shape_is_a_clear_error(project, sandbox, content):
+    project.write_profile(A, about="x")
+    plan_file = project.root / "plan.json"
+    plan_file.write_text(content)
+    result = project.run("apply", str(plan_file))
+    assert_clean_failure(result)
+    assert "plan.json" in result.stderr
+    assert put_bodies(sandbox) == []
+
+
+@pytest.mark.parametrize("checksum", ["", " ", "abc", "g" * 64, "a" * 63, "a" * 65])
+def test_a_checksum_is_exactly_64_hex_characters(project, sandbox, checksum):
+    project.write_profile(A, about="x")
+    result = project.run("apply", "--checksum", checksum, "--auto-approve")
+    assert_clean_failure(result)
+    assert "is not a plan checksum" in result.output + result.stderr
+    assert put_bodies(sandbox) == []
+
+
+def test_import_adopts_only_numbers_without_a_state_entry_and_lists_the_skipped(project, sandbox):
+    project.write_profile(A, about="applied")
+    project.write_profile(B, about="applied")
+    assert project.run("apply", "--auto-approve").exit_code == 0
+    project.write_profile(A, about="an edit nobody applied")
+    project.write_profile(B, account="legacy", about="applied")  # an account move
+    project.write_profile(C, about="live already")  # new to the state
+    result = project.run("import", "--auto-approve")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert project.applied() == {
+        A: {"about": "applied"},
+        B: {"about": "applied"},
+        C: {"about": "live already"},
+    }
+    assert f"skip   {A} (main): already managed, update pending" in result.stdout
+    assert f"skip   {B} (legacy): managed under main" in result.stdout
+    assert project.state_path.exists() and len(put_bodies(sandbox)) == 2  # import sent nothing
+    assert json.loads(project.run("plan", "--format", "json").stdout)["summary"]["puts"] == 2
+
+
+# --- guards ----------------------------------------------------------------------------------------
+
+
+def test_a_plan_dropping_every_managed_number_is_refused_without_force(project, sandbox):
+    for number in (A, B, C):
+        project.write_profile(number, about="x")
+    assert project.run("apply", "--auto-approve").exit_code == 0
+    for number in (A, B, C):
+        project.profile_path(number).unlink()
+    result = project.run("apply", "--auto-approve")
+    assert_clean_failure(result)
+    assert "drops every managed number (3)" in result.stderr
+    assert len(project.applied()) == 3
+    assert project.run("apply", "--auto-approve", "--force").exit_code == 0
+    assert project.applied() == {}
+
+
+def test_max_changes_counts_forgets_and_unmanages_not_only_puts(project, sandbox):
+    for number in (A, B, C):
+        project.write_profile(number, about="x", email="a@b.co")
+    project.write_profile(NUMBERS[3], about="kept")
+    assert project.run("apply", "--auto-approve").exit_code == 0
+    project.write_config(safety={"max_changes": 2})
+    project.profile_path(A).unlink()  # forget
+    project.write_profile(B, about="x")  # unmanage email
+    project.profile_path(C).unlink()  # forget
+    result = project.run("apply", "--auto-approve")
+    assert_clean_failure(result)
+    assert "changes 3 numbers (0 PUTs, 2 forgets, 1 unmanages)" in result.stderr
+    assert set(project.applied()) == {A, B, C, NUMBERS[3]}
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "0", "1e9", "fast"])
+def test_max_rps_takes_a_finite_positive_rate(project, sandbox, value):
+    project.write_profile(A, about="x")
+    result = project.run("apply", "--auto-approve", "--max-rps", value)
+    assert_clean_failure(result)
+    assert put_bodies(sandbox) == []
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["ftp://203.0.113.5", "203.0.113.5:80", "http://", "https://user:pw@api.in.kaleyra.io"]
+)
+def test_an_endpoint_is_http_or_https_with_a_host(project, sandbox, endpoint):
+    project.write_profile(A, about="x")
+    result = project.run("apply", "--auto-approve", env={"KALEYRA_ENDPOINT": endpoint})
+    assert_clean_failure(result)
+    assert "KALEYRA_ENDPOINT" in result.stderr
+    assert put_bodies(sandbox) == []
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ({"profiles_dir": "/"}, "profiles_dir"),
+        ({"profiles_dir": ".."}, "profiles_dir"),
+        ({"state": {"path": "../elsewhere/state.json"}}, "state.path"),
+        ({"state": {"path": "/tmp/state.json"}}, "state.path"),
+    ],
+)
+def test_profiles_dir_and_state_path_stay_inside_the_project(project, extra, key):
+    project.write_config(**extra)
+    result = project.run("validate")
+    assert_clean_failure(result)
+    assert f"{key}: " in result.stderr and "leads outside the folder of reconciler.yaml" in result.stderr
+
+
+def test_a_symlinked_profiles_dir_leading_outside_is_refused(project, tmp_path_factory):
+    outside = tmp_path_factory.mktemp("outside")
+    (project.root / "linked").symlink_to(outside)
+    project.write_config(profiles_dir="linked")
+    result = project.run("validate")
+    assert_clean_failure(result)
+    assert "leads outside" in result.stderr
+
+
+def test_a_state_entry_for_an_account_the_config_lacks_is_named_in_a_warning(project, sandbox):
+    project.write_profile(A, about="x")
+    assert project.run("apply", "--auto-approve").exit_code == 0
+    document = state_document(project)
+    document["numbers"][A]["account"] = "gone"
+    project.state_path.write_text(json.dumps(document))
+    result = project.run("plan")
+    assert f"account 'gone', which reconciler.yaml does not have: {A}" in result.stderr
+
+
+def test_a_refused_key_fails_the_accounts_remaining_numbers_without_sending_them(project, sandbox):
+    sandbox.sandbox.api_key = "the-only-good-key"  # every request with another key: RBC001
+    for number in NUMBERS[:10]:
+        project.write_profile(number, about="x")
+    project.write_profile(NUMBERS[10], account="legacy", about="y")
+    result = project.run(
+        "apply", "--auto-approve", "--parallelism", "2", env={"KALEYRA_API_KEY_OTHER": "the-only-good-key"}
+    )
+    assert result.exit_code == 1
+    sent_for_main = [b for b in put_bodies(sandbox) if b["phone_number"] in NUMBERS[:10]]
+    assert 1 <= len(sent_for_main) <= 2  # at most what was already in flight
+    assert result.stderr.count("FAILED") == 10 and result.stderr.count("RBC001") == 10
+    assert project.applied() == {NUMBERS[10]: {"about": "y"}}  # the other account went on
+
+
+def test_failures_are_sorted_by_phone_number_and_history_names_the_code_once(project, sandbox):
+    unknown = [f"+1999555{index:04d}" for index in range(12)]  # not on the WABA: E112
+    for number in reversed(unknown):
+        project.write_profile(number, about="x")
+    result = project.run("apply", "--auto-approve", "--parallelism", "8", "--format", "json")
+    report = json.loads(result.stdout)
+    assert [r["phone_number"] for r in report["results"]] == sorted(unknown)
+    text = project.run("apply", "--auto-approve", "--parallelism", "8")
+    failed = [line.split()[1] for line in text.stderr.splitlines() if line.startswith("FAILED")]
+    assert failed == sorted(unknown)
+    history = project.run("history", unknown[0]).stdout
+    assert "E112: invalid Phone Number" in history and "E112: E112" not in history
+
+
+# --- recorded or stopped --------------------------------------------------------------------------
+
+
+def test_an_audit_log_that_cannot_be_written_stops_the_run_before_any_put(project, sandbox):
+    project.write_profile(A, about="x")
+    (project.root / ".reconciler" / "audit.jsonl").mkdir(parents=True)  # cannot be opened as a file
+    result = project.run("apply", "--auto-approve")
+    assert_clean_failure(result)
+    assert "audit.jsonl: cannot write the audit log" in result.stderr and "nothing was sent" in result.stderr
+    assert put_bodies(sandbox) == []
+    assert [p.name for p in (project.root / ".reconciler").iterdir()] == ["audit.jsonl"]
+
+
+def test_a_journal_failing_mid_run_stops_sending_and_prints_what_was_sent_unrecorded(
+    project, sandbox, monkeypatch
+):
+    from reconciler import state as state_module
+
+    for number in NUMBERS[:16]:
+        project.write_profile(number, about=f"value {number}")
+    syncs = {"count": 0}
+    real_sync = state_module.sync_appended
+
+    def failing_after_two(descriptor):  # the preflight sync, one batch, then the disk is full
+        syncs["count"] += 1
+        if syncs["count"] > 2:
+            raise OSError(28, "No space left on device")
+        real_sync(descriptor)
+
+    monkeypatch.setattr(state_module, "sync_appended", failing_after_two)
+    sandbox.sandbox.latency_ms = 20
+    result = project.run("apply", "--auto-approve", "--parallelism", "2")
+    monkeypatch.undo()
+    assert result.exit_code == 1
+    assert "recording failed" in result.stderr and "No space left on device" in result.stderr
+    accepted = {body["phone_number"] for body in put_bodies(sandbox)}
+    assert len(accepted) < 16, "sending went on after recording failed"
+    recorded = set(project.applied())
+    unrecorded = accepted - recorded
+    assert unrecorded, "the failure came after some sends"
+    for number in unrecorded:  # each printed with its values
+        assert f'{number} (main): {{"about": "value {number}"}}' in result.stderr
+    assert not list(project.state_path.parent.glob(".*.tmp"))
+
+
+# --- interrupts -----------------------------------------------------------------------------------
+
+
+def test_a_second_ctrl_c_still_records_every_accepted_result_and_prints_the_report(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from reconciler.sandbox import Sandbox, SandboxAccount, serve_in_thread
+
+    from conftest import OTHER_SID, OTHER_WABA, SID, WABA
+
+    fleet = [f"+1650555{index:04d}" for index in range(40)]
+    server = serve_in_thread(
+        Sandbox(
+            [SandboxAccount(SID, WABA, {n: {} for n in fleet}), SandboxAccount(OTHER_SID, OTHER_WABA, {})]
+        )
+    )
+    try:
+        project = Project(tmp_path, server.url)
+        for number in fleet:
+            project.write_profile(number, about="x")
+        server.sandbox.latency_ms = 300
+        process = subprocess.Popen(
+            [sys.executable, "-m", "reconciler", "apply", "--auto-approve", "--parallelism", "4"],
+            cwd=project.root,
+            env={**os.environ, **project.env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        deadline = time.monotonic() + 20
+        while not server.sandbox.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.35)  # the first answers are being recorded, the next requests are in flight
+        for _ in range(3):
+            process.send_signal(signal.SIGINT)
+            time.sleep(0.02)
+        stdout, stderr = process.communicate(timeout=30)
+        assert process.returncode == 1
+        assert "Interrupted" in stdout and "not attempted" in stdout, stdout + stderr
+        assert "Aborted: nothing was changed" not in stderr
+        time.sleep(0.1)
+        with server.sandbox.lock:
+            accepted = {r["body"]["phone_number"] for r in server.sandbox.requests if r["answer"] == "WA200"}
+        assert accepted and set(project.applied()) == accepted
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --- secrets and outside text ---------------------------------------------------------------------
+
+
+class EchoingServer(BaseHTTPRequestHandler):
+    """A hostile 'Kaleyra': refuses every update with a message that echoes the key and tries to
+    take over the terminal."""
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        message = f"\x1b[2J\x1b[Hbad key {self.headers.get('api-key')}\rApplied 22, failed 0.\u202e"
+        payload = json.dumps({"code": "WA400", "message": message}).encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def echoing_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), EchoingServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_key_echoed_by_the_server_is_redacted_everywhere_whatever_its_variable_is_called(
+    tmp_path, echoing_server
+):
+    project = Project(tmp_path, echoing_server)
+    config = (project.root / "reconciler.yaml").read_text()
+    (project.root / "reconciler.yaml").write_text(
+        config.replace("api_key_env: KALEYRA_API_KEY_OTHER", "api_key_env: ACME_CRED")
+    )
+    key = "Zx9-plain-named-credential-4471"
+    project.env = {"ACME_CRED": key, "KALEYRA_API_KEY": API_KEY, "NO_COLOR": "1"}
+    project.write_profile(A, account="legacy", about="x")
+    outputs = []
+    for args in (
+        ["apply", "--auto-approve"],
+        ["apply", "--auto-approve", "--format", "json"],
+        ["apply", "--auto-approve", "--format", "jsonl"],
+        ["history"],
+        ["history", "--format", "json"],
+    ):
+        result = project.run(*args)
+        outputs.append(result.stdout + result.stderr)
+    assert "WA400" in outputs[0]
+    for text in outputs:
+        assert key not in text
+        assert not UNSAFE.search(text.replace("\n", "")), text  # no ESC, CR or bidi override raw
+    for path in project.root.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
