@@ -128,7 +128,7 @@ class AuditLog:
                 continue
             try:
                 entry = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 if number == len(lines):
                     return
                 raise ReconcilerError(f"{self.path}:{number}: unreadable audit record") from None

@@ -6,6 +6,7 @@ Exit codes, for every command: 0 success and nothing to do; 1 any error (usage e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,12 +23,12 @@ import click
 from . import audit, render, schema, stateedit
 from .apply import (
     ApplyReport,
+    SignalGuard,
     api_keys,
     apply_plan,
     check_safety,
     entry_after,
     refuse_key_leaks,
-    stop_on_signals,
 )
 from .config import Config, load_config
 from .errors import ReconcilerError, StalePlan
@@ -37,7 +38,7 @@ from .plan import Change, Plan, compute_plan, differences, unknown_accounts
 from .profiles import Profile, load_profiles
 from .secrets import redact
 from .selection import Selection, normalise_phone
-from .state import RecordingFailed, State, StateStore, atomic_write, locked, unlock
+from .state import Entry, RecordingFailed, State, StateStore, atomic_write, locked, unlock
 
 FORMATS = click.Choice(["text", "json", "markdown"])
 APPLY_FORMATS = click.Choice(["text", "json", "jsonl", "markdown"])
@@ -67,16 +68,17 @@ class Checksum(click.ParamType):
     name = "SHA"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        text = str(value).strip()
+        text = str(value)
         if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
             self.fail(f"{escape(repr(value))} is not a plan checksum (64 hex characters)", param, ctx)
         return text.lower()
 
 
 class Rate(click.ParamType):
-    """Requests per second: a finite number above 0, at most MAX_RPS (nan and inf are not rates)."""
+    """Requests per second: a finite number from MIN_RPS to MAX_RPS (nan and inf are not rates)."""
 
     name = "R"
+    MIN_RPS = 0.01  # one request per 100 s; anything slower is a typo, not a rate limit
     MAX_RPS = 10_000.0
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
@@ -84,10 +86,9 @@ class Rate(click.ParamType):
             rate = float(value)
         except (TypeError, ValueError):
             self.fail(f"{escape(repr(value))} is not a number", param, ctx)
-        if not (math.isfinite(rate) and 0 < rate <= self.MAX_RPS):
-            self.fail(
-                f"{escape(repr(value))}: give a rate above 0 and at most {self.MAX_RPS:,.0f}", param, ctx
-            )
+        if not (math.isfinite(rate) and self.MIN_RPS <= rate <= self.MAX_RPS):
+            bounds = f"from {self.MIN_RPS} to {self.MAX_RPS:,.0f}"
+            self.fail(f"{escape(repr(value))}: give a rate {bounds}", param, ctx)
         return rate
 
 
@@ -317,7 +318,7 @@ def drift(ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @selection_options
 @click.option("--parallelism", type=click.IntRange(1, 256), default=8, show_default=True)
-@click.option("--max-rps", type=Rate(), help="Hard cap on requests per second (0 < R <= 10,000).")
+@click.option("--max-rps", type=Rate(), help="Hard cap on requests per second (0.01 to 10,000).")
 @click.option("--checksum", type=Checksum(), help="Refuse unless the fresh plan has this checksum.")
 @click.option(
     "--force", is_flag=True, help="Apply beyond safety.max_changes, or a plan dropping every number."
@@ -351,29 +352,38 @@ def apply(
         )
     config, profiles = _load(ctx)
     store = StateStore(config.state_path)
-    with locked(store, "apply"):
-        state = _load_state(config, store)
-        if plan_file:
-            the_plan = _reviewed_plan(plan_file, profiles, state, config)
-        else:
-            selection = _selection(config, targets, excludes)
-            the_plan = compute_plan(profiles, state, selection, config.waba_keys())
-        if checksum and the_plan.checksum != checksum:
-            raise StalePlan(
-                f"stale plan: the plan is now {the_plan.checksum}, not the reviewed {checksum}; "
-                "the state or the profiles changed since. Review the new plan"
-            )
-        if not the_plan.changes:
-            _show_report(ApplyReport(), the_plan, output)
-            return 0
-        check_safety(the_plan, state, config.max_changes, force)
-        keys = api_keys(the_plan, config)
-        if output == "text":
-            echo(render.plan_text(the_plan))
-        if not (plan_file or checksum or auto_approve):
-            _confirm("Apply these changes?")
-        report = _send(ctx, the_plan, config, store, state, keys, parallelism, max_rps, output)
-    _show_report(report, the_plan, output)
+    stop = threading.Event()
+    in_flight = (
+        f"finishing the requests in flight (each within {config.retry.timeout_s:g} s) and recording them"
+    )
+    # Signals are deferred from the first PUT until the report is printed and the lock released.
+    with SignalGuard(stop, in_flight, ignore_after=_standalone) as guard:
+        with locked(store, "apply"):
+            state = _load_state(config, store)
+            if plan_file:
+                the_plan = _reviewed_plan(plan_file, profiles, state, config)
+            else:
+                selection = _selection(config, targets, excludes)
+                the_plan = compute_plan(profiles, state, selection, config.waba_keys())
+            if checksum and the_plan.checksum != checksum:
+                raise StalePlan(
+                    f"stale plan: the plan is now {the_plan.checksum}, not the reviewed {checksum}; "
+                    "the state or the profiles changed since. Review the new plan"
+                )
+            if not the_plan.changes:
+                _show_report(ApplyReport(), the_plan, output)
+                return 0
+            check_safety(the_plan, state, config.max_changes, force)
+            keys = api_keys(the_plan, config)
+            if output == "text":
+                echo(render.plan_text(the_plan))
+            if not (plan_file or checksum or auto_approve):
+                if output != "text":  # nobody approves a plan they were not shown
+                    echo(render.plan_text(the_plan), err=True)
+                _confirm("Apply these changes?")
+            guard.activate()
+            report = _send(ctx, the_plan, config, store, state, keys, parallelism, max_rps, output, stop)
+        _show_report(report, the_plan, output)
     return 0 if report.ok else 1
 
 
@@ -387,52 +397,47 @@ def _send(
     parallelism: int,
     max_rps: float | None,
     output: str,
+    stop: threading.Event,
 ) -> ApplyReport:
-    """Run the plan with signals deferred, so the report is always printed and every result Kaleyra
-    accepted is recorded before the process exits."""
-    stop = threading.Event()
+    """Run the plan; every result Kaleyra accepted is recorded, or printed as unrecorded."""
     audit_log = audit.AuditLog(config.audit_path)
     progress = render.ApplyProgress(len(the_plan.changes), output, echo)
     report: ApplyReport | None = None
-    in_flight = (
-        f"finishing the requests in flight (each within {config.retry.timeout_s:g} s) and recording them"
-    )
-    with stop_on_signals(stop, in_flight):
-        try:
-            client = KaleyraClient(config.retry, max_connections=parallelism, max_rps=max_rps, log=_log(ctx))
-            with client, store.writer(state) as journal:
-                report = apply_plan(
-                    the_plan,
-                    config,
-                    state,
-                    journal,
-                    audit_log,
-                    client,
-                    keys,
-                    parallelism=parallelism,
-                    stop=stop,
-                    progress=progress,
-                )
-        except (RecordingFailed, OSError) as failure:
-            if report is None:
-                raise  # before the first PUT: nothing was sent
-            # Compaction failed: every success is still in the journal, which the next command replays.
-            report.recording_failure = report.recording_failure or (
-                f"the state file could not be rewritten ({failure}); its journal {store.journal_path.name} "
-                "keeps every success and the next command replays it"
+    try:
+        client = KaleyraClient(config.retry, max_connections=parallelism, max_rps=max_rps, log=_log(ctx))
+        with client, store.writer(state) as journal:
+            report = apply_plan(
+                the_plan,
+                config,
+                state,
+                journal,
+                audit_log,
+                client,
+                keys,
+                parallelism=parallelism,
+                stop=stop,
+                progress=progress,
             )
-        finally:
-            try:
-                audit_log.close()
-            except RecordingFailed as failure:
-                if report is None:
-                    raise
-                report.recording_failure = report.recording_failure or str(failure)
+    except (RecordingFailed, OSError) as failure:
+        if report is None:
+            raise  # before the first PUT: nothing was sent
+        # Compaction failed: every success is still in the journal, which the next command replays.
+        report.recording_failure = report.recording_failure or (
+            f"the state file could not be rewritten ({failure}); its journal {store.journal_path.name} "
+            "keeps every success and the next command replays it"
+        )
+    finally:
+        try:
+            audit_log.close()
+        except RecordingFailed as failure:
+            if report is None:
+                raise
+            report.recording_failure = report.recording_failure or str(failure)
     return report
 
 
 def _show_report(report: ApplyReport, plan: Plan, output: str) -> None:
-    if report.recording_failure:  # on stderr whatever the format: someone must act on it
+    if report.recording_failure or report.output_failure:  # on stderr whatever the format
         echo(render.recording_failure_text(report), err=True)
     if output == "json":
         echo(render.report_json(report, plan))
@@ -455,7 +460,7 @@ def _reviewed_plan(plan_file: str, profiles: dict[str, Profile], state: State, c
     """
     try:
         document = json.loads(Path(plan_file).read_bytes())
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise ReconcilerError(f"{plan_file}: not a readable saved plan ({error})") from None
     try:
         saved = Plan.from_saved(document)
@@ -532,18 +537,45 @@ def import_(
         if not auto_approve:
             _confirm(f"Record these {len(adopted)} number(s) as applied without sending anything?")
         actor = audit.who(config.path.parent)
-        audit_log = audit.AuditLog(config.audit_path)
-        try:
-            with store.writer(state) as journal:
-                journal.open()
-                audit_log.open()
-                journal.record((change.phone_number, entry_after(change, state)) for change in adopted)
-                message = "imported: recorded as applied, nothing sent"
-                audit_log.append(audit.record(change, "IMPORTED", message, actor) for change in adopted)
-        finally:
-            audit_log.close()
+        message = "imported: recorded as applied, nothing sent"
+        _record_locally(
+            config,
+            store,
+            state,
+            [(change.phone_number, entry_after(change, state)) for change in adopted],
+            [audit.record(change, "IMPORTED", message, actor) for change in adopted],
+        )
     echo(f"Imported {len(adopted)} number(s); nothing was sent.\n")
     return 0
+
+
+def _record_locally(
+    config: Config,
+    store: StateStore,
+    state: State,
+    entries: list[tuple[str, Entry | None]],
+    audit_records: list[dict[str, Any]],
+) -> None:
+    """Record changes that send nothing (import, state rm/mv): both files proven writable first, then
+    the state, then the audit log. If only the audit log fails, say plainly that the state changed."""
+    audit_log = audit.AuditLog(config.audit_path)
+    try:
+        with store.writer(state) as journal:
+            journal.open()
+            audit_log.open()
+            journal.record(entries)
+            try:
+                audit_log.append(audit_records)
+            except RecordingFailed as failure:
+                raise ReconcilerError(
+                    f"the state WAS changed ({len(entries)} number(s)), but the audit log could not "
+                    f"record it: {failure}"
+                ) from None
+    except BaseException:
+        with contextlib.suppress(RecordingFailed):
+            audit_log.close()
+        raise
+    audit_log.close()
 
 
 def _why_skipped(change: Change) -> str:
@@ -654,20 +686,16 @@ def _edit_state(
         state = store.load()
         edits = work_out(state, config)
         actor = audit.who(config.path.parent)
-        audit_log = audit.AuditLog(config.audit_path)
-        try:
-            with store.writer(state) as journal:
-                journal.open()
-                audit_log.open()
-                journal.record((edit.phone_number, edit.entry) for edit in edits)
-                audit_log.append(
-                    audit.entry(
-                        edit.phone_number, edit.account, command, edit.fields, "-", edit.message, actor
-                    )
-                    for edit in edits
-                )
-        finally:
-            audit_log.close()
+        _record_locally(
+            config,
+            store,
+            state,
+            [(edit.phone_number, edit.entry) for edit in edits],
+            [
+                audit.entry(edit.phone_number, edit.account, command, edit.fields, "-", edit.message, actor)
+                for edit in edits
+            ],
+        )
     for edit in edits:
         echo(escape(f"  {command[6:]}  {edit.phone_number}: {edit.message}") + "\n")
     echo(f"{len(edits)} number(s) changed in the state; nothing was sent.\n")
@@ -685,7 +713,7 @@ def state_unlock(ctx: click.Context, force: bool) -> int:
     Example:
       reconciler state unlock
     """
-    echo(unlock(StateStore(_config(ctx).state_path), force) + "\n")
+    echo(escape(unlock(StateStore(_config(ctx).state_path), force)) + "\n")
     return 0
 
 
@@ -768,7 +796,7 @@ def sandbox(
     \b
     Example:
       reconciler sandbox --port 8080 &
-      KALEYRA_ENDPOINT=http://127.0.0.1:8080 KALEYRA_API_KEY=demo reconciler apply --auto-approve
+      KALEYRA_ENDPOINT=http://127.0.0.1:8080 KALEYRA_API_KEY=demo-key-123 reconciler apply --auto-approve
     """
     from . import sandbox as emulator
 
@@ -809,5 +837,11 @@ def sandbox(
     return 0
 
 
+# True when running as the `reconciler` program (not driven in-process, as tests do).
+_standalone = False
+
+
 def main() -> None:
+    global _standalone
+    _standalone = True
     cli(prog_name="reconciler")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ def load_config(explicit: str | None = None) -> Config:
     accounts = {name: Account(name=name, **fields) for name, fields in data["accounts"].items()}
     root = Path(os.path.abspath(path.parent))  # absolute: later chdirs must not move the state
     problems += _endpoint_problems(document, accounts) + _path_problems(document, root)
+    problems += _retry_problems(document)
     defaults = dict(data.get("defaults") or {})
     default_account = defaults.get("account")
     if default_account is not None and default_account not in accounts:
@@ -126,6 +128,8 @@ def insecure_endpoint(url: str) -> bool:
 def endpoint_problem(url: str) -> str | None:
     """Why `url` cannot be a base URL for Kaleyra requests, or None: http(s) with a host, and http only
     to a loopback address."""
+    if any(char.isspace() for char in url):
+        return f"{url!r} holds whitespace; write the URL alone"
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -151,6 +155,24 @@ def _endpoint_problems(document: Document, accounts: dict[str, Account]) -> list
     problem = override and endpoint_problem(override)
     if problem:
         problems.append(Problem(ENDPOINT_ENV, 0, 0, problem))
+    return problems
+
+
+# Beyond these a setting is a typo: an hour per request, a day per number.
+RETRY_LIMITS = {"backoff_base_s": 3600, "backoff_max_s": 3600, "deadline_s": 86400, "timeout_s": 3600}
+
+
+def _retry_problems(document: Document) -> list[Problem]:
+    """YAML's .nan and .inf are numbers to JSON Schema; as timeouts they mean "never" or "fail"."""
+    problems = []
+    for name, value in (document.data.get("retry") or {}).items():
+        limit = RETRY_LIMITS.get(name)
+        if limit is not None and not (math.isfinite(value) and value <= limit):
+            problems.append(
+                document.problem(
+                    ("retry", name), f"{name}: {value} must be a finite number of at most {limit:,}"
+                )
+            )
     return problems
 
 

@@ -50,10 +50,11 @@ def _change_text(change: Change) -> list[str]:
         head += f"  moved from {change.moved_from}: sent in full"
     if change.action == "forget":
         head += "  dropped from the state; nothing is sent"
-    lines = [click.style(head, fg=colour, bold=True)]
-    width = max((len(name) for name in change.fields), default=0)
+    # A hand-edited state can put anything in a number, an account or a field name: escape it all.
+    lines = [click.style(escape(head), fg=colour, bold=True)]
+    width = max((len(escape(name)) for name in change.fields), default=0)
     for name, field_change in change.fields.items():
-        label = f"{name}:".ljust(width + 1)
+        label = f"{escape(name)}:".ljust(width + 1)
         if change.action == "create":
             lines.append(f"    {label} {quote(field_change.after)}")
         elif change.action == "forget":
@@ -203,6 +204,8 @@ def report_text(report: ApplyReport) -> str:
         lines.append("Interrupted: requests in flight were finished and recorded; nothing else was sent.")
     if report.recording_failure:
         lines.append("Recording failed: sending stopped at once (see the errors above).")
+    elif report.output_failure:
+        lines.append("Output failed: sending stopped at once (see the errors above).")
     lines.append(
         f"Applied {counts[APPLIED]}, recorded without sending {counts[RECORDED]}, failed {counts[FAILED]}, "
         f"not attempted {counts[NOT_ATTEMPTED]}."
@@ -219,6 +222,8 @@ def recording_failure_text(report: ApplyReport) -> str:
     lines = [
         f"error: recording failed: {report.recording_failure}. Sending stopped; the requests in flight "
         "were finished."
+        if report.recording_failure
+        else f"error: {report.output_failure}. Sending stopped; the requests in flight were finished."
     ]
     if report.unrecorded:
         lines.append(
@@ -235,7 +240,7 @@ def recording_failure_text(report: ApplyReport) -> str:
             f"  {o.change.phone_number} ({o.change.account}): {json_text(o.change.sends)}"
             for o in sorted(report.unaudited, key=_by_number)
         ]
-    return escape("\n".join(lines)).replace("\\n", "\n") + "\n"
+    return "".join(escape(line) + "\n" for line in lines)
 
 
 def _by_number(outcome: Outcome) -> str:
@@ -341,7 +346,7 @@ def history_text(records: list[dict[str, Any]]) -> str:
         return "No history yet.\n"
     lines = []
     for entry in records:
-        by = entry.get("by") or {}
+        by = entry.get("by") if isinstance(entry.get("by"), dict) else {}
         who = str(by.get("actor", "?")) + (f"@{str(by['commit'])[:10]}" if by.get("commit") else "")
         result, message = str(entry.get("result", "")), str(entry.get("message", ""))
         outcome = message if message.startswith(f"{result}:") else f"{result}: {message}"
