@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import ReconcilerError
 from .escape import json_line
+from .lock import github_run_url
 from .plan import Change
 from .state import RecordingFailed, drop_torn_tail, now, open_appending, sync_appended, write_all
 
@@ -26,7 +27,7 @@ def who(cwd: Path | None = None) -> dict[str, str]:
         "actor": actor,
         "commit": env.get("GITHUB_SHA") or _git_commit(cwd),
         "branch": env.get("GITHUB_REF_NAME") or "",
-        "ci_run": _github_run_url(env),
+        "ci_run": github_run_url(),
     }
     return {key: value for key, value in found.items() if value}
 
@@ -140,14 +141,3 @@ def _git_commit(cwd: Path | None) -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     return result.stdout.strip() if result.returncode == 0 else ""
-
-
-def _github_run_url(env: os._Environ[str] | dict[str, str]) -> str:
-    server, repository, run = (
-        env.get("GITHUB_SERVER_URL"),
-        env.get("GITHUB_REPOSITORY"),
-        env.get("GITHUB_RUN_ID"),
-    )
-    if server and repository and run:
-        return f"{server}/{repository}/actions/runs/{run}"
-    return ""
