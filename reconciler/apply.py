@@ -23,7 +23,7 @@ from .config import Config
 from .errors import ReconcilerError
 from .kaleyra import ACCOUNT_FATAL, KaleyraClient, KaleyraError
 from .plan import Change, Plan
-from .state import Entry, Journal, RecordingFailed, State, now
+from .state import Entry, Recorder, RecordingFailed, State, now
 
 APPLIED, RECORDED, FAILED, NOT_ATTEMPTED = "applied", "recorded", "failed", "not attempted"
 STATUSES = (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)
@@ -111,8 +111,8 @@ def apply_plan(
     plan: Plan,
     config: Config,
     state: State,
-    journal: Journal,
-    audit_log: audit.AuditLog,
+    journal: Recorder,
+    audit_log: audit.AuditLog | audit.S3AuditLog,
     client: KaleyraClient,
     keys: dict[str, str],
     *,

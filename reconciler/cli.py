@@ -36,7 +36,7 @@ from .kaleyra import KaleyraClient
 from .plan import Change, Plan, compute_plan, differences, unknown_accounts
 from .profiles import Profile, load_profiles
 from .secrets import redact
-from .state import RecordingFailed, State, StateStore, atomic_write, locked, unlock
+from .state import RecordingFailed, State, Store, atomic_write, locked, open_store, unlock
 
 FORMATS = click.Choice(["text", "json", "markdown"])
 APPLY_FORMATS = click.Choice(["text", "json", "jsonl", "markdown"])
@@ -89,6 +89,36 @@ class Rate(click.ParamType):
                 f"{escape(repr(value))}: give a rate above 0 and at most {self.MAX_RPS:,.0f}", param, ctx
             )
         return rate
+
+
+class Duration(click.ParamType):
+    """How long to wait: `30s`, `5m`, `1h`, or a bare number of seconds; at most a day."""
+
+    name = "D"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smh]?)\s*", str(value))
+        seconds = (
+            float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)] if match else -1.0
+        )
+        if not 0 <= seconds <= 86_400:
+            self.fail(
+                f"{escape(repr(value))} is not a duration: write 30s, 5m, 1h or a number of seconds",
+                param,
+                ctx,
+            )
+        return seconds
+
+
+lock_timeout_option = click.option(
+    "--lock-timeout",
+    "lock_timeout",
+    type=Duration(),
+    default=0.0,
+    help="Wait up to D (30s, 5m, or seconds) for a held state lock, then plan afresh. Default: fail at once.",
+)
 
 
 class ReconcilerGroup(click.Group):
@@ -182,9 +212,9 @@ def _load(ctx: click.Context) -> tuple[Config, dict[str, Profile]]:
     return config, load_profiles(config)
 
 
-def _load_state(config: Config, store: StateStore | None = None) -> State:
+def _load_state(config: Config, store: Store | None = None) -> State:
     """The applied state; entries for accounts reconciler.yaml no longer has are named in a warning."""
-    state = (store or StateStore(config.state_path)).load()
+    state = (store or open_store(config)).load()
     for account, numbers in sorted(unknown_accounts(state, config.accounts).items()):
         shown = ", ".join(numbers[:5]) + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
         echo(
@@ -196,6 +226,10 @@ def _load_state(config: Config, store: StateStore | None = None) -> State:
             err=True,
         )
     return state
+
+
+def _notify(text: str) -> None:
+    echo(escape(text) + "\n", err=True)
 
 
 def _log(ctx: click.Context) -> Callable[[str], None] | None:
@@ -294,6 +328,7 @@ def drift(ctx: click.Context, output: str) -> int:
     "--force", is_flag=True, help="Apply beyond safety.max_changes, or a plan dropping every number."
 )
 @click.option("--format", "output", type=APPLY_FORMATS, default="text", show_default=True)
+@lock_timeout_option
 @verbose_option
 @click.pass_context
 def apply(
@@ -306,6 +341,7 @@ def apply(
     checksum: str | None,
     force: bool,
     output: str,
+    lock_timeout: float,
 ) -> int:
     """Send the changes to Kaleyra and record each success in the state.
 
@@ -320,8 +356,9 @@ def apply(
             "--target cannot be combined with a saved plan (the plan already has its targets)"
         )
     config, profiles = _load(ctx)
-    store = StateStore(config.state_path)
-    with locked(store, "apply"):
+    store = open_store(config)
+    # The plan is computed only once the lock is held: after a wait, it is a fresh plan.
+    with locked(store, "apply", lock_timeout, _notify):
         state = _load_state(config, store)
         if plan_file:
             the_plan = _reviewed_plan(plan_file, profiles, state, config)
@@ -350,7 +387,7 @@ def _send(
     ctx: click.Context,
     the_plan: Plan,
     config: Config,
-    store: StateStore,
+    store: Store,
     state: State,
     keys: dict[str, str],
     parallelism: int,
@@ -360,7 +397,7 @@ def _send(
     """Run the plan with signals deferred, so the report is always printed and every result Kaleyra
     accepted is recorded before the process exits."""
     stop = threading.Event()
-    audit_log = audit.AuditLog(config.audit_path)
+    audit_log = audit.open_audit(config)
     progress = render.ApplyProgress(len(the_plan.changes), output, echo)
     report: ApplyReport | None = None
     in_flight = (
@@ -387,7 +424,7 @@ def _send(
                 raise  # before the first PUT: nothing was sent
             # Compaction failed: every success is still in the journal, which the next command replays.
             report.recording_failure = report.recording_failure or (
-                f"the state file could not be rewritten ({failure}); its journal {store.journal_path.name} "
+                f"the state could not be rewritten ({failure}); its journal {store.journal_where()} "
                 "keeps every success and the next command replays it"
             )
         finally:
@@ -467,9 +504,10 @@ def _confirm(question: str) -> None:
 @cli.command(name="import")
 @click.option("--target", "targets", multiple=True, type=PHONE, help="Only this number (repeatable).")
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
+@lock_timeout_option
 @verbose_option
 @click.pass_context
-def import_(ctx: click.Context, targets: tuple[str, ...], auto_approve: bool) -> int:
+def import_(ctx: click.Context, targets: tuple[str, ...], auto_approve: bool, lock_timeout: float) -> int:
     """Adopt numbers with no state entry whose YAML is already live: record it as applied, send nothing.
 
     Numbers the state already manages are listed and skipped: an edit of one is applied with `apply`.
@@ -479,8 +517,8 @@ def import_(ctx: click.Context, targets: tuple[str, ...], auto_approve: bool) ->
       reconciler import --target +14155550100 --auto-approve
     """
     config, profiles = _load(ctx)
-    store = StateStore(config.state_path)
-    with locked(store, "import"):
+    store = open_store(config)
+    with locked(store, "import", lock_timeout, _notify):
         state = _load_state(config, store)
         the_plan = compute_plan(profiles, state, targets, config.waba_keys())
         adopted = [
@@ -498,7 +536,7 @@ def import_(ctx: click.Context, targets: tuple[str, ...], auto_approve: bool) ->
         if not auto_approve:
             _confirm(f"Record these {len(adopted)} number(s) as applied without sending anything?")
         actor = audit.who(config.path.parent)
-        audit_log = audit.AuditLog(config.audit_path)
+        audit_log = audit.open_audit(config)
         try:
             with store.writer(state) as journal:
                 journal.open()
@@ -546,7 +584,7 @@ def state_list(ctx: click.Context, output: str) -> int:
     Example:
       reconciler state list --format json | jq '.numbers | keys'
     """
-    current = StateStore(_config(ctx).state_path).load()
+    current = open_store(_config(ctx)).load()
     echo(
         json_text(current.to_json(), indent=2) + "\n" if output == "json" else render.state_list_text(current)
     )
@@ -564,7 +602,7 @@ def state_show(ctx: click.Context, phone_number: str) -> int:
     Example:
       reconciler state show +14155550100
     """
-    current = StateStore(_config(ctx).state_path).load()
+    current = open_store(_config(ctx)).load()
     entry = current.entries.get(phone_number)
     if entry is None:
         raise ReconcilerError(f"{phone_number}: not in the state (nothing applied or imported yet)")
@@ -583,7 +621,29 @@ def state_unlock(ctx: click.Context, force: bool) -> int:
     Example:
       reconciler state unlock
     """
-    echo(unlock(StateStore(_config(ctx).state_path), force) + "\n")
+    echo(unlock(open_store(_config(ctx)), force) + "\n")
+    return 0
+
+
+@state.command(name="migrate")
+@click.option(
+    "--to", "to", type=click.Choice(["s3", "local"]), required=True, help="Where to copy the state."
+)
+@lock_timeout_option
+@verbose_option
+@click.pass_context
+def state_migrate(ctx: click.Context, to: str, lock_timeout: float) -> int:
+    """Copy the state and its audit log between state.path and the S3 object state describes.
+
+    Both locks are held while copying; a target holding another state (lineage) is never overwritten.
+
+    \b
+    Example (moving to S3; then set `state.backend: s3`):
+      reconciler state migrate --to s3
+    """
+    from .migrate import migrate
+
+    echo(migrate(_config(ctx), to, lock_timeout, _notify) + "\n")
     return 0
 
 
@@ -600,7 +660,7 @@ def history(ctx: click.Context, phone_number: str | None, output: str) -> int:
       reconciler history
       reconciler history +14155550100
     """
-    records = list(audit.AuditLog(_config(ctx).audit_path).read(phone_number))
+    records = list(audit.open_audit(_config(ctx)).read(phone_number))
     echo(json_text(records, indent=2) + "\n" if output == "json" else render.history_text(records))
     return 0
 

@@ -321,7 +321,7 @@ def test_every_command_help_shows_an_example():
 
     commands = [[name] for name in cli.commands if name != "state"]
     commands += [["state", name] for name in cli.commands["state"].commands]
-    assert len(commands) == 11  # 8 commands and 3 state subcommands
+    assert len(commands) == 12  # 8 commands and 4 state subcommands
     for command in commands:
         result = CliRunner().invoke(cli, [*command, "--help"])
         assert result.exit_code == 0, command
