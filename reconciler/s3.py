@@ -113,7 +113,7 @@ class ObjectStore:
 
     def _failure(self, verb: str, key: str, error: Exception) -> RemoteStateError:
         return RemoteStateError(
-            f"{self.location.url(key)}: cannot {verb} ({_explain(error, verb, self.bucket)})"
+            f"{self.location.url(key)}: cannot {verb}: {_explain(error, verb, self.bucket)}"
         )
 
 
@@ -144,7 +144,7 @@ def _client(location: S3Location) -> Any:
         )
     except Exception as error:  # a broken profile in ~/.aws/config, an unknown region, ...
         raise RemoteStateError(
-            f"{location.url()}: cannot set up the S3 client ({_explain(error, '', '')})"
+            f"{location.url()}: cannot set up the S3 client: {_explain(error, '', '')}"
         ) from None
 
 
