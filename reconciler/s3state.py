@@ -224,14 +224,9 @@ class S3Journal:
         compacted = [*store.segments_seen, *self.segments]
         if self.written:
             try:
-                store.write_state(self.state)
-            except StateConflict as conflict:
-                raise StateConflict(
-                    f"{conflict}. Every success of this run is kept in its journal segments under "
-                    f"{store.journal_where()}, which the next command replays"
-                ) from None
+                store.write_state(self.state)  # a StateConflict leaves every segment in place
             except RemoteStateError as error:
-                raise RecordingFailed(f"{error}; the journal segments keep every success") from None
+                raise RecordingFailed(str(error)) from None
         try:
             store.objects.delete_many(compacted)
         except RemoteStateError as error:

@@ -33,8 +33,11 @@ def make_conditional_writes_atomic() -> None:
 
 
 def main() -> None:
+    import logging
+
     from moto.server import ThreadedMotoServer
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request drowns test output
     make_conditional_writes_atomic()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
