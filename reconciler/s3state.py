@@ -2,6 +2,8 @@
 
 Objects, beside the state object `<key>` (the same JSON as a local state.json):
 - `<key>.lock`: the lock, created only if absent (If-None-Match: *), so exactly one run holds it.
+The state object is the document a local state.json holds, written compact: nobody diffs it in
+git, and compact JSON is encoded several times faster.
 - `<key>.journal/<serial>.jsonl`: one segment per group commit, written whole before its results are
   reported; named by its first serial, zero-padded, so listing order is serial order. A segment is
   also created only if absent: two runs that both think they hold the lock (one was force-unlocked)
@@ -109,7 +111,7 @@ class S3StateStore:
         """Replace the state object, only if it is still the one this store read or wrote last."""
         try:
             self.etag = self.objects.put(
-                self.key, state_bytes(state), if_match=self.etag, if_absent=self.etag is None
+                self.key, state_bytes(state, pretty=False), if_match=self.etag, if_absent=self.etag is None
             )
         except PreconditionFailed:
             raise StateConflict(
@@ -162,6 +164,9 @@ class S3Journal:
     A batch is added to the in-memory state only once its segment is written. A failed write (or a
     segment another run wrote first) makes every later `record` refuse: the caller stops sending.
     """
+
+    # Each commit is an S3 round trip (and a request billed): at most ten a second.
+    commit_interval_s = 0.1
 
     def __init__(self, store: S3StateStore, state: State):
         self.store = store

@@ -218,9 +218,10 @@ class StateStore:
         return True
 
 
-def state_bytes(state: State) -> bytes:
-    """The state as it is stored, locally or remotely: pretty-printed, sorted, so it diffs well."""
-    return (json_text(state.to_json(), indent=2, sort_keys=True) + "\n").encode()
+def state_bytes(state: State, pretty: bool = True) -> bytes:
+    """The state as it is stored: sorted, and pretty-printed so it diffs well in git (a remote state
+    is written compact: json's C encoder only runs without indentation)."""
+    return (json_text(state.to_json(), indent=2 if pretty else None, sort_keys=True) + "\n").encode()
 
 
 def parse_state(raw: bytes, where: str, advice: str) -> State:
