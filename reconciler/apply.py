@@ -24,7 +24,7 @@ from .config import Config
 from .errors import ReconcilerError
 from .kaleyra import ACCOUNT_FATAL, KaleyraClient, KaleyraError
 from .plan import Change, Plan
-from .state import Entry, Journal, RecordingFailed, State, now
+from .state import Entry, Recorder, RecordingFailed, State, now
 
 APPLIED, RECORDED, FAILED, NOT_ATTEMPTED = "applied", "recorded", "failed", "not attempted"
 STATUSES = (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)
@@ -124,8 +124,8 @@ def apply_plan(
     plan: Plan,
     config: Config,
     state: State,
-    journal: Journal,
-    audit_log: audit.AuditLog,
+    journal: Recorder,
+    audit_log: audit.AuditLog | audit.S3AuditLog,
     client: KaleyraClient,
     keys: dict[str, str],
     *,
@@ -236,6 +236,9 @@ def apply_plan(
             else:
                 batch.append(item)
 
+    # A remote journal pays a round trip per commit: it may ask for fewer, larger commits.
+    commit_interval = max(COMMIT_INTERVAL_S, getattr(journal, "commit_interval_s", 0.0))
+
     def record_until_workers_end() -> None:
         nonlocal batch
         last_commit = 0.0
@@ -243,7 +246,7 @@ def apply_plan(
             gather(block=True)
             # Group commit: while more can arrive, let results gather for a moment between syncs.
             # A result is reported only once synced, so this delays reports and loses nothing.
-            pause = last_commit + COMMIT_INTERVAL_S - time.monotonic()
+            pause = last_commit + commit_interval - time.monotonic()
             if batch and pause > 0 and finished < workers:
                 time.sleep(pause)
                 gather(block=False)

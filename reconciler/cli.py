@@ -38,7 +38,7 @@ from .plan import Change, Plan, compute_plan, differences, unknown_accounts
 from .profiles import Profile, load_profiles
 from .secrets import redact
 from .selection import Selection, normalise_phone
-from .state import Entry, RecordingFailed, State, StateStore, atomic_write, locked, unlock
+from .state import Entry, RecordingFailed, State, Store, atomic_write, locked, open_store, unlock
 
 FORMATS = click.Choice(["text", "json", "markdown"])
 APPLY_FORMATS = click.Choice(["text", "json", "jsonl", "markdown"])
@@ -90,6 +90,36 @@ class Rate(click.ParamType):
             bounds = f"from {self.MIN_RPS} to {self.MAX_RPS:,.0f}"
             self.fail(f"{escape(repr(value))}: give a rate {bounds}", param, ctx)
         return rate
+
+
+class Duration(click.ParamType):
+    """How long to wait: `30s`, `5m`, `1h`, or a bare number of seconds; at most a day."""
+
+    name = "D"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smh]?)\s*", str(value))
+        seconds = (
+            float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)] if match else -1.0
+        )
+        if not 0 <= seconds <= 86_400:
+            self.fail(
+                f"{escape(repr(value))} is not a duration: write 30s, 5m, 1h or a number of seconds",
+                param,
+                ctx,
+            )
+        return seconds
+
+
+lock_timeout_option = click.option(
+    "--lock-timeout",
+    "lock_timeout",
+    type=Duration(),
+    default=0.0,
+    help="Wait up to D (30s, 5m, or seconds) for a held state lock, then plan afresh. Default: fail at once.",
+)
 
 
 class ReconcilerGroup(click.Group):
@@ -205,9 +235,9 @@ def _load(ctx: click.Context) -> tuple[Config, dict[str, Profile]]:
     return config, load_profiles(config)
 
 
-def _load_state(config: Config, store: StateStore | None = None) -> State:
+def _load_state(config: Config, store: Store | None = None) -> State:
     """The applied state; entries for accounts reconciler.yaml no longer has are named in a warning."""
-    state = (store or StateStore(config.state_path)).load()
+    state = (store or open_store(config)).load()
     for account, numbers in sorted(unknown_accounts(state, config.accounts).items()):
         shown = ", ".join(numbers[:5]) + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
         echo(
@@ -219,6 +249,10 @@ def _load_state(config: Config, store: StateStore | None = None) -> State:
             err=True,
         )
     return state
+
+
+def _notify(text: str) -> None:
+    echo(escape(text) + "\n", err=True)
 
 
 def _log(ctx: click.Context) -> Callable[[str], None] | None:
@@ -324,6 +358,7 @@ def drift(ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...
     "--force", is_flag=True, help="Apply beyond safety.max_changes, or a plan dropping every number."
 )
 @click.option("--format", "output", type=APPLY_FORMATS, default="text", show_default=True)
+@lock_timeout_option
 @verbose_option
 @click.pass_context
 def apply(
@@ -337,6 +372,7 @@ def apply(
     checksum: str | None,
     force: bool,
     output: str,
+    lock_timeout: float,
 ) -> int:
     """Send the changes to Kaleyra and record each success in the state.
 
@@ -351,14 +387,15 @@ def apply(
             "--target and --exclude cannot be combined with a saved plan (it records its own selection)"
         )
     config, profiles = _load(ctx)
-    store = StateStore(config.state_path)
+    store = open_store(config)
     stop = threading.Event()
     in_flight = (
         f"finishing the requests in flight (each within {config.retry.timeout_s:g} s) and recording them"
     )
     # Signals are deferred from the first PUT until the report is printed and the lock released.
     with SignalGuard(stop, in_flight, ignore_after=_standalone) as guard:
-        with locked(store, "apply"):
+        # The plan is computed only once the lock is held: after a wait, it is a fresh plan.
+        with locked(store, "apply", lock_timeout, _notify):
             state = _load_state(config, store)
             if plan_file:
                 the_plan = _reviewed_plan(plan_file, profiles, state, config)
@@ -391,7 +428,7 @@ def _send(
     ctx: click.Context,
     the_plan: Plan,
     config: Config,
-    store: StateStore,
+    store: Store,
     state: State,
     keys: dict[str, str],
     parallelism: int,
@@ -400,7 +437,7 @@ def _send(
     stop: threading.Event,
 ) -> ApplyReport:
     """Run the plan; every result Kaleyra accepted is recorded, or printed as unrecorded."""
-    audit_log = audit.AuditLog(config.audit_path)
+    audit_log = audit.open_audit(config)
     progress = render.ApplyProgress(len(the_plan.changes), output, echo)
     report: ApplyReport | None = None
     try:
@@ -423,7 +460,7 @@ def _send(
             raise  # before the first PUT: nothing was sent
         # Compaction failed: every success is still in the journal, which the next command replays.
         report.recording_failure = report.recording_failure or (
-            f"the state file could not be rewritten ({failure}); its journal {store.journal_path.name} "
+            f"the state could not be rewritten ({failure}); its journal {store.journal_where()} "
             "keeps every success and the next command replays it"
         )
     finally:
@@ -504,10 +541,15 @@ def _confirm(question: str) -> None:
 @cli.command(name="import")
 @selection_options
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
+@lock_timeout_option
 @verbose_option
 @click.pass_context
 def import_(
-    ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...], auto_approve: bool
+    ctx: click.Context,
+    targets: tuple[str, ...],
+    excludes: tuple[str, ...],
+    auto_approve: bool,
+    lock_timeout: float,
 ) -> int:
     """Adopt numbers with no state entry whose YAML is already live: record it as applied, send nothing.
 
@@ -518,8 +560,8 @@ def import_(
       reconciler import --target +14155550100 --auto-approve
     """
     config, profiles = _load(ctx)
-    store = StateStore(config.state_path)
-    with locked(store, "import"):
+    store = open_store(config)
+    with locked(store, "import", lock_timeout, _notify):
         state = _load_state(config, store)
         the_plan = compute_plan(profiles, state, _selection(config, targets, excludes), config.waba_keys())
         adopted = [
@@ -551,14 +593,14 @@ def import_(
 
 def _record_locally(
     config: Config,
-    store: StateStore,
+    store: Store,
     state: State,
     entries: list[tuple[str, Entry | None]],
     audit_records: list[dict[str, Any]],
 ) -> None:
     """Record changes that send nothing (import, state rm/mv): both files proven writable first, then
     the state, then the audit log. If only the audit log fails, say plainly that the state changed."""
-    audit_log = audit.AuditLog(config.audit_path)
+    audit_log = audit.open_audit(config)
     try:
         with store.writer(state) as journal:
             journal.open()
@@ -614,7 +656,7 @@ def state_list(ctx: click.Context, output: str) -> int:
     Example:
       reconciler state list --format json | jq '.numbers | keys'
     """
-    current = StateStore(_config(ctx).state_path).load()
+    current = open_store(_config(ctx)).load()
     echo(
         json_text(current.to_json(), indent=2) + "\n" if output == "json" else render.state_list_text(current)
     )
@@ -632,7 +674,7 @@ def state_show(ctx: click.Context, phone_number: str) -> int:
     Example:
       reconciler state show +14155550100
     """
-    current = StateStore(_config(ctx).state_path).load()
+    current = open_store(_config(ctx)).load()
     entry = current.entries.get(phone_number)
     if entry is None:
         raise ReconcilerError(f"{phone_number}: not in the state (nothing applied or imported yet)")
@@ -681,7 +723,7 @@ def _edit_state(
 ) -> int:
     """Record a hand edit of the state like an apply: under the lock, journaled, audited."""
     config = _config(ctx)
-    store = StateStore(config.state_path)
+    store = open_store(config)
     with locked(store, command):
         state = store.load()
         edits = work_out(state, config)
@@ -713,7 +755,29 @@ def state_unlock(ctx: click.Context, force: bool) -> int:
     Example:
       reconciler state unlock
     """
-    echo(escape(unlock(StateStore(_config(ctx).state_path), force)) + "\n")
+    echo(escape(unlock(open_store(_config(ctx)), force)) + "\n")
+    return 0
+
+
+@state.command(name="migrate")
+@click.option(
+    "--to", "to", type=click.Choice(["s3", "local"]), required=True, help="Where to copy the state."
+)
+@lock_timeout_option
+@verbose_option
+@click.pass_context
+def state_migrate(ctx: click.Context, to: str, lock_timeout: float) -> int:
+    """Copy the state and its audit log between state.path and the S3 object state describes.
+
+    Both locks are held while copying; a target holding another state (lineage) is never overwritten.
+
+    \b
+    Example (moving to S3; then set `state.backend: s3`):
+      reconciler state migrate --to s3
+    """
+    from .migrate import migrate
+
+    echo(migrate(_config(ctx), to, lock_timeout, _notify) + "\n")
     return 0
 
 
@@ -730,7 +794,7 @@ def history(ctx: click.Context, phone_number: str | None, output: str) -> int:
       reconciler history
       reconciler history +14155550100
     """
-    records = list(audit.AuditLog(_config(ctx).audit_path).read(phone_number))
+    records = list(audit.open_audit(_config(ctx)).read(phone_number))
     echo(json_text(records, indent=2) + "\n" if output == "json" else render.history_text(records))
     return 0
 

@@ -41,6 +41,20 @@ class Account:
 
 
 @dataclass(frozen=True)
+class S3Location:
+    """Where a remote state lives: `key` in `bucket`, its lock, journal and audit objects beside it.
+    Credentials are never here: boto3 finds them in the standard AWS chain."""
+
+    bucket: str
+    key: str
+    region: str | None = None
+    endpoint_url: str | None = None
+
+    def url(self, key: str | None = None) -> str:
+        return f"s3://{self.bucket}/{self.key if key is None else key}"
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     profiles_dir: Path
@@ -50,6 +64,9 @@ class Config:
     max_changes: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     document: Document | None = None
+    # "local" (state_path) or "s3" (s3); s3 is also set with backend local, for `state migrate`.
+    state_backend: str = "local"
+    s3: S3Location | None = None
 
     def waba_keys(self) -> dict[str, str]:
         """Account name -> waba_key, what the plan compares each state entry against."""
@@ -81,6 +98,7 @@ def load_config(explicit: str | None = None) -> Config:
     root = Path(os.path.abspath(path.parent))  # absolute: later chdirs must not move the state
     problems += _endpoint_problems(document, accounts) + _path_problems(document, root)
     problems += _retry_problems(document)
+    problems += _state_problems(document)
     defaults = dict(data.get("defaults") or {})
     default_account = defaults.get("account")
     if default_account is not None and default_account not in accounts:
@@ -90,10 +108,17 @@ def load_config(explicit: str | None = None) -> Config:
         )
     if problems:
         raise ValidationFailed(problems)
+    state = data.get("state") or {}
     config = Config(
         path=path,
         profiles_dir=root / data.get("profiles_dir", "profiles"),
-        state_path=root / (data.get("state") or {}).get("path", DEFAULT_STATE_PATH),
+        state_path=root / state.get("path", DEFAULT_STATE_PATH),
+        state_backend=state.get("backend", "local"),
+        s3=(
+            S3Location(state["bucket"], state["key"], state.get("region"), state.get("endpoint_url"))
+            if "bucket" in state and "key" in state
+            else None
+        ),
         accounts=accounts,
         defaults=defaults,
         max_changes=(data.get("safety") or {}).get("max_changes"),
@@ -195,4 +220,31 @@ def _path_problems(document: Document, root: Path) -> list[Problem]:
                     f"(to {resolved}); keep it inside the repository",
                 )
             )
+    return problems
+
+
+def _state_problems(document: Document) -> list[Problem]:
+    """The s3 backend needs a bucket and a key; its endpoint_url follows the endpoint rules (http only
+    to loopback), and its key is a plain object key the lock, journal and audit objects sit beside."""
+    state = document.data.get("state") or {}
+    problems = []
+    if state.get("backend") == "s3":
+        missing = [name for name in ("bucket", "key") if name not in state]
+        if missing:
+            problems.append(
+                document.problem(
+                    ("state", "backend"),
+                    f"state.backend s3 needs state.{' and state.'.join(missing)} (the bucket and the "
+                    "object key of the state)",
+                )
+            )
+    key = state.get("key")
+    if isinstance(key, str) and (key.startswith("/") or key.endswith("/")):
+        problems.append(
+            document.problem(("state", "key"), f"state.key: '{key}' must not start or end with '/'")
+        )
+    url = state.get("endpoint_url")
+    problem = isinstance(url, str) and endpoint_problem(url)
+    if problem:
+        problems.append(document.problem(("state", "endpoint_url"), f"state.endpoint_url: {problem}"))
     return problems
