@@ -86,7 +86,7 @@ class AuditLog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open_appending(self.path)
-            self.size = drop_torn_tail(self.file)
+            self.size = drop_torn_tail(self.file, self.path)
             sync_appended(self.file.fileno())
         except OSError as error:
             self.file = None
@@ -110,6 +110,12 @@ class AuditLog:
                 self.file.truncate(self.size)
             raise RecordingFailed(f"{self.path}: cannot append ({error.strerror or error})") from None
         self.size += len(data)
+        try:
+            moved = os.stat(self.path).st_ino != os.fstat(self.file.fileno()).st_ino
+        except FileNotFoundError:
+            moved = True
+        if moved:  # written, but into a file nobody will read again (the folder was deleted?)
+            raise RecordingFailed(f"{self.path} was removed or replaced during the run")
 
     def close(self) -> None:
         if self.file is not None:

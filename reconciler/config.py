@@ -220,6 +220,19 @@ def _path_problems(document: Document, root: Path) -> list[Problem]:
                     f"(to {resolved}); keep it inside the repository",
                 )
             )
+    # The files beside the state are written: a symlink (committed in a pull request, say) must not
+    # send an append to ~/.bashrc or a read to /etc.
+    state_path = root / (data.get("state") or {}).get("path", DEFAULT_STATE_PATH)
+    for path in (
+        state_path,
+        state_path.with_name(state_path.name + ".journal"),
+        state_path.with_name(state_path.name + ".lock"),
+        state_path.with_name("audit.jsonl"),
+    ):
+        if path.is_symlink():
+            problems.append(
+                Problem(display_path(path), 0, 0, "is a symlink; the state's files must be plain files")
+            )
     return problems
 
 

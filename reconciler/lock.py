@@ -45,7 +45,10 @@ class LockInfo:
             info = cls(**data)
         except TypeError:
             return UNKNOWN
-        return info if isinstance(info.pid, int) and isinstance(info.host, str) else UNKNOWN
+        texts = (info.host, info.user, info.command, info.since)
+        if not (type(info.pid) is int and 0 < info.pid < 2**31 and all(isinstance(t, str) for t in texts)):
+            return UNKNOWN
+        return info
 
     def to_json(self) -> dict[str, Any]:
         return {

@@ -143,6 +143,8 @@ class StateStore:
         self.path = path
         self.journal_path = path.with_name(path.name + ".journal")
         self.lock_path = path.with_name(path.name + ".lock")
+        # The lock file this process created, so a run can tell when it was removed under it.
+        self.lock_identity: tuple[int, int] | None = None
 
     def where(self) -> str:
         return str(self.path)
@@ -203,6 +205,7 @@ class StateStore:
             json.dump(info.to_json(), file)
             file.flush()
             os.fsync(file.fileno())
+            self.lock_identity = _identity(os.fstat(file.fileno()))
         return True
 
     def read_lock(self) -> LockInfo | None:
@@ -210,12 +213,34 @@ class StateStore:
             return LockInfo.from_json(json.loads(self.lock_path.read_text()))
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return UNKNOWN
 
     def remove_lock(self, mine: LockInfo | None) -> bool:
         self.lock_path.unlink(missing_ok=True)
+        self.lock_identity = None
         return True
+
+    def still_recording_here(self, journal: Any) -> str | None:
+        """Why this run's records no longer land where the next command looks, or None: the journal
+        file was removed or replaced (the folder deleted mid-run), or the lock this run holds is gone
+        (`state unlock --force`), so another run could be writing too."""
+        try:
+            if _identity(os.stat(self.journal_path)) != _identity(os.fstat(journal.fileno())):
+                return f"{self.journal_path} was replaced during the run"
+        except FileNotFoundError:
+            return f"{self.journal_path} was removed during the run (was the state folder deleted?)"
+        if self.lock_identity is not None:
+            try:
+                if _identity(os.stat(self.lock_path)) != self.lock_identity:
+                    return f"{self.lock_path} is no longer this run's lock (another run took it)"
+            except FileNotFoundError:
+                return f"{self.lock_path} was removed during the run (`state unlock --force`?)"
+        return None
+
+
+def _identity(status: os.stat_result) -> tuple[int, int]:
+    return (status.st_dev, status.st_ino)
 
 
 def state_bytes(state: State, pretty: bool = True) -> bytes:
@@ -228,7 +253,7 @@ def parse_state(raw: bytes, where: str, advice: str) -> State:
     """A stored state; anything of the wrong shape is a StateCorrupt naming `where`."""
     try:
         data = json.loads(raw)
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise StateCorrupt(f"{where}: is not a valid state file (not JSON: {error}); {advice}") from None
     if not isinstance(data, dict):
         raise StateCorrupt(f"{where}: is not a valid state file (it holds {_kind(data)}, not an object)")
@@ -259,7 +284,7 @@ def journal_records(data: bytes, where: str, torn_tail_allowed: bool) -> Iterato
         at = f"{where}:{number}"
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             if torn_tail_allowed and number == len(lines):
                 return
             raise StateCorrupt(f"{at}: unreadable journal record") from None
@@ -372,7 +397,7 @@ class Journal:
             finally:
                 probe.unlink(missing_ok=True)
             self.file = open_appending(self.store.journal_path)
-            self.size = drop_torn_tail(self.file)
+            self.size = drop_torn_tail(self.file, self.store.journal_path)
             sync_appended(self.file.fileno())
             _fsync_dir(folder)
         except OSError as error:
@@ -403,6 +428,11 @@ class Journal:
         self.size += len(data)
         remember_batch(self.state, changes, serial)
         self.written += len(changes)
+        # The batch is durable, but perhaps in a file nobody will read: stop sending if so.
+        moved = self.store.still_recording_here(self.file)
+        if moved:
+            self.failure = OSError(moved)
+            raise RecordingFailed(f"{moved}; stopping so that every send stays recorded")
 
     def close(self) -> None:
         """Compact: one atomic rewrite of state.json, then the journal goes. If the rewrite fails, the
@@ -449,8 +479,10 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def open_appending(path: Path) -> Any:
     """A JSON Lines file opened for appending without a Python buffer: a failed write leaves nothing
-    pending in memory, so `truncate` can cut the file back to its last whole record."""
-    return open(path, "ab", buffering=0)
+    pending in memory, so `truncate` can cut the file back to its last whole record. A symlink is
+    refused (O_NOFOLLOW): a link committed in a pull request must not make us write elsewhere."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(descriptor, "ab", buffering=0)
 
 
 def write_all(file: Any, data: bytes) -> None:
@@ -463,13 +495,13 @@ def write_all(file: Any, data: bytes) -> None:
         view = view[written:]
 
 
-def drop_torn_tail(file: Any) -> int:
+def drop_torn_tail(file: Any, path: Path) -> int:
     """Cut a last line torn by a crash off a JSON Lines file opened for appending, so that a new record
     never follows it (a torn line in the middle would make the file unreadable); return the size."""
     size = file.seek(0, os.SEEK_END)
     if size == 0:
         return 0
-    with open(file.name, "rb") as reader:
+    with open(path, "rb") as reader:
         reader.seek(size - 1)
         if reader.read(1) == b"\n":
             return size

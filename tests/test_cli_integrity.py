@@ -670,3 +670,77 @@ def test_an_endpoint_with_whitespace_is_refused(project, sandbox):
     result = project.run("apply", "--auto-approve", env={"KALEYRA_ENDPOINT": " " + sandbox.url})
     assert_clean_failure(result)
     assert "whitespace" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["audit.jsonl", "state.json.journal", "state.json.lock", "state.json"])
+def test_a_symlink_beside_the_state_is_refused_before_anything_is_read_or_written(
+    project, sandbox, tmp_path_factory, name
+):
+    outside = tmp_path_factory.mktemp("outside") / "bashrc"
+    outside.write_text("# mine\n")
+    folder = project.root / ".reconciler"
+    folder.mkdir()
+    (folder / name).symlink_to(outside)
+    project.write_profile(A, about="x")
+    result = project.run("apply", "--auto-approve")
+    assert_clean_failure(result)
+    assert f"{name}: is a symlink" in result.stderr
+    assert outside.read_text() == "# mine\n" and put_bodies(sandbox) == []
+
+
+@pytest.mark.parametrize("removed", ["the state folder", "the lock"])
+def test_losing_the_state_folder_or_the_lock_mid_run_stops_sending(tmp_path, fleet_server, removed):
+    import shutil
+
+    project = Project(tmp_path, fleet_server.url)
+    for number in fleet_server.fleet:
+        project.write_profile(number, about="x")
+    fleet_server.sandbox.latency_ms = 30
+    process = run_process(
+        project,
+        "apply",
+        "--auto-approve",
+        "--parallelism",
+        "2",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 20
+    while len(fleet_server.sandbox.requests) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if removed == "the state folder":
+        shutil.rmtree(project.root / ".reconciler")
+    else:
+        (project.root / ".reconciler" / "state.json.lock").unlink()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "during the run" in stderr
+    assert len(accepted_numbers(fleet_server)) < len(fleet_server.fleet)
+
+
+@pytest.mark.parametrize("name", ["state.json", "state.json.journal", "state.json.lock"])
+def test_deeply_nested_state_files_are_clear_errors(project, sandbox, name):
+    folder = project.root / ".reconciler"
+    folder.mkdir()
+    (folder / name).write_text("[" * 200_000)
+    project.write_profile(A, about="x")
+    for args in (["plan"], ["apply", "--auto-approve"], ["state", "unlock", "--force"]):
+        result = project.run(*args)
+        assert "internal error" not in result.stderr and "Traceback" not in result.stderr, (
+            args,
+            result.stderr,
+        )
+
+
+@pytest.mark.parametrize("pid", ['"abc"', "100000000000000000000", "-5", "true"])
+def test_a_lock_with_a_nonsense_pid_is_reported_not_crashed_on(project, sandbox, pid):
+    folder = project.root / ".reconciler"
+    folder.mkdir()
+    (folder / "state.json.lock").write_text(
+        f'{{"host": "h", "pid": {pid}, "user": "u", "command": "apply", "since": "T"}}'
+    )
+    project.write_profile(A, about="x")
+    result = project.run("apply", "--auto-approve")
+    assert_clean_failure(result)
+    assert "locked by an unknown process" in result.stderr
+    assert project.run("state", "unlock", "--force").exit_code == 0
