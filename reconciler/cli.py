@@ -522,10 +522,29 @@ def schema_command(kind: str) -> int:
     help="How failures look, comma-separated: wa500, 429 (with Retry-After), drop (connection closed).",
 )
 @click.option(
-    "--retry-after", type=click.IntRange(0), default=1, show_default=True, help="Seconds, for 429s."
+    "--retry-after",
+    default="1",
+    show_default=True,
+    metavar="SECONDS|none",
+    help="Retry-After header of every 429 (whole seconds); 'none' sends 429s without it.",
+)
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0, min_open=True, max=100_000),
+    metavar="RPS",
+    help="Requests per second per account (sid), a token bucket; beyond it, 429.",
+)
+@click.option(
+    "--burst", type=click.IntRange(1, 100_000), help="Requests the bucket allows at once [default: RPS]."
 )
 @click.option(
     "--data", "data_file", type=click.Path(dir_okay=False), help="Provision from / persist to this JSON."
+)
+@click.option(
+    "--callback-profiles",
+    "callback_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="JSON of more callback profiles, with their status (1 active, 2 auto-disabled, 3 disabled).",
 )
 @click.option(
     "--api-key", "api_key", metavar="KEY", help="Require this key (default: accept any non-empty key)."
@@ -540,8 +559,11 @@ def sandbox(
     latency_ms: float,
     fail_rate: float,
     faults: str,
-    retry_after: int,
+    retry_after: str,
+    rate_limit: float | None,
+    burst: int | None,
     data_file: str | None,
+    callback_file: str | None,
     api_key: str | None,
     seed: int | None,
 ) -> int:
@@ -560,19 +582,28 @@ def sandbox(
         raise click.BadParameter(
             f"unknown fault {unknown[0] if unknown else '(none)'}; use {', '.join(emulator.FAULTS)}"
         )
+    if rate_limit is not None and not rate_limit < float("inf"):  # FloatRange lets nan through
+        raise click.BadParameter(f"{rate_limit} is not a number of requests", param_hint="--rate-limit")
+    if not emulator.RETRY_AFTER.fullmatch(retry_after):
+        raise click.BadParameter(f"'{retry_after}': give whole seconds or none", param_hint="--retry-after")
     options = {
         "api_key": api_key or None,
         "latency_ms": latency_ms,
         "fail_rate": fail_rate,
         "faults": kinds,
-        "retry_after_s": retry_after,
+        "retry_after_s": None if retry_after == "none" else int(retry_after),
         "seed": seed,
+        "rate_limit": rate_limit,
+        "burst": burst,
     }
     if data_file:
         held = emulator.Sandbox.from_file(Path(data_file), **options)
     else:
         config, profiles = _load(ctx)
         held = emulator.Sandbox(emulator.provision(config, profiles), **options)
+        held.callback_profiles = emulator.provision_callback_profiles(config, profiles, held.accounts)
+    if callback_file:
+        emulator.load_callback_profiles(Path(callback_file), held.callback_profiles)
     try:
         server = emulator.make_server(held, host, port, verbose=bool(ctx.obj.get("verbose")))
     except OSError as error:
