@@ -110,7 +110,7 @@ def apply_plan(
         todo.put(change)
     # Outcomes, and one None per worker as it finishes (so the end is seen at once, with no polling).
     results: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
-    stop = threading.Event()
+    stop = client.stop  # one event: a signal also ends the client's retries and waits at once
     workers = min(parallelism, len(plan.puts))
 
     def work() -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import click
 
 from .apply import APPLIED, FAILED, NOT_ATTEMPTED, RECORDED, ApplyReport
+from .kaleyra import AccountThrottling
 from .plan import FORMAT_VERSION, Change, Plan
 from .state import Entry, State
 
@@ -162,7 +164,7 @@ def report_text(report: ApplyReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def report_json(report: ApplyReport, plan: Plan) -> str:
+def report_json(report: ApplyReport, plan: Plan, throttling: Sequence[AccountThrottling] = ()) -> str:
     document = {
         "format_version": FORMAT_VERSION,
         "checksum": plan.checksum,
@@ -181,6 +183,10 @@ def report_json(report: ApplyReport, plan: Plan) -> str:
             }
             for outcome in report.outcomes
         ],
+        "throttling": {
+            "throttled": sum(account.throttled for account in throttling),
+            "accounts": [account.to_json() for account in throttling],
+        },
     }
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
 
