@@ -50,7 +50,7 @@ def run_case(count: int, rate: float, burst: int, latency_ms: float, retry_after
         finally:
             sandbox.terminate()
             sandbox.wait()
-    summary = [line for line in applied.stdout.splitlines() if line.startswith(("Applied", "Throttled"))]
+    summary = [line for line in applied.stdout.splitlines() if line.startswith(("Applied", "Kaleyra slowed"))]
     requests = stats["served"] + stats["throttled"]
     return {
         "exit": applied.returncode,
