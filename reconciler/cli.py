@@ -152,20 +152,31 @@ def _show_plan(plan: Plan, output: str, title: str = "Plan") -> None:
 # --- validate, plan, drift ------------------------------------------------------------------------
 
 
+ONLINE_HELP = "Also check on Kaleyra that the callback profile ids {} exist and are active (needs API keys)."
+
+
 @cli.command()
+@click.option("--online", is_flag=True, help=ONLINE_HELP.format("every profile names"))
 @verbose_option
 @click.pass_context
-def validate(ctx: click.Context) -> int:
-    """Check reconciler.yaml and every profile against the schemas and rules. No network.
+def validate(ctx: click.Context, online: bool) -> int:
+    """Check reconciler.yaml and every profile against the schemas and rules. No network, unless --online.
 
     \b
-    Example:
+    Examples:
       reconciler validate && echo "all good"
+      reconciler validate --online
     """
     config, profiles = _load(ctx)
+    if online:
+        from . import online as checks
+
+        checked = checks.check(config, checks.in_profiles(profiles), _log(ctx))
     echo(
         f"Valid: {config.path.name} with {len(config.accounts)} account(s) and {len(profiles)} profile(s).\n"
     )
+    if online:
+        echo(f"Online: {checked} callback profile id(s) checked on Kaleyra; each exists and is active.\n")
     return 0
 
 
@@ -174,22 +185,33 @@ def validate(ctx: click.Context) -> int:
 @click.option("--target", "targets", multiple=True, type=PHONE, help="Only this number (repeatable).")
 @click.option("--format", "output", type=FORMATS, default="text", show_default=True)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes, 0 when none.")
+@click.option("--online", is_flag=True, help=ONLINE_HELP.format("the changes send"))
 @verbose_option
 @click.pass_context
 def plan(
-    ctx: click.Context, out_file: str | None, targets: tuple[str, ...], output: str, detailed_exitcode: bool
+    ctx: click.Context,
+    out_file: str | None,
+    targets: tuple[str, ...],
+    output: str,
+    detailed_exitcode: bool,
+    online: bool,
 ) -> int:
-    """Show what apply would change, field by field. Reads files only: no credentials needed.
+    """Show what apply would change, field by field. Reads files only (no credentials) unless --online.
 
     \b
     Examples:
       reconciler plan
       reconciler plan --target +14155550100 --format json
       reconciler plan --out plan.json && reconciler apply plan.json
+      reconciler plan --online       # also check the callback profile ids it sends, on Kaleyra
     """
     config, profiles = _load(ctx)
     state = StateStore(config.state_path).load()
     the_plan = compute_plan(profiles, state, targets, config.waba_keys())
+    if online:
+        from . import online as checks
+
+        checks.check(config, checks.in_plan(the_plan, profiles), _log(ctx))
     _show_plan(the_plan, output)
     if out_file:
         atomic_write(Path(out_file), (json.dumps(the_plan.to_saved(), indent=2) + "\n").encode())
