@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from . import audit, secrets
 from .config import Config
 from .errors import ReconcilerError
-from .kaleyra import KaleyraClient, KaleyraError
+from .kaleyra import NOT_SENT, KaleyraClient, KaleyraError
 from .plan import Change, Plan
 from .state import Entry, Journal, State, now
 
@@ -97,6 +97,8 @@ def apply_plan(
         try:
             success = client.update(account.target(), keys[change.account], change.phone_number, change.sends)
         except KaleyraError as error:
+            if error.code == NOT_SENT:  # stopped before its first attempt: nothing reached Kaleyra
+                return Outcome(change, NOT_ATTEMPTED, "-", "interrupted before sending")
             return Outcome(change, FAILED, error.code, error.describe())
         except Exception as error:  # a bug must not lose track of the other numbers
             return Outcome(change, FAILED, "ERROR", f"{type(error).__name__}: {error}")

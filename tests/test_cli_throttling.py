@@ -123,3 +123,8 @@ def test_ctrl_c_during_a_retry_after_pause_ends_the_run_at_once(tmp_path, limite
     assert report["interrupted"] is True
     assert report["summary"]["applied"] == 3
     assert len(project.applied()) == 3  # what Kaleyra accepted was recorded
+    # Workers waiting out the pause had sent their number once (throttled) or not at all.
+    waited = [r for r in report["results"] if r["status"] != "applied" and r["code"] in ("-", "NOT_SENT")]
+    assert waited and all(r["status"] == "not attempted" for r in waited)
+    retried = [r for r in report["results"] if r["status"] == "failed"]
+    assert all("not retried: the run was interrupted" in r["message"] for r in retried)
