@@ -159,8 +159,8 @@ class AccountThrottling:
     throttled: int
     paused: int
     paused_s: float
-    settled_rps: float | None
-    slowest_rps: float | None
+    settled_rps: float | None  # successes per second since the first throttle, pauses included
+    slowest_rps: float | None  # the lowest rate the account was cut to
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -257,11 +257,11 @@ class KaleyraClient:
             paces = dict(self.paces)
         report = []
         for (base_url, sid), pace in sorted(paces.items()):
-            with pace.lock:
-                if not pace.throttled:
-                    continue
-                numbers = (pace.throttled, pace.pauses, pace.paused_s, pace.current(), pace.slowest)
-                report.append(AccountThrottling(base_url, sid, *numbers))
+            if not pace.throttled:
+                continue
+            settled = pace.sustained() or pace.current()
+            numbers = (pace.throttled, pace.pauses, pace.paused_s, settled, pace.slowest)
+            report.append(AccountThrottling(base_url, sid, *numbers))
         return report
 
     def throttling_summary(self) -> str | None:

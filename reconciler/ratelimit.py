@@ -79,6 +79,9 @@ class AdaptiveRate:
         self.pauses = 0
         self.paused_s = 0.0
         self.slowest: float | None = None
+        self.limited_since: float | None = None  # the first throttle
+        self.accepted_since_limited = 0
+        self.last_accepted = -math.inf
         self.logged_rate: float | None = None
 
     # --- workers ---------------------------------------------------------------------------------
@@ -116,6 +119,8 @@ class AdaptiveRate:
             self._remember(self.accepts, now)
             if not self.limited:
                 return
+            self.accepted_since_limited += 1
+            self.last_accepted = now
             elapsed = max(0.0, now - self.epoch)
             if elapsed > self.k:  # past the peak: hold it a while before probing higher
                 elapsed = max(self.k, elapsed - self.hold)
@@ -146,6 +151,14 @@ class AdaptiveRate:
     def current(self) -> float | None:
         return self.rate if self.limited else None
 
+    def sustained(self) -> float | None:
+        """Successes per second since the first throttle, pauses included: the pace the account really
+        kept (the current rate may be mid-probe); None before a throttle or a success after it."""
+        with self.lock:
+            if self.limited_since is None or self.last_accepted <= self.limited_since:
+                return None
+            return self.accepted_since_limited / (self.last_accepted - self.limited_since)
+
     # --- internals ---------------------------------------------------------------------------------
 
     def _cut(self, now: float, sent: float, paused: bool) -> None:
@@ -167,6 +180,8 @@ class AdaptiveRate:
         resume = max(MIN_RATE, resume)
         self.k = (max(0.0, self.peak - resume) / SCALE) ** (1 / 3)
         before = self.current()
+        if self.limited_since is None:
+            self.limited_since = now
         self.rate, self.limited = resume, True
         self.slowest = resume if self.slowest is None else min(self.slowest, resume)
         self.epoch = max(now, self.paused_until)  # CUBIC's clock starts once any pause is over

@@ -412,9 +412,9 @@ def test_max_rps_stays_a_ceiling_after_the_rate_recovers(clock):
         clock.sleep(60)  # long enough for CUBIC to climb far past 4 requests/s
         for index in range(6):
             client.update(target(), KEY, f"+9148460002{index:02d}", {})
-        assert client.throttling()[0].settled_rps > 4
+        assert client.paces[target().pace_key].current() > 4  # the adaptive rate allows more...
     gaps = [later - earlier for earlier, later in itertools.pairwise(starts)]
-    assert min(gaps) >= 0.25 - 1e-9
+    assert min(gaps) >= 0.25 - 1e-9  # ...but --max-rps 4 still spaces every start
 
 
 @respx.mock

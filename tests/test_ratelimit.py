@@ -120,6 +120,18 @@ def test_a_later_retry_after_halves_the_rate_and_holds_it():
     assert rate.current() == pytest.approx(held)
 
 
+def test_the_summary_rate_is_what_the_account_sustained_since_its_first_throttle():
+    clock = Clock()
+    rate = AdaptiveRate(clock)
+    send(rate, clock, 10, 0.01)
+    assert rate.sustained() is None  # never throttled
+    rate.throttled_at(clock.now, retry_after=2.0)
+    for _ in range(30):  # 30 successes over the next 3 s, the 2 s pause included
+        clock.now += 0.1
+        rate.succeeded()
+    assert rate.sustained() == pytest.approx(10.0)
+
+
 def test_the_ceiling_spaces_starts_evenly_across_all_callers():
     clock = Clock()
     waits: list[float] = []
