@@ -7,9 +7,9 @@ on each throttle and recovers along a CUBIC curve on success. Every worker sendi
 shares it, so one 429 slows them all. A `Retry-After` pauses the whole account.
 
 What differs from botocore, and why (see README, "Throttling"):
-- One cut per round: a 429 to a request sent before the last cut (or within a few intervals of the
-  new rate, while the server's bucket is still empty) says nothing new, so it does not cut again;
-  8 workers' in-flight 429s are one event, as in TCP.
+- One cut per round: a 429 to a request sent before the last cut (or among the first three after it,
+  while the server has no spare capacity yet) says nothing new, so it does not cut again; 8 workers'
+  in-flight 429s are one event, as in TCP.
 - CUBIC's clock starts when a pause ends: the rate must not regrow while nothing is sent.
 - A 429 with Retry-After costs the account a pause, so probing is made rare where it is that costly:
   the first such 429 restarts from what the server accepted in the last second (a server's burst
@@ -138,7 +138,8 @@ class AdaptiveRate:
                 new_pause = self.paused_until <= now
                 self.paused_s += retry_after if new_pause else now + retry_after - self.paused_until
                 self.paused_until = now + retry_after
-                self.sending_since = None
+                self.sending_since = None  # what was sent before a pause is not today's rate
+                self.starts.clear()
                 if self.limited:  # CUBIC's clock starts once the pause is over
                     self.epoch = max(self.epoch, self.paused_until)
                 if new_pause:
