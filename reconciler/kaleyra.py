@@ -38,6 +38,8 @@ PROFILE_NOT_FOUND = "RBC302"  # "No profile exists with this id"
 NOT_SENT = "NOT_SENT"  # the run was stopped before this request's first attempt
 # Codes that mean "the request is wrong": sending it again cannot help.
 NEVER_RETRY = frozenset({"WA400", "WA401", "RBC001", "E112", PROFILE_NOT_FOUND})
+# Codes that condemn every request of the account (its key, SID or WABA), not just one number.
+ACCOUNT_FATAL = frozenset({"RBC001", "WA401"})
 # Kaleyra's own "busy" codes, handled like HTTP 429. None is documented yet; add one here if it appears.
 BUSY_CODES: frozenset[str] = frozenset()
 HINTS = {
@@ -114,7 +116,11 @@ class KaleyraError(Exception):
         super().__init__(self.describe())
 
     def describe(self) -> str:
-        text = f"{self.code}: {self.message}"
+        return f"{self.code}: {self.detail()}"
+
+    def detail(self) -> str:
+        """The message with its hint and attempt count, without the code (shown beside it)."""
+        text = self.message
         if self.code in HINTS:
             text += f" ({HINTS[self.code]})"
         if self.attempts > 1:
