@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from . import audit, secrets
 from .config import Config
 from .errors import ReconcilerError
-from .kaleyra import NOT_SENT, KaleyraClient, KaleyraError
+from .kaleyra import NOT_SENT, AccountThrottling, KaleyraClient, KaleyraError
 from .plan import Change, Plan
 from .state import Entry, Journal, State, now
 
@@ -41,6 +41,7 @@ class Outcome:
 class ApplyReport:
     outcomes: list[Outcome] = field(default_factory=list)
     interrupted: bool = False
+    throttling: list[AccountThrottling] = field(default_factory=list)  # accounts Kaleyra slowed down
 
     def having(self, status: str) -> list[Outcome]:
         return [outcome for outcome in self.outcomes if outcome.status == status]
@@ -166,6 +167,7 @@ def apply_plan(
         report.interrupted = True
     if not_sent:
         record([Outcome(change, NOT_ATTEMPTED, "-", "interrupted before sending") for change in not_sent])
+    report.throttling = client.throttling()
     return report
 
 

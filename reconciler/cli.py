@@ -316,20 +316,18 @@ def apply(
                 )
         finally:
             audit_log.close()
-    _show_report(report, the_plan, output, client)
+    _show_report(report, the_plan, output)
     return 0 if report.ok else 1
 
 
-def _show_report(report: ApplyReport, plan: Plan, output: str, client: KaleyraClient | None = None) -> None:
+def _show_report(report: ApplyReport, plan: Plan, output: str) -> None:
     if output == "json":
-        echo(render.report_json(report, plan, client.throttling() if client else []))
+        echo(render.report_json(report, plan))
     elif output == "markdown":
         echo(render.report_markdown(report, plan))
     elif plan.changes:
         echo(render.failures_text(report), err=True)  # errors go to stderr, the summary to stdout
         echo(render.report_text(report))
-        if client is not None and client.throttling_summary():
-            echo(f"{client.throttling_summary()}\n")
     else:
         echo(render.plan_text(plan))  # nothing to do: "No changes."
 

@@ -183,6 +183,13 @@ class AccountThrottling:
         return text
 
 
+def throttling_summary(accounts: list[AccountThrottling]) -> str | None:
+    """How Kaleyra slowed a run down, in one line; None when it did not."""
+    if not accounts:
+        return None
+    return "Kaleyra slowed this run down: " + "; ".join(account.describe() for account in accounts) + "."
+
+
 class KaleyraClient:
     def __init__(
         self,
@@ -272,10 +279,7 @@ class KaleyraClient:
 
     def throttling_summary(self) -> str | None:
         """One line for the end of a run ("throttled 42 times; settled at 48 requests/s"), or None."""
-        accounts = self.throttling()
-        if not accounts:
-            return None
-        return "Kaleyra slowed this run down: " + "; ".join(account.describe() for account in accounts) + "."
+        return throttling_summary(self.throttling())
 
     # --- internals ---------------------------------------------------------------------------------
 

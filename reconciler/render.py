@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from typing import Any
 
 import click
 
 from .apply import APPLIED, FAILED, NOT_ATTEMPTED, RECORDED, ApplyReport
-from .kaleyra import AccountThrottling
+from .kaleyra import throttling_summary
 from .plan import FORMAT_VERSION, Change, Plan
 from .state import Entry, State
 
@@ -161,10 +160,13 @@ def report_text(report: ApplyReport) -> str:
         lines.append(
             "The state records only what succeeded; run `reconciler plan` to see what is still pending."
         )
+    slowed = throttling_summary(report.throttling)
+    if slowed:
+        lines.append(slowed)
     return "\n".join(lines) + "\n"
 
 
-def report_json(report: ApplyReport, plan: Plan, throttling: Sequence[AccountThrottling] = ()) -> str:
+def report_json(report: ApplyReport, plan: Plan) -> str:
     document = {
         "format_version": FORMAT_VERSION,
         "checksum": plan.checksum,
@@ -183,12 +185,17 @@ def report_json(report: ApplyReport, plan: Plan, throttling: Sequence[AccountThr
             }
             for outcome in report.outcomes
         ],
-        "throttling": {
-            "throttled": sum(account.throttled for account in throttling),
-            "accounts": [account.to_json() for account in throttling],
-        },
+        "throttling": throttling_json(report),
     }
     return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+def throttling_json(report: ApplyReport) -> dict[str, Any]:
+    """How Kaleyra slowed the run down (every account it throttled), for `apply --format json`."""
+    return {
+        "throttled": sum(account.throttled for account in report.throttling),
+        "accounts": [account.to_json() for account in report.throttling],
+    }
 
 
 def report_markdown(report: ApplyReport, plan: Plan) -> str:
