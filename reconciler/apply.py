@@ -22,7 +22,7 @@ from typing import Any
 from . import audit, secrets
 from .config import Config
 from .errors import ReconcilerError
-from .kaleyra import ACCOUNT_FATAL, KaleyraClient, KaleyraError
+from .kaleyra import ACCOUNT_FATAL, AccountThrottling, KaleyraClient, KaleyraError
 from .plan import Change, Plan
 from .state import Entry, Recorder, RecordingFailed, State, now
 
@@ -51,6 +51,7 @@ class ApplyReport:
     unaudited: list[Outcome] = field(default_factory=list)
     # Set when progress could not be shown (stdout closed or full): the run stopped sending.
     output_failure: str | None = None
+    throttling: list[AccountThrottling] = field(default_factory=list)  # accounts Kaleyra slowed down
 
     def having(self, status: str) -> list[Outcome]:
         return sorted(
@@ -275,6 +276,7 @@ def apply_plan(
     if not_sent:
         reason = "not sent: recording failed" if report.recording_failure else "interrupted before sending"
         record([Outcome(change, NOT_ATTEMPTED, "-", reason) for change in not_sent])
+    report.throttling = client.throttling()
     return report
 
 

@@ -271,20 +271,31 @@ def _show_plan(plan: Plan, output: str, title: str = "Plan") -> None:
 # --- validate, plan, drift ------------------------------------------------------------------------
 
 
+ONLINE_HELP = "Also check on Kaleyra that the callback profile ids {} exist and are active (needs API keys)."
+
+
 @cli.command()
+@click.option("--online", is_flag=True, help=ONLINE_HELP.format("every profile names"))
 @verbose_option
 @click.pass_context
-def validate(ctx: click.Context) -> int:
-    """Check reconciler.yaml and every profile against the schemas and rules. No network.
+def validate(ctx: click.Context, online: bool) -> int:
+    """Check reconciler.yaml and every profile against the schemas and rules. No network, unless --online.
 
     \b
-    Example:
+    Examples:
       reconciler validate && echo "all good"
+      reconciler validate --online
     """
     config, profiles = _load(ctx)
+    if online:
+        from . import online as checks
+
+        checked = checks.check(config, checks.in_profiles(profiles), _log(ctx))
     echo(
         f"Valid: {config.path.name} with {len(config.accounts)} account(s) and {len(profiles)} profile(s).\n"
     )
+    if online:
+        echo(f"Online: {checked} callback profile id(s) checked on Kaleyra; each exists and is active.\n")
     return 0
 
 
@@ -293,6 +304,7 @@ def validate(ctx: click.Context) -> int:
 @selection_options
 @click.option("--format", "output", type=FORMATS, default="text", show_default=True)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes, 0 when none.")
+@click.option("--online", is_flag=True, help=ONLINE_HELP.format("the changes send"))
 @verbose_option
 @click.pass_context
 def plan(
@@ -302,8 +314,9 @@ def plan(
     excludes: tuple[str, ...],
     output: str,
     detailed_exitcode: bool,
+    online: bool,
 ) -> int:
-    """Show what apply would change, field by field. Reads files only: no credentials needed.
+    """Show what apply would change, field by field. Reads files only (no credentials) unless --online.
 
     \b
     Examples:
@@ -311,10 +324,15 @@ def plan(
       reconciler plan --target +14155550100 --format json
       reconciler plan --target acme-in --exclude '+9199*'
       reconciler plan --out plan.json && reconciler apply plan.json
+      reconciler plan --online       # also check the callback profile ids it sends, on Kaleyra
     """
     config, profiles = _load(ctx)
     state = _load_state(config)
     the_plan = compute_plan(profiles, state, _selection(config, targets, excludes), config.waba_keys())
+    if online:
+        from . import online as checks
+
+        checks.check(config, checks.in_plan(the_plan, profiles), _log(ctx))
     _show_plan(the_plan, output)
     if out_file:
         atomic_write(Path(out_file), (json_text(the_plan.to_saved(), indent=2) + "\n").encode())
@@ -441,7 +459,10 @@ def _send(
     progress = render.ApplyProgress(len(the_plan.changes), output, echo)
     report: ApplyReport | None = None
     try:
-        client = KaleyraClient(config.retry, max_connections=parallelism, max_rps=max_rps, log=_log(ctx))
+        # One stop event: a signal also ends the client's retries, backoff sleeps and pace waits at once.
+        client = KaleyraClient(
+            config.retry, max_connections=parallelism, max_rps=max_rps, log=_log(ctx), stop=stop
+        )
         with client, store.writer(state) as journal:
             report = apply_plan(
                 the_plan,
@@ -832,10 +853,29 @@ def schema_command(kind: str) -> int:
     help="How failures look, comma-separated: wa500, 429 (with Retry-After), drop (connection closed).",
 )
 @click.option(
-    "--retry-after", type=click.IntRange(0), default=1, show_default=True, help="Seconds, for 429s."
+    "--retry-after",
+    default="1",
+    show_default=True,
+    metavar="SECONDS|none",
+    help="Retry-After header of every 429 (whole seconds); 'none' sends 429s without it.",
+)
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0, min_open=True, max=100_000),
+    metavar="RPS",
+    help="Requests per second per account (sid), a token bucket; beyond it, 429.",
+)
+@click.option(
+    "--burst", type=click.IntRange(1, 100_000), help="Requests the bucket allows at once [default: RPS]."
 )
 @click.option(
     "--data", "data_file", type=click.Path(dir_okay=False), help="Provision from / persist to this JSON."
+)
+@click.option(
+    "--callback-profiles",
+    "callback_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="JSON of more callback profiles, with their status (1 active, 2 auto-disabled, 3 disabled).",
 )
 @click.option(
     "--api-key", "api_key", metavar="KEY", help="Require this key (default: accept any non-empty key)."
@@ -850,8 +890,11 @@ def sandbox(
     latency_ms: float,
     fail_rate: float,
     faults: str,
-    retry_after: int,
+    retry_after: str,
+    rate_limit: float | None,
+    burst: int | None,
     data_file: str | None,
+    callback_file: str | None,
     api_key: str | None,
     seed: int | None,
 ) -> int:
@@ -870,19 +913,28 @@ def sandbox(
         raise click.BadParameter(
             f"unknown fault {unknown[0] if unknown else '(none)'}; use {', '.join(emulator.FAULTS)}"
         )
+    if rate_limit is not None and not rate_limit < float("inf"):  # FloatRange lets nan through
+        raise click.BadParameter(f"{rate_limit} is not a number of requests", param_hint="--rate-limit")
+    if not emulator.RETRY_AFTER.fullmatch(retry_after):
+        raise click.BadParameter(f"'{retry_after}': give whole seconds or none", param_hint="--retry-after")
     options = {
         "api_key": api_key or None,
         "latency_ms": latency_ms,
         "fail_rate": fail_rate,
         "faults": kinds,
-        "retry_after_s": retry_after,
+        "retry_after_s": None if retry_after == "none" else int(retry_after),
         "seed": seed,
+        "rate_limit": rate_limit,
+        "burst": burst,
     }
     if data_file:
         held = emulator.Sandbox.from_file(Path(data_file), **options)
     else:
         config, profiles = _load(ctx)
         held = emulator.Sandbox(emulator.provision(config, profiles), **options)
+        held.callback_profiles = emulator.provision_callback_profiles(config, profiles, held.accounts)
+    if callback_file:
+        emulator.load_callback_profiles(Path(callback_file), held.callback_profiles)
     try:
         server = emulator.make_server(held, host, port, verbose=bool(ctx.obj.get("verbose")))
     except OSError as error:

@@ -10,6 +10,7 @@ import click
 
 from .apply import APPLIED, FAILED, NOT_ATTEMPTED, RECORDED, ApplyReport, Outcome
 from .escape import escape, json_line, json_text, quote
+from .kaleyra import throttling_summary
 from .plan import FORMAT_VERSION, Change, Plan
 from .secrets import redact
 from .state import Entry, State
@@ -214,6 +215,9 @@ def report_text(report: ApplyReport) -> str:
         lines.append(
             "The state records only what succeeded; run `reconciler plan` to see what is still pending."
         )
+    slowed = throttling_summary(report.throttling)
+    if slowed:
+        lines.append(slowed)
     return "\n".join(lines) + "\n"
 
 
@@ -264,6 +268,7 @@ def _report_document(report: ApplyReport, plan: Plan) -> dict[str, Any]:
         "checksum": plan.checksum,
         "interrupted": report.interrupted,
         "summary": report.counts(),
+        "throttling": throttling_json(report),
     }
     if report.recording_failure:
         document["recording_failure"] = report.recording_failure
@@ -283,6 +288,14 @@ def report_json(report: ApplyReport, plan: Plan) -> str:
 def report_jsonl_summary(report: ApplyReport, plan: Plan) -> str:
     """The last event of `apply --format jsonl` (each number's event was streamed as it completed)."""
     return json_line({"event": "summary", **_report_document(report, plan)})
+
+
+def throttling_json(report: ApplyReport) -> dict[str, Any]:
+    """How Kaleyra slowed the run down (every account it throttled), for `apply --format json`."""
+    return {
+        "throttled": sum(account.throttled for account in report.throttling),
+        "accounts": [account.to_json() for account in report.throttling],
+    }
 
 
 def report_markdown(report: ApplyReport, plan: Plan) -> str:
