@@ -23,7 +23,7 @@ reconciler sandbox --port "$port" &
 sandbox_pid=$!
 for _ in $(seq 50); do (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 # Demo keys: the sandbox accepts any non-empty key. Real keys only ever live in the environment.
-export KALEYRA_ENDPOINT="http://127.0.0.1:$port" KALEYRA_API_KEY_ACME_IN=demo-in KALEYRA_API_KEY_ACME_US=demo-us
+export KALEYRA_ENDPOINT="http://127.0.0.1:$port" KALEYRA_API_KEY_ACME_IN=demo-key-acme-in KALEYRA_API_KEY_ACME_US=demo-key-acme-us
 
 step reconciler apply --auto-approve
 step reconciler drift

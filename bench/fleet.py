@@ -18,10 +18,20 @@ ACCOUNTS = ["in-retail", "ap-care", "eu-sales", "na-support"]
 API_KEYS = {f"KALEYRA_API_KEY_{name.upper().replace('-', '_')}": "bench-key" for name in ACCOUNTS}
 
 
-def make_project(root: Path, count: int, about: str = "We answer within the hour") -> None:
-    """reconciler.yaml with four accounts, and `count` realistic profiles spread over them."""
-    lines = ["profiles_dir: profiles", "retry:", "  backoff_base_s: 0.05", "accounts:"]
-    for index, name in enumerate(ACCOUNTS):
+def make_project(
+    root: Path,
+    count: int,
+    about: str = "We answer within the hour",
+    accounts: list[str] = ACCOUNTS,
+    backoff_base_s: float | None = 0.05,
+) -> None:
+    """reconciler.yaml with four accounts (or those given), and `count` realistic profiles spread over
+    them; `backoff_base_s=None` leaves the retry settings at their defaults."""
+    lines = ["profiles_dir: profiles"]
+    if backoff_base_s is not None:
+        lines += ["retry:", f"  backoff_base_s: {backoff_base_s}"]
+    lines.append("accounts:")
+    for index, name in enumerate(accounts):
         pod = name.split("-")[0]
         lines += [
             f"  {name}:",
@@ -32,7 +42,7 @@ def make_project(root: Path, count: int, about: str = "We answer within the hour
         ]
     (root / "reconciler.yaml").write_text("\n".join(lines) + "\n")
     for index in range(count):
-        account = ACCOUNTS[index % len(ACCOUNTS)]
+        account = accounts[index % len(accounts)]
         number = f"+1{4155000000 + index}"
         folder = root / "profiles" / account
         folder.mkdir(parents=True, exist_ok=True)
@@ -78,13 +88,16 @@ def run_process(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -
     return elapsed, usage.ru_maxrss // 1024
 
 
-def start_sandbox(root: Path, latency_ms: float) -> tuple[subprocess.Popen, str]:
+def start_sandbox(root: Path, latency_ms: float, *options: str) -> tuple[subprocess.Popen, str]:
     """`reconciler sandbox` in its own process (provisioned from the project), on a free port."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     process = subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "sandbox", "--port", str(port), "--latency-ms", str(latency_ms)],
+        [
+            *(sys.executable, "-m", "reconciler", "sandbox", "--port", str(port)),
+            *("--latency-ms", str(latency_ms), *options),
+        ],
         cwd=root,
         stderr=subprocess.DEVNULL,
     )

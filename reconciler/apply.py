@@ -14,16 +14,17 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from . import audit, secrets
 from .config import Config
 from .errors import ReconcilerError
-from .kaleyra import ACCOUNT_FATAL, KaleyraClient, KaleyraError
+from .kaleyra import ACCOUNT_FATAL, AccountThrottling, KaleyraClient, KaleyraError
 from .plan import Change, Plan
-from .state import Entry, Journal, RecordingFailed, State, now
+from .state import Entry, Recorder, RecordingFailed, State, now
 
 APPLIED, RECORDED, FAILED, NOT_ATTEMPTED = "applied", "recorded", "failed", "not attempted"
 STATUSES = (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)
@@ -48,6 +49,9 @@ class ApplyReport:
     # Accepted by Kaleyra but not in the state (the journal failed), or not in the audit log.
     unrecorded: list[Outcome] = field(default_factory=list)
     unaudited: list[Outcome] = field(default_factory=list)
+    # Set when progress could not be shown (stdout closed or full): the run stopped sending.
+    output_failure: str | None = None
+    throttling: list[AccountThrottling] = field(default_factory=list)  # accounts Kaleyra slowed down
 
     def having(self, status: str) -> list[Outcome]:
         return sorted(
@@ -64,13 +68,20 @@ class ApplyReport:
     @property
     def ok(self) -> bool:
         counted = self.counts()
-        return not (self.interrupted or self.recording_failure or counted[FAILED] or counted[NOT_ATTEMPTED])
+        return not (
+            self.interrupted
+            or self.recording_failure
+            or self.output_failure
+            or counted[FAILED]
+            or counted[NOT_ATTEMPTED]
+        )
 
 
 def check_safety(plan: Plan, state: State, max_changes: int | None, force: bool) -> None:
-    """Refuse (before anything is sent) a plan that changes more than `safety.max_changes` numbers, or
-    one that would drop every managed number, unless `force`. Every change that alters the state
-    counts: forgets and unmanages too, not only PUTs."""
+    """Refuse, before anything is sent and unless `force`, a plan that changes more than
+    `safety.max_changes` numbers (every change that alters the state counts: forgets and unmanages
+    too, not only PUTs), or one that forgets every managed number it covers. The usual cause of the
+    latter is a `profiles_dir` pointing at the wrong (or an empty) folder."""
     if force:
         return
     changed = len(plan.changes)
@@ -80,11 +91,14 @@ def check_safety(plan: Plan, state: State, max_changes: int | None, force: bool)
             f"{plan.count('unmanage')} unmanages), more than safety.max_changes ({max_changes}); "
             "check it, then run again with --force to apply it"
         )
-    forgotten = {change.phone_number for change in plan.changes if change.action == "forget"}
-    if state.entries and forgotten >= state.entries.keys():
+    forgets = plan.count("forget")
+    # Every managed number of the state, or every one of several that a --target/--exclude selection
+    # covers, is what an emptied or mistyped profiles_dir looks like. One number forgotten on purpose
+    # (`--target` on a deleted profile) is not.
+    if forgets and (forgets == len(state.entries) or forgets == plan.managed > 1):
         raise ReconcilerError(
-            f"this plan drops every managed number ({len(state.entries)}) from the state; is profiles_dir "
-            "right? Run again with --force if that is what you want"
+            f"this plan forgets every managed number it covers ({forgets}); is profiles_dir right? "
+            "Run again with --force if that is what you want"
         )
 
 
@@ -111,8 +125,8 @@ def apply_plan(
     plan: Plan,
     config: Config,
     state: State,
-    journal: Journal,
-    audit_log: audit.AuditLog,
+    journal: Recorder,
+    audit_log: audit.AuditLog | audit.S3AuditLog,
     client: KaleyraClient,
     keys: dict[str, str],
     *,
@@ -128,6 +142,18 @@ def apply_plan(
     actor = audit.who(config.path.parent)
     report = ApplyReport()
     stop = stop or threading.Event()
+
+    def show(outcome: Outcome | None) -> None:
+        nonlocal progress
+        if progress is None:
+            return
+        try:
+            progress(outcome)
+        except Exception as error:  # stdout closed or full: stop sending, but keep recording
+            progress = None
+            report.output_failure = f"progress could not be shown ({type(error).__name__}: {error})"
+            stop.set()
+
     # Prove the run can record before it sends anything.
     journal.open()
     audit_log.open()
@@ -147,9 +173,8 @@ def apply_plan(
             report.unaudited.extend(o for o in successes if o not in report.unrecorded)
             stop.set()
         report.outcomes.extend(outcomes)
-        if progress:
-            for outcome in outcomes:
-                progress(outcome)
+        for outcome in outcomes:
+            show(outcome)
 
     local = [change for change in plan.changes if not change.needs_put]
     record([Outcome(change, RECORDED, "-", _local_message(change)) for change in local])
@@ -212,24 +237,38 @@ def apply_plan(
             else:
                 batch.append(item)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="put") as executor:
-        for _ in range(workers):
-            executor.submit(work)
+    # A remote journal pays a round trip per commit: it may ask for fewer, larger commits.
+    commit_interval = max(COMMIT_INTERVAL_S, getattr(journal, "commit_interval_s", 0.0))
+
+    def record_until_workers_end() -> None:
+        nonlocal batch
         last_commit = 0.0
         while finished < workers:
             gather(block=True)
             # Group commit: while more can arrive, let results gather for a moment between syncs.
             # A result is reported only once synced, so this delays reports and loses nothing.
-            pause = last_commit + COMMIT_INTERVAL_S - time.monotonic()
+            pause = last_commit + commit_interval - time.monotonic()
             if batch and pause > 0 and finished < workers:
                 time.sleep(pause)
                 gather(block=False)
             if batch:
-                record(batch)
-                batch = []
+                taken, batch = batch, []
+                record(taken)
                 last_commit = time.monotonic()
-            elif progress:
-                progress(None)
+            else:
+                show(None)
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="put") as executor:
+        for _ in range(workers):
+            executor.submit(work)
+        try:
+            record_until_workers_end()
+        except BaseException:
+            # Whatever went wrong here, nothing new is sent, and what the requests in flight bring
+            # back is still recorded before the error goes on.
+            stop.set()
+            record_until_workers_end()
+            raise
     not_sent = []
     while not todo.empty():
         not_sent.append(todo.get_nowait())
@@ -237,6 +276,7 @@ def apply_plan(
     if not_sent:
         reason = "not sent: recording failed" if report.recording_failure else "interrupted before sending"
         record([Outcome(change, NOT_ATTEMPTED, "-", reason) for change in not_sent])
+    report.throttling = client.throttling()
     return report
 
 
@@ -261,25 +301,40 @@ def _local_message(change: Change) -> str:
     return "recorded with no fields to send"
 
 
-@contextlib.contextmanager
-def stop_on_signals(stop: threading.Event, in_flight_note: str) -> Iterator[None]:
-    """Ctrl-C or SIGTERM (CI cancelling a job) asks the run to stop: nothing new is sent, requests in
-    flight finish and are recorded, and the report is printed. Later signals only say so again:
-    whatever Kaleyra accepted must be recorded before the process exits, however many signals come."""
+class SignalGuard:
+    """Once `activate`d (when sending starts), Ctrl-C and SIGTERM only ask the run to stop: nothing
+    new is sent, requests in flight finish and are recorded, and the report is printed. Later signals
+    only say so again, however many come: whatever Kaleyra accepted must be recorded first.
 
-    def request_stop(signum: int, frame: object) -> None:
-        if stop.is_set():
-            # os.write, not print: a handler may interrupt a print of the main thread (re-entrancy).
-            os.write(2, f"\nStill stopping: {in_flight_note}\n".encode())
-        stop.set()
+    On exit the previous handlers come back, or, for the real command line (`ignore_after`), signals
+    are ignored: Python restores the default handlers while it shuts down, and a signal then would
+    turn a reported exit 1 into a kill and could leave the lock behind.
+    """
 
-    try:
-        previous = {number: signal.signal(number, request_stop) for number in (signal.SIGINT, signal.SIGTERM)}
-    except ValueError:  # not the main thread (apply driven from a worker): no handlers to install
-        yield
-        return
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
+    def __init__(self, stop: threading.Event, in_flight_note: str, ignore_after: bool = False):
+        self.stop = stop
+        self.note = in_flight_note
+        self.ignore_after = ignore_after
+        self.previous: dict[int, Any] = {}
+
+    def activate(self) -> None:
+        try:
+            for number in (signal.SIGINT, signal.SIGTERM):
+                self.previous[number] = signal.signal(number, self._request_stop)
+        except ValueError:  # not the main thread (apply driven from a worker): no handlers to install
+            pass
+
+    def _request_stop(self, signum: int, frame: object) -> None:
+        if self.stop.is_set():
+            # os.write, not print: a handler may interrupt a print of the main thread (re-entrancy);
+            # and a closed stderr must not turn a signal into an exception here.
+            with contextlib.suppress(OSError):
+                os.write(2, f"\nStill stopping: {self.note}\n".encode())
+        self.stop.set()
+
+    def __enter__(self) -> SignalGuard:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, signal.SIG_IGN if self.ignore_after else handler)

@@ -1,4 +1,5 @@
-"""The audit log: append-only JSON Lines beside the state, one record per result, with who ran it."""
+"""The audit log: append-only JSON Lines beside the state (a local file, or one S3 object per run),
+one record per result, with who ran it."""
 
 from __future__ import annotations
 
@@ -8,14 +9,20 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from collections.abc import Iterable, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ReconcilerError
 from .escape import json_line
+from .lock import github_run_url
 from .plan import Change
 from .state import RecordingFailed, drop_torn_tail, now, open_appending, sync_appended, write_all
+
+if TYPE_CHECKING:
+    from .config import Config, S3Location
 
 
 def who(cwd: Path | None = None) -> dict[str, str]:
@@ -26,7 +33,7 @@ def who(cwd: Path | None = None) -> dict[str, str]:
         "actor": actor,
         "commit": env.get("GITHUB_SHA") or _git_commit(cwd),
         "branch": env.get("GITHUB_REF_NAME") or "",
-        "ci_run": _github_run_url(env),
+        "ci_run": github_run_url(),
     }
     return {key: value for key, value in found.items() if value}
 
@@ -79,7 +86,7 @@ class AuditLog:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open_appending(self.path)
-            self.size = drop_torn_tail(self.file)
+            self.size = drop_torn_tail(self.file, self.path)
             sync_appended(self.file.fileno())
         except OSError as error:
             self.file = None
@@ -103,6 +110,12 @@ class AuditLog:
                 self.file.truncate(self.size)
             raise RecordingFailed(f"{self.path}: cannot append ({error.strerror or error})") from None
         self.size += len(data)
+        try:
+            moved = os.stat(self.path).st_ino != os.fstat(self.file.fileno()).st_ino
+        except FileNotFoundError:
+            moved = True
+        if moved:  # written, but into a file nobody will read again (the folder was deleted?)
+            raise RecordingFailed(f"{self.path} was removed or replaced during the run")
 
     def close(self) -> None:
         if self.file is not None:
@@ -118,25 +131,106 @@ class AuditLog:
     def read(self, phone_number: str | None = None) -> Iterator[dict[str, Any]]:
         """Every record, oldest first; a line torn by a crash at the very end is skipped."""
         try:
-            lines = self.path.read_bytes().decode("utf-8", errors="replace").split("\n")
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return
         except OSError as error:
             raise ReconcilerError(f"{self.path}: cannot be read ({error.strerror})") from None
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                if number == len(lines):
-                    return
-                raise ReconcilerError(f"{self.path}:{number}: unreadable audit record") from None
-            fields = entry.get("fields", {}) if isinstance(entry, dict) else None
-            if not isinstance(fields, dict) or not all(isinstance(f, dict) for f in fields.values()):
-                raise ReconcilerError(f"{self.path}:{number}: not an audit record (expected an object)")
-            if phone_number is None or entry.get("phone_number") == phone_number:
-                yield entry
+        yield from audit_records(data, str(self.path), phone_number)
+
+
+class S3AuditLog:
+    """The audit log as S3 objects, one per run: `<key>.audit/<start time>-<run>.jsonl`, so listing
+    order is time order. S3 cannot append, so a run's object is rewritten whole at a group commit at
+    most every FLUSH_INTERVAL_S, and at the end of the run: a crash can lose the audit records of the
+    run's last second (never a state entry: the journal segments hold those). A write that fails
+    raises RecordingFailed: the run stops sending rather than act unaudited."""
+
+    FLUSH_INTERVAL_S = 1.0
+
+    def __init__(self, location: S3Location):
+        from .s3 import ObjectStore
+
+        self.location = location
+        self.objects = ObjectStore(location)
+        self.prefix = f"{location.key}.audit/"
+        self.key: str | None = None
+        self.lines: list[str] = []
+        self.flushed = 0  # how many of `lines` the object holds
+        self.last_flush = 0.0
+
+    def open(self) -> None:
+        """Prove, before anything is sent, that this run's audit object can be written."""
+        if self.key is not None:
+            return
+        from .s3 import RemoteStateError
+
+        started = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        key = f"{self.prefix}{started}-{uuid.uuid4().hex[:12]}.jsonl"
+        try:
+            self.objects.put(key, b"", if_absent=True)
+        except RemoteStateError as error:
+            raise RecordingFailed(f"cannot write the audit log: {error}; nothing was sent") from None
+        self.key = key
+        self.last_flush = time.monotonic()
+
+    def append(self, records: Iterable[dict[str, Any]]) -> None:
+        text = "".join(json_line(entry) for entry in records)
+        if not text:
+            return
+        self.open()
+        self.lines.append(text)
+        if time.monotonic() - self.last_flush >= self.FLUSH_INTERVAL_S:
+            self._flush()
+
+    def close(self) -> None:
+        if self.key is not None and self.flushed < len(self.lines):
+            self._flush()
+
+    def _flush(self) -> None:
+        from .s3 import RemoteStateError
+
+        count = len(self.lines)
+        try:
+            self.objects.put(str(self.key), "".join(self.lines).encode())
+        except RemoteStateError as error:
+            raise RecordingFailed(f"cannot write the audit log: {error}") from None
+        self.flushed = count
+        self.last_flush = time.monotonic()
+
+    def read(self, phone_number: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every record of every run, oldest run first."""
+        for key in sorted(self.objects.list(self.prefix)):
+            found = self.objects.get(key)
+            if found is not None:
+                yield from audit_records(found[0], self.location.url(key), phone_number)
+
+
+def open_audit(config: Config) -> AuditLog | S3AuditLog:
+    """The audit log beside the state `state.backend` names: every command builds its log here."""
+    if config.s3 is not None and config.state_backend == "s3":
+        return S3AuditLog(config.s3)
+    return AuditLog(config.audit_path)
+
+
+def audit_records(data: bytes, where: str, phone_number: str | None) -> Iterator[dict[str, Any]]:
+    """The records in one log (oldest first), all or those of one number; a line torn by a crash at
+    the very end is skipped."""
+    lines = data.decode("utf-8", errors="replace").split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except (ValueError, RecursionError):
+            if number == len(lines):
+                return
+            raise ReconcilerError(f"{where}:{number}: unreadable audit record") from None
+        fields = entry.get("fields", {}) if isinstance(entry, dict) else None
+        if not isinstance(fields, dict) or not all(isinstance(f, dict) for f in fields.values()):
+            raise ReconcilerError(f"{where}:{number}: not an audit record (expected an object)")
+        if phone_number is None or entry.get("phone_number") == phone_number:
+            yield entry
 
 
 def _local_user() -> str:
@@ -154,14 +248,3 @@ def _git_commit(cwd: Path | None) -> str:
     except (OSError, subprocess.SubprocessError):
         return ""
     return result.stdout.strip() if result.returncode == 0 else ""
-
-
-def _github_run_url(env: os._Environ[str] | dict[str, str]) -> str:
-    server, repository, run = (
-        env.get("GITHUB_SERVER_URL"),
-        env.get("GITHUB_REPOSITORY"),
-        env.get("GITHUB_RUN_ID"),
-    )
-    if server and repository and run:
-        return f"{server}/{repository}/actions/runs/{run}"
-    return ""

@@ -6,6 +6,7 @@ Exit codes, for every command: 0 success and nothing to do; 1 any error (usage e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -22,12 +23,12 @@ import click
 from . import audit, render, schema, stateedit
 from .apply import (
     ApplyReport,
+    SignalGuard,
     api_keys,
     apply_plan,
     check_safety,
     entry_after,
     refuse_key_leaks,
-    stop_on_signals,
 )
 from .config import Config, load_config
 from .errors import ReconcilerError, StalePlan
@@ -37,7 +38,7 @@ from .plan import Change, Plan, compute_plan, differences, unknown_accounts
 from .profiles import Profile, load_profiles
 from .secrets import redact
 from .selection import Selection, normalise_phone
-from .state import RecordingFailed, State, StateStore, atomic_write, locked, unlock
+from .state import Entry, RecordingFailed, State, Store, atomic_write, locked, open_store, unlock
 
 FORMATS = click.Choice(["text", "json", "markdown"])
 APPLY_FORMATS = click.Choice(["text", "json", "jsonl", "markdown"])
@@ -67,16 +68,17 @@ class Checksum(click.ParamType):
     name = "SHA"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        text = str(value).strip()
+        text = str(value)
         if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
             self.fail(f"{escape(repr(value))} is not a plan checksum (64 hex characters)", param, ctx)
         return text.lower()
 
 
 class Rate(click.ParamType):
-    """Requests per second: a finite number above 0, at most MAX_RPS (nan and inf are not rates)."""
+    """Requests per second: a finite number from MIN_RPS to MAX_RPS (nan and inf are not rates)."""
 
     name = "R"
+    MIN_RPS = 0.01  # one request per 100 s; anything slower is a typo, not a rate limit
     MAX_RPS = 10_000.0
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
@@ -84,11 +86,40 @@ class Rate(click.ParamType):
             rate = float(value)
         except (TypeError, ValueError):
             self.fail(f"{escape(repr(value))} is not a number", param, ctx)
-        if not (math.isfinite(rate) and 0 < rate <= self.MAX_RPS):
-            self.fail(
-                f"{escape(repr(value))}: give a rate above 0 and at most {self.MAX_RPS:,.0f}", param, ctx
-            )
+        if not (math.isfinite(rate) and self.MIN_RPS <= rate <= self.MAX_RPS):
+            bounds = f"from {self.MIN_RPS} to {self.MAX_RPS:,.0f}"
+            self.fail(f"{escape(repr(value))}: give a rate {bounds}", param, ctx)
         return rate
+
+
+class Duration(click.ParamType):
+    """How long to wait: `30s`, `5m`, `1h`, or a bare number of seconds; at most a day."""
+
+    name = "D"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smh]?)\s*", str(value))
+        seconds = (
+            float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)] if match else -1.0
+        )
+        if not 0 <= seconds <= 86_400:
+            self.fail(
+                f"{escape(repr(value))} is not a duration: write 30s, 5m, 1h or a number of seconds",
+                param,
+                ctx,
+            )
+        return seconds
+
+
+lock_timeout_option = click.option(
+    "--lock-timeout",
+    "lock_timeout",
+    type=Duration(),
+    default=0.0,
+    help="Wait up to D (30s, 5m, or seconds) for a held state lock, then plan afresh. Default: fail at once.",
+)
 
 
 class ReconcilerGroup(click.Group):
@@ -204,9 +235,9 @@ def _load(ctx: click.Context) -> tuple[Config, dict[str, Profile]]:
     return config, load_profiles(config)
 
 
-def _load_state(config: Config, store: StateStore | None = None) -> State:
+def _load_state(config: Config, store: Store | None = None) -> State:
     """The applied state; entries for accounts reconciler.yaml no longer has are named in a warning."""
-    state = (store or StateStore(config.state_path)).load()
+    state = (store or open_store(config)).load()
     for account, numbers in sorted(unknown_accounts(state, config.accounts).items()):
         shown = ", ".join(numbers[:5]) + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
         echo(
@@ -218,6 +249,10 @@ def _load_state(config: Config, store: StateStore | None = None) -> State:
             err=True,
         )
     return state
+
+
+def _notify(text: str) -> None:
+    echo(escape(text) + "\n", err=True)
 
 
 def _log(ctx: click.Context) -> Callable[[str], None] | None:
@@ -236,20 +271,31 @@ def _show_plan(plan: Plan, output: str, title: str = "Plan") -> None:
 # --- validate, plan, drift ------------------------------------------------------------------------
 
 
+ONLINE_HELP = "Also check on Kaleyra that the callback profile ids {} exist and are active (needs API keys)."
+
+
 @cli.command()
+@click.option("--online", is_flag=True, help=ONLINE_HELP.format("every profile names"))
 @verbose_option
 @click.pass_context
-def validate(ctx: click.Context) -> int:
-    """Check reconciler.yaml and every profile against the schemas and rules. No network.
+def validate(ctx: click.Context, online: bool) -> int:
+    """Check reconciler.yaml and every profile against the schemas and rules. No network, unless --online.
 
     \b
-    Example:
+    Examples:
       reconciler validate && echo "all good"
+      reconciler validate --online
     """
     config, profiles = _load(ctx)
+    if online:
+        from . import online as checks
+
+        checked = checks.check(config, checks.in_profiles(profiles), _log(ctx))
     echo(
         f"Valid: {config.path.name} with {len(config.accounts)} account(s) and {len(profiles)} profile(s).\n"
     )
+    if online:
+        echo(f"Online: {checked} callback profile id(s) checked on Kaleyra; each exists and is active.\n")
     return 0
 
 
@@ -258,6 +304,7 @@ def validate(ctx: click.Context) -> int:
 @selection_options
 @click.option("--format", "output", type=FORMATS, default="text", show_default=True)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes, 0 when none.")
+@click.option("--online", is_flag=True, help=ONLINE_HELP.format("the changes send"))
 @verbose_option
 @click.pass_context
 def plan(
@@ -267,8 +314,9 @@ def plan(
     excludes: tuple[str, ...],
     output: str,
     detailed_exitcode: bool,
+    online: bool,
 ) -> int:
-    """Show what apply would change, field by field. Reads files only: no credentials needed.
+    """Show what apply would change, field by field. Reads files only (no credentials) unless --online.
 
     \b
     Examples:
@@ -276,10 +324,15 @@ def plan(
       reconciler plan --target +14155550100 --format json
       reconciler plan --target acme-in --exclude '+9199*'
       reconciler plan --out plan.json && reconciler apply plan.json
+      reconciler plan --online       # also check the callback profile ids it sends, on Kaleyra
     """
     config, profiles = _load(ctx)
     state = _load_state(config)
     the_plan = compute_plan(profiles, state, _selection(config, targets, excludes), config.waba_keys())
+    if online:
+        from . import online as checks
+
+        checks.check(config, checks.in_plan(the_plan, profiles), _log(ctx))
     _show_plan(the_plan, output)
     if out_file:
         atomic_write(Path(out_file), (json_text(the_plan.to_saved(), indent=2) + "\n").encode())
@@ -317,12 +370,13 @@ def drift(ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @selection_options
 @click.option("--parallelism", type=click.IntRange(1, 256), default=8, show_default=True)
-@click.option("--max-rps", type=Rate(), help="Hard cap on requests per second (0 < R <= 10,000).")
+@click.option("--max-rps", type=Rate(), help="Hard cap on requests per second (0.01 to 10,000).")
 @click.option("--checksum", type=Checksum(), help="Refuse unless the fresh plan has this checksum.")
 @click.option(
     "--force", is_flag=True, help="Apply beyond safety.max_changes, or a plan dropping every number."
 )
 @click.option("--format", "output", type=APPLY_FORMATS, default="text", show_default=True)
+@lock_timeout_option
 @verbose_option
 @click.pass_context
 def apply(
@@ -336,6 +390,7 @@ def apply(
     checksum: str | None,
     force: bool,
     output: str,
+    lock_timeout: float,
 ) -> int:
     """Send the changes to Kaleyra and record each success in the state.
 
@@ -350,30 +405,40 @@ def apply(
             "--target and --exclude cannot be combined with a saved plan (it records its own selection)"
         )
     config, profiles = _load(ctx)
-    store = StateStore(config.state_path)
-    with locked(store, "apply"):
-        state = _load_state(config, store)
-        if plan_file:
-            the_plan = _reviewed_plan(plan_file, profiles, state, config)
-        else:
-            selection = _selection(config, targets, excludes)
-            the_plan = compute_plan(profiles, state, selection, config.waba_keys())
-        if checksum and the_plan.checksum != checksum:
-            raise StalePlan(
-                f"stale plan: the plan is now {the_plan.checksum}, not the reviewed {checksum}; "
-                "the state or the profiles changed since. Review the new plan"
-            )
-        if not the_plan.changes:
-            _show_report(ApplyReport(), the_plan, output)
-            return 0
-        check_safety(the_plan, state, config.max_changes, force)
-        keys = api_keys(the_plan, config)
-        if output == "text":
-            echo(render.plan_text(the_plan))
-        if not (plan_file or checksum or auto_approve):
-            _confirm("Apply these changes?")
-        report = _send(ctx, the_plan, config, store, state, keys, parallelism, max_rps, output)
-    _show_report(report, the_plan, output)
+    store = open_store(config)
+    stop = threading.Event()
+    in_flight = (
+        f"finishing the requests in flight (each within {config.retry.timeout_s:g} s) and recording them"
+    )
+    # Signals are deferred from the first PUT until the report is printed and the lock released.
+    with SignalGuard(stop, in_flight, ignore_after=_standalone) as guard:
+        # The plan is computed only once the lock is held: after a wait, it is a fresh plan.
+        with locked(store, "apply", lock_timeout, _notify):
+            state = _load_state(config, store)
+            if plan_file:
+                the_plan = _reviewed_plan(plan_file, profiles, state, config)
+            else:
+                selection = _selection(config, targets, excludes)
+                the_plan = compute_plan(profiles, state, selection, config.waba_keys())
+            if checksum and the_plan.checksum != checksum:
+                raise StalePlan(
+                    f"stale plan: the plan is now {the_plan.checksum}, not the reviewed {checksum}; "
+                    "the state or the profiles changed since. Review the new plan"
+                )
+            if not the_plan.changes:
+                _show_report(ApplyReport(), the_plan, output)
+                return 0
+            check_safety(the_plan, state, config.max_changes, force)
+            keys = api_keys(the_plan, config)
+            if output == "text":
+                echo(render.plan_text(the_plan))
+            if not (plan_file or checksum or auto_approve):
+                if output != "text":  # nobody approves a plan they were not shown
+                    echo(render.plan_text(the_plan), err=True)
+                _confirm("Apply these changes?")
+            guard.activate()
+            report = _send(ctx, the_plan, config, store, state, keys, parallelism, max_rps, output, stop)
+        _show_report(report, the_plan, output)
     return 0 if report.ok else 1
 
 
@@ -381,58 +446,56 @@ def _send(
     ctx: click.Context,
     the_plan: Plan,
     config: Config,
-    store: StateStore,
+    store: Store,
     state: State,
     keys: dict[str, str],
     parallelism: int,
     max_rps: float | None,
     output: str,
+    stop: threading.Event,
 ) -> ApplyReport:
-    """Run the plan with signals deferred, so the report is always printed and every result Kaleyra
-    accepted is recorded before the process exits."""
-    stop = threading.Event()
-    audit_log = audit.AuditLog(config.audit_path)
+    """Run the plan; every result Kaleyra accepted is recorded, or printed as unrecorded."""
+    audit_log = audit.open_audit(config)
     progress = render.ApplyProgress(len(the_plan.changes), output, echo)
     report: ApplyReport | None = None
-    in_flight = (
-        f"finishing the requests in flight (each within {config.retry.timeout_s:g} s) and recording them"
-    )
-    with stop_on_signals(stop, in_flight):
-        try:
-            client = KaleyraClient(config.retry, max_connections=parallelism, max_rps=max_rps, log=_log(ctx))
-            with client, store.writer(state) as journal:
-                report = apply_plan(
-                    the_plan,
-                    config,
-                    state,
-                    journal,
-                    audit_log,
-                    client,
-                    keys,
-                    parallelism=parallelism,
-                    stop=stop,
-                    progress=progress,
-                )
-        except (RecordingFailed, OSError) as failure:
-            if report is None:
-                raise  # before the first PUT: nothing was sent
-            # Compaction failed: every success is still in the journal, which the next command replays.
-            report.recording_failure = report.recording_failure or (
-                f"the state file could not be rewritten ({failure}); its journal {store.journal_path.name} "
-                "keeps every success and the next command replays it"
+    try:
+        # One stop event: a signal also ends the client's retries, backoff sleeps and pace waits at once.
+        client = KaleyraClient(
+            config.retry, max_connections=parallelism, max_rps=max_rps, log=_log(ctx), stop=stop
+        )
+        with client, store.writer(state) as journal:
+            report = apply_plan(
+                the_plan,
+                config,
+                state,
+                journal,
+                audit_log,
+                client,
+                keys,
+                parallelism=parallelism,
+                stop=stop,
+                progress=progress,
             )
-        finally:
-            try:
-                audit_log.close()
-            except RecordingFailed as failure:
-                if report is None:
-                    raise
-                report.recording_failure = report.recording_failure or str(failure)
+    except (RecordingFailed, OSError) as failure:
+        if report is None:
+            raise  # before the first PUT: nothing was sent
+        # Compaction failed: every success is still in the journal, which the next command replays.
+        report.recording_failure = report.recording_failure or (
+            f"the state could not be rewritten ({failure}); its journal {store.journal_where()} "
+            "keeps every success and the next command replays it"
+        )
+    finally:
+        try:
+            audit_log.close()
+        except RecordingFailed as failure:
+            if report is None:
+                raise
+            report.recording_failure = report.recording_failure or str(failure)
     return report
 
 
 def _show_report(report: ApplyReport, plan: Plan, output: str) -> None:
-    if report.recording_failure:  # on stderr whatever the format: someone must act on it
+    if report.recording_failure or report.output_failure:  # on stderr whatever the format
         echo(render.recording_failure_text(report), err=True)
     if output == "json":
         echo(render.report_json(report, plan))
@@ -455,7 +518,7 @@ def _reviewed_plan(plan_file: str, profiles: dict[str, Profile], state: State, c
     """
     try:
         document = json.loads(Path(plan_file).read_bytes())
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise ReconcilerError(f"{plan_file}: not a readable saved plan ({error})") from None
     try:
         saved = Plan.from_saved(document)
@@ -499,10 +562,15 @@ def _confirm(question: str) -> None:
 @cli.command(name="import")
 @selection_options
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
+@lock_timeout_option
 @verbose_option
 @click.pass_context
 def import_(
-    ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...], auto_approve: bool
+    ctx: click.Context,
+    targets: tuple[str, ...],
+    excludes: tuple[str, ...],
+    auto_approve: bool,
+    lock_timeout: float,
 ) -> int:
     """Adopt numbers with no state entry whose YAML is already live: record it as applied, send nothing.
 
@@ -513,8 +581,8 @@ def import_(
       reconciler import --target +14155550100 --auto-approve
     """
     config, profiles = _load(ctx)
-    store = StateStore(config.state_path)
-    with locked(store, "import"):
+    store = open_store(config)
+    with locked(store, "import", lock_timeout, _notify):
         state = _load_state(config, store)
         the_plan = compute_plan(profiles, state, _selection(config, targets, excludes), config.waba_keys())
         adopted = [
@@ -532,18 +600,45 @@ def import_(
         if not auto_approve:
             _confirm(f"Record these {len(adopted)} number(s) as applied without sending anything?")
         actor = audit.who(config.path.parent)
-        audit_log = audit.AuditLog(config.audit_path)
-        try:
-            with store.writer(state) as journal:
-                journal.open()
-                audit_log.open()
-                journal.record((change.phone_number, entry_after(change, state)) for change in adopted)
-                message = "imported: recorded as applied, nothing sent"
-                audit_log.append(audit.record(change, "IMPORTED", message, actor) for change in adopted)
-        finally:
-            audit_log.close()
+        message = "imported: recorded as applied, nothing sent"
+        _record_locally(
+            config,
+            store,
+            state,
+            [(change.phone_number, entry_after(change, state)) for change in adopted],
+            [audit.record(change, "IMPORTED", message, actor) for change in adopted],
+        )
     echo(f"Imported {len(adopted)} number(s); nothing was sent.\n")
     return 0
+
+
+def _record_locally(
+    config: Config,
+    store: Store,
+    state: State,
+    entries: list[tuple[str, Entry | None]],
+    audit_records: list[dict[str, Any]],
+) -> None:
+    """Record changes that send nothing (import, state rm/mv): both files proven writable first, then
+    the state, then the audit log. If only the audit log fails, say plainly that the state changed."""
+    audit_log = audit.open_audit(config)
+    try:
+        with store.writer(state) as journal:
+            journal.open()
+            audit_log.open()
+            journal.record(entries)
+            try:
+                audit_log.append(audit_records)
+            except RecordingFailed as failure:
+                raise ReconcilerError(
+                    f"the state WAS changed ({len(entries)} number(s)), but the audit log could not "
+                    f"record it: {failure}"
+                ) from None
+    except BaseException:
+        with contextlib.suppress(RecordingFailed):
+            audit_log.close()
+        raise
+    audit_log.close()
 
 
 def _why_skipped(change: Change) -> str:
@@ -582,7 +677,7 @@ def state_list(ctx: click.Context, output: str) -> int:
     Example:
       reconciler state list --format json | jq '.numbers | keys'
     """
-    current = StateStore(_config(ctx).state_path).load()
+    current = open_store(_config(ctx)).load()
     echo(
         json_text(current.to_json(), indent=2) + "\n" if output == "json" else render.state_list_text(current)
     )
@@ -600,7 +695,7 @@ def state_show(ctx: click.Context, phone_number: str) -> int:
     Example:
       reconciler state show +14155550100
     """
-    current = StateStore(_config(ctx).state_path).load()
+    current = open_store(_config(ctx)).load()
     entry = current.entries.get(phone_number)
     if entry is None:
         raise ReconcilerError(f"{phone_number}: not in the state (nothing applied or imported yet)")
@@ -649,25 +744,21 @@ def _edit_state(
 ) -> int:
     """Record a hand edit of the state like an apply: under the lock, journaled, audited."""
     config = _config(ctx)
-    store = StateStore(config.state_path)
+    store = open_store(config)
     with locked(store, command):
         state = store.load()
         edits = work_out(state, config)
         actor = audit.who(config.path.parent)
-        audit_log = audit.AuditLog(config.audit_path)
-        try:
-            with store.writer(state) as journal:
-                journal.open()
-                audit_log.open()
-                journal.record((edit.phone_number, edit.entry) for edit in edits)
-                audit_log.append(
-                    audit.entry(
-                        edit.phone_number, edit.account, command, edit.fields, "-", edit.message, actor
-                    )
-                    for edit in edits
-                )
-        finally:
-            audit_log.close()
+        _record_locally(
+            config,
+            store,
+            state,
+            [(edit.phone_number, edit.entry) for edit in edits],
+            [
+                audit.entry(edit.phone_number, edit.account, command, edit.fields, "-", edit.message, actor)
+                for edit in edits
+            ],
+        )
     for edit in edits:
         echo(escape(f"  {command[6:]}  {edit.phone_number}: {edit.message}") + "\n")
     echo(f"{len(edits)} number(s) changed in the state; nothing was sent.\n")
@@ -685,7 +776,29 @@ def state_unlock(ctx: click.Context, force: bool) -> int:
     Example:
       reconciler state unlock
     """
-    echo(unlock(StateStore(_config(ctx).state_path), force) + "\n")
+    echo(escape(unlock(open_store(_config(ctx)), force)) + "\n")
+    return 0
+
+
+@state.command(name="migrate")
+@click.option(
+    "--to", "to", type=click.Choice(["s3", "local"]), required=True, help="Where to copy the state."
+)
+@lock_timeout_option
+@verbose_option
+@click.pass_context
+def state_migrate(ctx: click.Context, to: str, lock_timeout: float) -> int:
+    """Copy the state and its audit log between state.path and the S3 object state describes.
+
+    Both locks are held while copying; a target holding another state (lineage) is never overwritten.
+
+    \b
+    Example (moving to S3; then set `state.backend: s3`):
+      reconciler state migrate --to s3
+    """
+    from .migrate import migrate
+
+    echo(migrate(_config(ctx), to, lock_timeout, _notify) + "\n")
     return 0
 
 
@@ -702,7 +815,7 @@ def history(ctx: click.Context, phone_number: str | None, output: str) -> int:
       reconciler history
       reconciler history +14155550100
     """
-    records = list(audit.AuditLog(_config(ctx).audit_path).read(phone_number))
+    records = list(audit.open_audit(_config(ctx)).read(phone_number))
     echo(json_text(records, indent=2) + "\n" if output == "json" else render.history_text(records))
     return 0
 
@@ -766,10 +879,29 @@ def fmt_command(ctx: click.Context, check: bool, paths: tuple[str, ...]) -> int:
     help="How failures look, comma-separated: wa500, 429 (with Retry-After), drop (connection closed).",
 )
 @click.option(
-    "--retry-after", type=click.IntRange(0), default=1, show_default=True, help="Seconds, for 429s."
+    "--retry-after",
+    default="1",
+    show_default=True,
+    metavar="SECONDS|none",
+    help="Retry-After header of every 429 (whole seconds); 'none' sends 429s without it.",
+)
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0, min_open=True, max=100_000),
+    metavar="RPS",
+    help="Requests per second per account (sid), a token bucket; beyond it, 429.",
+)
+@click.option(
+    "--burst", type=click.IntRange(1, 100_000), help="Requests the bucket allows at once [default: RPS]."
 )
 @click.option(
     "--data", "data_file", type=click.Path(dir_okay=False), help="Provision from / persist to this JSON."
+)
+@click.option(
+    "--callback-profiles",
+    "callback_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="JSON of more callback profiles, with their status (1 active, 2 auto-disabled, 3 disabled).",
 )
 @click.option(
     "--api-key", "api_key", metavar="KEY", help="Require this key (default: accept any non-empty key)."
@@ -784,8 +916,11 @@ def sandbox(
     latency_ms: float,
     fail_rate: float,
     faults: str,
-    retry_after: int,
+    retry_after: str,
+    rate_limit: float | None,
+    burst: int | None,
     data_file: str | None,
+    callback_file: str | None,
     api_key: str | None,
     seed: int | None,
 ) -> int:
@@ -794,7 +929,7 @@ def sandbox(
     \b
     Example:
       reconciler sandbox --port 8080 &
-      KALEYRA_ENDPOINT=http://127.0.0.1:8080 KALEYRA_API_KEY=demo reconciler apply --auto-approve
+      KALEYRA_ENDPOINT=http://127.0.0.1:8080 KALEYRA_API_KEY=demo-key-123 reconciler apply --auto-approve
     """
     from . import sandbox as emulator
 
@@ -804,19 +939,28 @@ def sandbox(
         raise click.BadParameter(
             f"unknown fault {unknown[0] if unknown else '(none)'}; use {', '.join(emulator.FAULTS)}"
         )
+    if rate_limit is not None and not rate_limit < float("inf"):  # FloatRange lets nan through
+        raise click.BadParameter(f"{rate_limit} is not a number of requests", param_hint="--rate-limit")
+    if not emulator.RETRY_AFTER.fullmatch(retry_after):
+        raise click.BadParameter(f"'{retry_after}': give whole seconds or none", param_hint="--retry-after")
     options = {
         "api_key": api_key or None,
         "latency_ms": latency_ms,
         "fail_rate": fail_rate,
         "faults": kinds,
-        "retry_after_s": retry_after,
+        "retry_after_s": None if retry_after == "none" else int(retry_after),
         "seed": seed,
+        "rate_limit": rate_limit,
+        "burst": burst,
     }
     if data_file:
         held = emulator.Sandbox.from_file(Path(data_file), **options)
     else:
         config, profiles = _load(ctx)
         held = emulator.Sandbox(emulator.provision(config, profiles), **options)
+        held.callback_profiles = emulator.provision_callback_profiles(config, profiles, held.accounts)
+    if callback_file:
+        emulator.load_callback_profiles(Path(callback_file), held.callback_profiles)
     try:
         server = emulator.make_server(held, host, port, verbose=bool(ctx.obj.get("verbose")))
     except OSError as error:
@@ -835,5 +979,11 @@ def sandbox(
     return 0
 
 
+# True when running as the `reconciler` program (not driven in-process, as tests do).
+_standalone = False
+
+
 def main() -> None:
+    global _standalone
+    _standalone = True
     cli(prog_name="reconciler")

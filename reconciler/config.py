@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +41,20 @@ class Account:
 
 
 @dataclass(frozen=True)
+class S3Location:
+    """Where a remote state lives: `key` in `bucket`, its lock, journal and audit objects beside it.
+    Credentials are never here: boto3 finds them in the standard AWS chain."""
+
+    bucket: str
+    key: str
+    region: str | None = None
+    endpoint_url: str | None = None
+
+    def url(self, key: str | None = None) -> str:
+        return f"s3://{self.bucket}/{self.key if key is None else key}"
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     profiles_dir: Path
@@ -49,6 +64,9 @@ class Config:
     max_changes: int | None = None
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     document: Document | None = None
+    # "local" (state_path) or "s3" (s3); s3 is also set with backend local, for `state migrate`.
+    state_backend: str = "local"
+    s3: S3Location | None = None
 
     def waba_keys(self) -> dict[str, str]:
         """Account name -> waba_key, what the plan compares each state entry against."""
@@ -79,6 +97,8 @@ def load_config(explicit: str | None = None) -> Config:
     accounts = {name: Account(name=name, **fields) for name, fields in data["accounts"].items()}
     root = Path(os.path.abspath(path.parent))  # absolute: later chdirs must not move the state
     problems += _endpoint_problems(document, accounts) + _path_problems(document, root)
+    problems += _retry_problems(document)
+    problems += _state_problems(document)
     defaults = dict(data.get("defaults") or {})
     default_account = defaults.get("account")
     if default_account is not None and default_account not in accounts:
@@ -88,10 +108,17 @@ def load_config(explicit: str | None = None) -> Config:
         )
     if problems:
         raise ValidationFailed(problems)
+    state = data.get("state") or {}
     config = Config(
         path=path,
         profiles_dir=root / data.get("profiles_dir", "profiles"),
-        state_path=root / (data.get("state") or {}).get("path", DEFAULT_STATE_PATH),
+        state_path=root / state.get("path", DEFAULT_STATE_PATH),
+        state_backend=state.get("backend", "local"),
+        s3=(
+            S3Location(state["bucket"], state["key"], state.get("region"), state.get("endpoint_url"))
+            if "bucket" in state and "key" in state
+            else None
+        ),
         accounts=accounts,
         defaults=defaults,
         max_changes=(data.get("safety") or {}).get("max_changes"),
@@ -126,6 +153,8 @@ def insecure_endpoint(url: str) -> bool:
 def endpoint_problem(url: str) -> str | None:
     """Why `url` cannot be a base URL for Kaleyra requests, or None: http(s) with a host, and http only
     to a loopback address."""
+    if any(char.isspace() for char in url):
+        return f"{url!r} holds whitespace; write the URL alone"
     try:
         parts = urlsplit(url)
         host = parts.hostname
@@ -154,6 +183,24 @@ def _endpoint_problems(document: Document, accounts: dict[str, Account]) -> list
     return problems
 
 
+# Beyond these a setting is a typo: an hour per request, a day per number.
+RETRY_LIMITS = {"backoff_base_s": 3600, "backoff_max_s": 3600, "deadline_s": 86400, "timeout_s": 3600}
+
+
+def _retry_problems(document: Document) -> list[Problem]:
+    """YAML's .nan and .inf are numbers to JSON Schema; as timeouts they mean "never" or "fail"."""
+    problems = []
+    for name, value in (document.data.get("retry") or {}).items():
+        limit = RETRY_LIMITS.get(name)
+        if limit is not None and not (math.isfinite(value) and value <= limit):
+            problems.append(
+                document.problem(
+                    ("retry", name), f"{name}: {value} must be a finite number of at most {limit:,}"
+                )
+            )
+    return problems
+
+
 def _path_problems(document: Document, root: Path) -> list[Problem]:
     """profiles_dir and state.path stay inside the folder of reconciler.yaml, symlinks resolved: a
     config must not walk the whole disk (`/`) or read and write beside the repository (`..`)."""
@@ -173,4 +220,44 @@ def _path_problems(document: Document, root: Path) -> list[Problem]:
                     f"(to {resolved}); keep it inside the repository",
                 )
             )
+    # The files beside the state are written: a symlink (committed in a pull request, say) must not
+    # send an append to ~/.bashrc or a read to /etc.
+    state_path = root / (data.get("state") or {}).get("path", DEFAULT_STATE_PATH)
+    for path in (
+        state_path,
+        state_path.with_name(state_path.name + ".journal"),
+        state_path.with_name(state_path.name + ".lock"),
+        state_path.with_name("audit.jsonl"),
+    ):
+        if path.is_symlink():
+            problems.append(
+                Problem(display_path(path), 0, 0, "is a symlink; the state's files must be plain files")
+            )
+    return problems
+
+
+def _state_problems(document: Document) -> list[Problem]:
+    """The s3 backend needs a bucket and a key; its endpoint_url follows the endpoint rules (http only
+    to loopback), and its key is a plain object key the lock, journal and audit objects sit beside."""
+    state = document.data.get("state") or {}
+    problems = []
+    if state.get("backend") == "s3":
+        missing = [name for name in ("bucket", "key") if name not in state]
+        if missing:
+            problems.append(
+                document.problem(
+                    ("state", "backend"),
+                    f"state.backend s3 needs state.{' and state.'.join(missing)} (the bucket and the "
+                    "object key of the state)",
+                )
+            )
+    key = state.get("key")
+    if isinstance(key, str) and (key.startswith("/") or key.endswith("/")):
+        problems.append(
+            document.problem(("state", "key"), f"state.key: '{key}' must not start or end with '/'")
+        )
+    url = state.get("endpoint_url")
+    problem = isinstance(url, str) and endpoint_problem(url)
+    if problem:
+        problems.append(document.problem(("state", "endpoint_url"), f"state.endpoint_url: {problem}"))
     return problems

@@ -200,7 +200,7 @@ def state_files(config_file: str | None) -> list[str]:
     except ReconcilerError as error:
         print(f"note: using the default state path; the config did not load: {error}", file=sys.stderr)
         return [".reconciler/state.json", ".reconciler/audit.jsonl"]
-    if getattr(config, "state_backend", "local") != "local":
+    if config.state_backend != "local":
         return []
     root = Path.cwd().resolve()
     paths = []

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -96,6 +97,8 @@ class Change:
 class Plan:
     changes: tuple[Change, ...]
     unchanged: int = 0
+    # How many of the numbers it covers the state manages (what a forget-everything check counts).
+    managed: int = 0
     lineage: str | None = None
     serial: int = 0
     profiles_digest: str = ""
@@ -182,13 +185,26 @@ def differences(reviewed: Plan, fresh: Plan) -> list[str]:
     name the field that differs instead of reporting a whole mapping as replaced when two numbers
     share few keys. Imported here only: it is never on the path of a plain `plan`.
     """
+    if reviewed.checksum == fresh.checksum:
+        return []  # the checksum covers every change's number, account, action and fields, in order
     from deepdiff import DeepDiff
 
     def keyed(plan: Plan) -> dict[str, Any]:
         return {change.phone_number: change.to_json() for change in plan.changes}
 
-    found = DeepDiff(keyed(reviewed), keyed(fresh), threshold_to_diff_deeper=0, view="tree")
-    lines = []
+    # ignore_private_variables=False: a key such as "__+1415..." is data here, not a private attribute.
+    found = DeepDiff(
+        keyed(reviewed),
+        keyed(fresh),
+        threshold_to_diff_deeper=0,
+        ignore_private_variables=False,
+        view="tree",
+    )
+    lines = [
+        f"{number}: appears {count} times in the reviewed plan"
+        for number, count in sorted(Counter(c.phone_number for c in reviewed.changes).items())
+        if count > 1
+    ]
     for kind, items in sorted(found.items()):
         for item in items:
             where = item.path(output_format="list")
@@ -199,7 +215,7 @@ def differences(reviewed: Plan, fresh: Plan) -> list[str]:
                 lines.append(f"{number} {rest}: {_shown(item.t1)} in the reviewed plan, not any more")
             else:
                 lines.append(f"{number} {rest}: {_shown(item.t1)} reviewed, {_shown(item.t2)} now")
-    return sorted(lines)
+    return sorted(lines) or ["the changes are the same but in another order"]
 
 
 def _shown(value: Any) -> str:
@@ -241,6 +257,7 @@ def compute_plan(
     return Plan(
         changes=tuple(changes),
         unchanged=unchanged,
+        managed=sum(1 for number in numbers if number in state.entries),
         lineage=state.lineage,
         serial=state.serial,
         profiles_digest=profiles_digest(desired, numbers),

@@ -10,6 +10,7 @@ import click
 
 from .apply import APPLIED, FAILED, NOT_ATTEMPTED, RECORDED, ApplyReport, Outcome
 from .escape import escape, json_line, json_text, quote
+from .kaleyra import throttling_summary
 from .plan import FORMAT_VERSION, Change, Plan
 from .secrets import redact
 from .state import Entry, State
@@ -50,10 +51,11 @@ def _change_text(change: Change) -> list[str]:
         head += f"  moved from {change.moved_from}: sent in full"
     if change.action == "forget":
         head += "  dropped from the state; nothing is sent"
-    lines = [click.style(head, fg=colour, bold=True)]
-    width = max((len(name) for name in change.fields), default=0)
+    # A hand-edited state can put anything in a number, an account or a field name: escape it all.
+    lines = [click.style(escape(head), fg=colour, bold=True)]
+    width = max((len(escape(name)) for name in change.fields), default=0)
     for name, field_change in change.fields.items():
-        label = f"{name}:".ljust(width + 1)
+        label = f"{escape(name)}:".ljust(width + 1)
         if change.action == "create":
             lines.append(f"    {label} {quote(field_change.after)}")
         elif change.action == "forget":
@@ -203,6 +205,8 @@ def report_text(report: ApplyReport) -> str:
         lines.append("Interrupted: requests in flight were finished and recorded; nothing else was sent.")
     if report.recording_failure:
         lines.append("Recording failed: sending stopped at once (see the errors above).")
+    elif report.output_failure:
+        lines.append("Output failed: sending stopped at once (see the errors above).")
     lines.append(
         f"Applied {counts[APPLIED]}, recorded without sending {counts[RECORDED]}, failed {counts[FAILED]}, "
         f"not attempted {counts[NOT_ATTEMPTED]}."
@@ -211,6 +215,9 @@ def report_text(report: ApplyReport) -> str:
         lines.append(
             "The state records only what succeeded; run `reconciler plan` to see what is still pending."
         )
+    slowed = throttling_summary(report.throttling)
+    if slowed:
+        lines.append(slowed)
     return "\n".join(lines) + "\n"
 
 
@@ -219,6 +226,8 @@ def recording_failure_text(report: ApplyReport) -> str:
     lines = [
         f"error: recording failed: {report.recording_failure}. Sending stopped; the requests in flight "
         "were finished."
+        if report.recording_failure
+        else f"error: {report.output_failure}. Sending stopped; the requests in flight were finished."
     ]
     if report.unrecorded:
         lines.append(
@@ -235,7 +244,7 @@ def recording_failure_text(report: ApplyReport) -> str:
             f"  {o.change.phone_number} ({o.change.account}): {json_text(o.change.sends)}"
             for o in sorted(report.unaudited, key=_by_number)
         ]
-    return escape("\n".join(lines)).replace("\\n", "\n") + "\n"
+    return "".join(escape(line) + "\n" for line in lines)
 
 
 def _by_number(outcome: Outcome) -> str:
@@ -259,6 +268,7 @@ def _report_document(report: ApplyReport, plan: Plan) -> dict[str, Any]:
         "checksum": plan.checksum,
         "interrupted": report.interrupted,
         "summary": report.counts(),
+        "throttling": throttling_json(report),
     }
     if report.recording_failure:
         document["recording_failure"] = report.recording_failure
@@ -278,6 +288,14 @@ def report_json(report: ApplyReport, plan: Plan) -> str:
 def report_jsonl_summary(report: ApplyReport, plan: Plan) -> str:
     """The last event of `apply --format jsonl` (each number's event was streamed as it completed)."""
     return json_line({"event": "summary", **_report_document(report, plan)})
+
+
+def throttling_json(report: ApplyReport) -> dict[str, Any]:
+    """How Kaleyra slowed the run down (every account it throttled), for `apply --format json`."""
+    return {
+        "throttled": sum(account.throttled for account in report.throttling),
+        "accounts": [account.to_json() for account in report.throttling],
+    }
 
 
 def report_markdown(report: ApplyReport, plan: Plan) -> str:
@@ -341,7 +359,7 @@ def history_text(records: list[dict[str, Any]]) -> str:
         return "No history yet.\n"
     lines = []
     for entry in records:
-        by = entry.get("by") or {}
+        by = entry.get("by") if isinstance(entry.get("by"), dict) else {}
         who = str(by.get("actor", "?")) + (f"@{str(by['commit'])[:10]}" if by.get("commit") else "")
         result, message = str(entry.get("result", "")), str(entry.get("message", ""))
         outcome = message if message.startswith(f"{result}:") else f"{result}: {message}"

@@ -1,19 +1,22 @@
 """A local Kaleyra emulator: the update endpoint with the API reference's rules, codes and bodies.
 
-It answers `PUT /v2/<sid>/whatsapp/<waba_id>/number/update` like Kaleyra does, serves what it holds at
-`GET /_sandbox/numbers` (and the requests it received at `GET /_sandbox/requests`, keys left out), and
-can be slow (`latency_ms`) or flaky (`fail_rate`, answered as WA500, 429 with Retry-After, or a dropped
-connection) so users and tests can rehearse bad days.
+It answers `PUT /v2/<sid>/whatsapp/<waba_id>/number/update` and `GET /v1/<sid>/callback/profiles/<id>`
+like Kaleyra does, serves what it holds at `GET /_sandbox/numbers` (the requests it received at
+`GET /_sandbox/requests`, keys left out, and counts at `GET /_sandbox/stats`), and can be slow
+(`latency_ms`), flaky (`fail_rate`, answered as WA500, 429, or a dropped connection) or rate limited
+(`rate_limit`: a token bucket per account answering 429) so users and tests can rehearse bad days.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import sys
 import threading
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,8 +28,11 @@ from .profiles import Profile
 from .schema import CATEGORIES, E164, EMAIL, FIELDS
 from .state import atomic_write
 
+CALLBACK_FIELDS = ("callback_profile_id", "outgoing_callback_profile_id")
 ROUTE = re.compile(r"^/v2/(?P<sid>[^/]+)/whatsapp/(?P<waba_id>[^/]+)/number/update/?$")
+CALLBACK_ROUTE = re.compile(r"^/v1/(?P<sid>[^/]+)/callback/profiles/(?P<profile_id>[^/?]+)/?$")
 FAULTS = ("wa500", "429", "drop")
+RETRY_AFTER = re.compile(r"[0-9]{1,6}|none")  # --retry-after: HTTP's delta-seconds, or no header
 _CATEGORY_MESSAGE = "business_catregory value is invalid. Valid values are : " + ", ".join(CATEGORIES)
 # The reference's bodies, word for word (typos included: clients match on them).
 RBC001 = {
@@ -56,7 +62,49 @@ PAYLOAD = {
 }
 SUCCESS = {"code": "WA200", "message": "Request Processed Successfully", "data": 1, "error": {}}
 # HTTP statuses are not in the reference; these are the sandbox's choice (clients go by `code`).
-STATUS = {"WA200": 200, "RBC001": 401, "WA401": 401, "E112": 404, "WA400": 400, "WA500": 500}
+STATUS = {
+    "WA200": 200,
+    "RBC001": 401,
+    "WA401": 401,
+    "E112": 404,
+    "WA400": 400,
+    "WA500": 500,
+    "RBC024": 200,
+    "RBC302": 404,
+}
+# Kaleyra documents no 429 body; this one is the sandbox's choice (a client goes by the status here).
+TOO_MANY = {"message": "Too Many Requests"}
+# Callback profile statuses, as Kaleyra's "Get a Callback Profile by ID" documents them.
+ACTIVE, AUTO_DISABLED, DISABLED = 1, 2, 3
+
+
+def callback_profile_found(profile: dict[str, Any]) -> dict[str, Any]:
+    """Kaleyra's documented success body for a callback profile."""
+    return {
+        "code": "RBC024",
+        "message": "Profile fetched successfully",
+        "data": {
+            "headers": "{}",
+            "body_type": None,
+            "body": "{}",
+            "created_at": "2024-01-01T00:00:00.000Z",
+            "modified_at": None,
+            **profile,
+        },
+        "error": {},
+        "status": 200,
+    }
+
+
+def callback_profile_missing(profile_id: str) -> dict[str, Any]:
+    """Kaleyra's documented answer for an id no profile has (its delete and get pages show RBC302)."""
+    return {
+        "code": "RBC302",
+        "message": "No profile exists with this id",
+        "data": {},
+        "error": [{"params": f"No profile exists with id: {profile_id}"}],
+        "status": 404,
+    }
 
 
 def wa400(message: str) -> dict[str, Any]:
@@ -70,6 +118,24 @@ class SandboxAccount:
     numbers: dict[str, dict[str, str]] = field(default_factory=dict)
 
 
+class TokenBucket:
+    """A server's rate limit: `burst` requests at once, refilled at `rate` per second."""
+
+    def __init__(self, rate: float, burst: int, now: float):
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.updated = now
+
+    def take(self, now: float) -> bool:
+        self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
 @dataclass
 class Sandbox:
     """What the emulator holds and how it behaves; thread-safe."""
@@ -79,14 +145,24 @@ class Sandbox:
     latency_ms: float = 0
     fail_rate: float = 0
     faults: tuple[str, ...] = ("wa500",)
-    retry_after_s: int = 1
+    # Seconds in the Retry-After header of every 429 (injected or rate limited); None sends no header.
+    retry_after_s: int | None = 1
     data_file: Path | None = None
     seed: int | None = None
+    # Requests per second per account (sid), None for no limit; `burst` defaults to one second's worth.
+    rate_limit: float | None = None
+    burst: int | None = None
+    # sid -> callback profile id -> the profile's data (profile_id, title, url, http_method, status).
+    callback_profiles: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
     requests: list[dict[str, Any]] = field(default_factory=list)
+    lookups: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
         self.random = random.Random(self.seed)
+        self.buckets: dict[str, TokenBucket] = {}
+        # sid -> {"served": n, "throttled": n}, for GET /_sandbox/stats
+        self.counts: dict[str, dict[str, int]] = {}
 
     @classmethod
     def from_file(cls, path: Path, **options: Any) -> Sandbox:
@@ -135,6 +211,44 @@ class Sandbox:
                 return self.random.choice(self.faults)
         return None
 
+    def admit(self, sid: str) -> bool:
+        """Count one API request for `sid`; False when its rate limit turns it away (answer 429)."""
+        with self.lock:
+            counts = self.counts.setdefault(sid, {"served": 0, "throttled": 0})
+            if self.rate_limit:
+                bucket = self.buckets.get(sid)
+                if bucket is None:
+                    burst = self.burst if self.burst is not None else max(1, math.ceil(self.rate_limit))
+                    bucket = self.buckets[sid] = TokenBucket(self.rate_limit, burst, time.monotonic())
+                if not bucket.take(time.monotonic()):
+                    counts["throttled"] += 1
+                    return False
+            counts["served"] += 1
+            return True
+
+    def stats(self) -> dict[str, Any]:
+        with self.lock:
+            accounts = {sid: dict(counts) for sid, counts in sorted(self.counts.items())}
+        return {
+            "served": sum(counts["served"] for counts in accounts.values()),
+            "throttled": sum(counts["throttled"] for counts in accounts.values()),
+            "accounts": accounts,
+        }
+
+    def retry_after_header(self) -> dict[str, str]:
+        return {} if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
+
+    def callback_profile(self, sid: str, api_key: str | None, profile_id: str) -> dict[str, Any]:
+        """Answer `GET /v1/<sid>/callback/profiles/<id>` as Kaleyra documents it."""
+        known_sid = any(account.sid == sid for account in self.accounts)
+        if not api_key or not known_sid or (self.api_key is not None and api_key != self.api_key):
+            return RBC001
+        with self.lock:
+            profile = self.callback_profiles.get(sid, {}).get(profile_id)
+            if profile is None:
+                return callback_profile_missing(profile_id)
+            return callback_profile_found(dict(profile))
+
     def update(
         self, sid: str, waba_id: str, api_key: str | None, content_type: str, raw: bytes
     ) -> dict[str, Any]:
@@ -180,6 +294,60 @@ class Sandbox:
         return {
             "accounts": [{"sid": a.sid, "waba_id": a.waba_id, "numbers": a.numbers} for a in self.accounts]
         }
+
+
+def provision_callback_profiles(
+    config: Config, profiles: dict[str, Profile], accounts: list[SandboxAccount]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every callback profile id the profiles name, active, on the sid of the profile's account."""
+    held: dict[str, dict[str, dict[str, Any]]] = {account.sid: {} for account in accounts}
+    for profile in profiles.values():
+        sid = config.accounts[profile.account].sid
+        for name in CALLBACK_FIELDS:
+            profile_id = profile.fields.get(name)
+            if profile_id:
+                held.setdefault(sid, {})[profile_id] = _callback_profile(profile_id, ACTIVE)
+    return held
+
+
+def load_callback_profiles(
+    path: Path, held: dict[str, dict[str, dict[str, Any]]]
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Add (or override) the callback profiles listed in `path`, on every sid held unless one is named.
+
+    The file is `{"callback_profiles": [{"profile_id": "...", "status": 1|2|3, "sid": "(optional)",
+    "title": "...", "url": "..."}]}`; raise ReconcilerError naming the file if it is anything else.
+    """
+    try:
+        entries = json.loads(path.read_text())["callback_profiles"]
+        for entry in entries:
+            profile_id, status = entry["profile_id"], entry["status"]
+            if not isinstance(profile_id, str) or not profile_id or status not in (1, 2, 3):
+                raise ValueError(f"profile_id must be text and status 1, 2 or 3, not {entry!r}")
+            sids = [entry["sid"]] if "sid" in entry else list(held)
+            for sid in sids:
+                profile = _callback_profile(profile_id, status)
+                profile.update({k: v for k, v in entry.items() if k in ("title", "url", "http_method")})
+                held.setdefault(str(sid), {})[profile_id] = profile
+    except OSError as error:
+        raise ReconcilerError(f"{path}: cannot be read ({error.strerror or error})") from None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise ReconcilerError(
+            f"{path}: not a callback profiles file ({type(error).__name__}: {error}); expected "
+            '{"callback_profiles": [{"profile_id": "...", "status": 1, "sid": "(optional)"}]} '
+            "with status 1 active, 2 auto-disabled, 3 disabled"
+        ) from None
+    return held
+
+
+def _callback_profile(profile_id: str, status: int) -> dict[str, Any]:
+    return {
+        "profile_id": profile_id,
+        "title": f"sandbox {profile_id}"[:64],
+        "url": "https://hooks.example.com/kaleyra",
+        "http_method": "POST",
+        "status": status,
+    }
 
 
 def provision(config: Config, profiles: dict[str, Profile]) -> list[SandboxAccount]:
@@ -238,11 +406,17 @@ class _Handler(BaseHTTPRequestHandler):
         if len(raw) < expected:  # the client went away mid-request: nothing to answer or apply
             self.close_connection = True
             return
+        route = ROUTE.match(self.path)
+        # The limit is checked as the request arrives; the answer, 429 or not, comes after the latency.
+        admitted = route is None or sandbox.admit(route["sid"])
         if sandbox.latency_ms:
             time.sleep(sandbox.latency_ms / 1000)
-        route = ROUTE.match(self.path)
         if route is None:
             self._send(404, {"code": "404", "message": "Not Found", "data": {}, "error": {}})
+            return
+        if not admitted:
+            sandbox.log_request(self.path, raw, "throttled", started)
+            self._send(429, TOO_MANY, sandbox.retry_after_header())
             return
         fault = sandbox.fault()
         if fault:
@@ -251,7 +425,7 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True  # no response at all: the client sees the connection close
             return
         if fault == "429":
-            self._send(429, {"message": "Too Many Requests"}, {"Retry-After": str(sandbox.retry_after_s)})
+            self._send(429, TOO_MANY, sandbox.retry_after_header())
             return
         if fault == "wa500":
             self._send(500, WA500)
@@ -263,13 +437,34 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         sandbox = self.server.sandbox
-        if self.path.rstrip("/") == "/_sandbox/numbers":
+        route = CALLBACK_ROUTE.match(self.path)
+        if route is not None:
+            self._callback_profile(sandbox, route["sid"], urllib.parse.unquote(route["profile_id"]))
+        elif self.path.rstrip("/") == "/_sandbox/numbers":
             self._send(200, sandbox.snapshot())
         elif self.path.rstrip("/") == "/_sandbox/requests":
             with sandbox.lock:
-                self._send(200, {"requests": list(sandbox.requests)})
+                self._send(200, {"requests": list(sandbox.requests), "lookups": list(sandbox.lookups)})
+        elif self.path.rstrip("/") == "/_sandbox/stats":
+            self._send(200, sandbox.stats())
         else:
             self._send(404, {"code": "404", "message": "Not Found", "data": {}, "error": {}})
+
+    def _callback_profile(self, sandbox: Sandbox, sid: str, profile_id: str) -> None:
+        admitted = sandbox.admit(sid)
+        if sandbox.latency_ms:
+            time.sleep(sandbox.latency_ms / 1000)
+        if not admitted:
+            self._log_lookup(sandbox, "throttled")
+            self._send(429, TOO_MANY, sandbox.retry_after_header())
+            return
+        body = sandbox.callback_profile(sid, self.headers.get("api-key"), profile_id)
+        self._log_lookup(sandbox, body["code"])
+        self._send(STATUS[body["code"]], body)
+
+    def _log_lookup(self, sandbox: Sandbox, answer: str) -> None:
+        with sandbox.lock:
+            sandbox.lookups.append({"path": self.path, "answer": answer, "finished": time.time()})
 
     def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         payload = json.dumps(body).encode()

@@ -65,6 +65,7 @@ CALLBACK_ID = r"^$|^[A-Za-z0-9_-]{1,64}$"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 ENV_VAR = r"^[A-Za-z_][A-Za-z0-9_]*$"
 ENDPOINT = rf"^https?://[^{NOT_IN_A_WORD}/?#@]+(?:/[^{NOT_IN_A_WORD}]*)?$"
+S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 
 # The fields a profile can manage, in the order the API reference lists them. `""` clears a value.
 FIELDS: dict[str, dict[str, Any]] = {
@@ -118,8 +119,15 @@ PATTERN_MESSAGES = {
     "api_key_env": "is not an environment variable name (letters, digits and _)",
     "endpoint": "is not an http(s) base URL",
     "account": "is not an account name (letters, digits, . _ -)",
+    "bucket": "is not an S3 bucket name (3 to 63 lowercase letters, digits, . and -)",
+    "region": "is not an AWS region (like eu-west-1)",
+    "endpoint_url": "is not an http(s) base URL",
 }
 SECRET_KEY = re.compile(r"(?i)^(api[-_ ]?key|apikey|secret|token|password)$")
+# AWS credentials written into reconciler.yaml (under `state:`, where people reach for them).
+AWS_CREDENTIAL_KEY = re.compile(
+    r"(?i)^(aws_)?(access_key(_id)?|secret(_access)?_key|session_token|credentials?|profile|role_arn)$"
+)
 
 
 def profile_schema() -> dict[str, Any]:
@@ -175,13 +183,40 @@ def config_schema() -> dict[str, Any]:
             "state": {
                 "type": "object",
                 "additionalProperties": False,
+                "description": "Where the applied state lives. AWS credentials never go here: the s3 "
+                "backend takes them from the standard AWS chain (environment, profile, web identity).",
                 "properties": {
+                    "backend": {
+                        "type": "string",
+                        "enum": ["local", "s3"],
+                        "default": "local",
+                        "description": "local: the file at path; s3: the object key in bucket.",
+                    },
                     "path": {
                         "type": "string",
                         "minLength": 1,
                         "pattern": ONE_LINE,
                         "default": ".reconciler/state.json",
-                    }
+                        "description": "The local state file (backend local, and state migrate).",
+                    },
+                    "bucket": {
+                        "type": "string",
+                        "pattern": S3_BUCKET,
+                        "description": "S3 bucket (backend s3).",
+                    },
+                    "key": {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": 900,
+                        "pattern": ONE_LINE,
+                        "description": "Object key of the state; the lock, journal and audit go beside it.",
+                    },
+                    "region": {"type": "string", "pattern": r"^[a-z0-9-]+$", "description": "AWS region."},
+                    "endpoint_url": {
+                        "type": "string",
+                        "pattern": ENDPOINT,
+                        "description": "S3-compatible endpoint (MinIO, R2, ...); http:// only to loopback.",
+                    },
                 },
             },
             "defaults": {
@@ -357,6 +392,12 @@ def _not_one_line(name: str, value: str) -> str | None:
 
 
 def _unknown_key(key: str, known: list[str]) -> str:
+    if AWS_CREDENTIAL_KEY.match(key):
+        return (
+            f"'{key}': AWS credentials never go in reconciler.yaml; the s3 backend takes them from the "
+            "standard AWS chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or web identity "
+            "such as GitHub OIDC)"
+        )
     if SECRET_KEY.match(key):
         return (
             f"'{key}': API keys never go in files; set the key in the environment variable "

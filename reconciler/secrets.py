@@ -23,11 +23,14 @@ REDACTED = "[redacted]"
 # A key travels in an HTTP header: printable ASCII without spaces. Anything else is a paste accident
 # (a trailing newline from `echo > file`, a non-breaking space) and is refused before any request.
 _PRINTABLE_ASCII = re.compile(r"[\x21-\x7e]+")
-# No real key is shorter; cutting every "a" out of the output would garble it (and break JSON).
-MIN_KEY_LENGTH = 4
+# No real key is shorter. A short one would collide with ordinary text (a date, "true", a digit run)
+# and redacting it would garble every output and break JSON, so it is refused instead.
+MIN_KEY_LENGTH = 8
 # A second line of defence: values of variables whose names say they are secret (GITHUB_TOKEN,
-# AWS_SECRET_ACCESS_KEY, ...) are cut too, though we never read them ourselves.
+# AWS_SECRET_ACCESS_KEY, ...) are cut too, though we never read them ourselves. Only long values:
+# TOKENIZERS_PARALLELISM=false is not a secret, and cutting "false" would break every JSON document.
 _SECRET_NAME = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL", re.IGNORECASE)
+MIN_NAMED_SECRET_LENGTH = 16
 
 _lock = threading.Lock()
 _known: set[str] = set()
@@ -50,17 +53,29 @@ def remember(key: str) -> None:
 
 def redact(text: str) -> str:
     """`text` with every remembered key, and every secret-looking variable's value, cut out."""
-    for name, value in os.environ.items():
-        if len(value) >= MIN_KEY_LENGTH and _SECRET_NAME.search(name) and value in text:
+    for value in _named_secrets():
+        if value in text:
             text = text.replace(value, REDACTED)
     pattern = _pattern
     return pattern.sub(REDACTED, text) if pattern is not None else text
 
 
+def _named_secrets() -> list[str]:
+    return [
+        value
+        for name, value in os.environ.items()
+        if len(value) >= MIN_NAMED_SECRET_LENGTH and _SECRET_NAME.search(name)
+    ]
+
+
 def holds_key(text: str) -> bool:
-    """True when `text` contains a key read for this run (a key pasted into a profile value)."""
+    """True when `text` contains a key read for this run, or the value of a secret-named variable (a
+    key pasted into a profile value). Such a value is refused rather than redacted: redacting it
+    would make the state say something other than what Kaleyra holds."""
     pattern = _pattern
-    return pattern is not None and pattern.search(text) is not None
+    if pattern is not None and pattern.search(text) is not None:
+        return True
+    return any(value in text for value in _named_secrets())
 
 
 def remember_configured_keys(config: Config) -> None:

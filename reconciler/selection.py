@@ -41,7 +41,8 @@ class Selector:
         if text in account_names:
             return cls("account", text)
         if GLOB_CHARACTERS & set(text):
-            pattern = text.replace(" ", "")
+            # Written like a number ('+1 415-555-010*'): drop the same separators, except inside [...].
+            pattern = re.sub(r"\[[^\]]*\]|[\s().-]", lambda m: m.group() if m.group()[0] == "[" else "", text)
             return cls("glob", pattern if pattern[:1] in ("+", "*") else f"+{pattern}")
         number = normalise_phone(text)
         if number is None:
@@ -77,15 +78,19 @@ class Selection:
         return tuple(s.value for s in self.targets), tuple(s.value for s in self.excludes)
 
     def choose(self, numbers: Iterable[str], accounts_of: Callable[[str], Collection[str]]) -> list[str]:
-        """The selected numbers, in order. A phone number or glob target that matches none of them is
-        an error (a typo must not quietly plan nothing); an account with nothing to do is not."""
+        """The selected numbers, in order. A phone number or glob that matches none of them is an
+        error, for --target (a typo must not quietly plan nothing) and for --exclude (nor quietly send
+        what was meant to be left out); an account with nothing to do is not."""
         numbers = list(numbers)
-        for target in self.targets:
-            if target.kind != "account" and not any(
-                target.matches(number, accounts_of(number)) for number in numbers
-            ):
-                what = "phone number" if target.kind == "number" else "glob"
-                raise ReconcilerError(f"--target {target.value}: no profile or state entry has that {what}")
+        for option, selectors in (("--target", self.targets), ("--exclude", self.excludes)):
+            for selector in selectors:
+                if selector.kind != "account" and not any(
+                    selector.matches(number, accounts_of(number)) for number in numbers
+                ):
+                    what = "phone number" if selector.kind == "number" else "glob"
+                    raise ReconcilerError(
+                        f"{option} {selector.value}: no profile or state entry has that {what}"
+                    )
         chosen = []
         for number in numbers:
             accounts = accounts_of(number)

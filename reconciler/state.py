@@ -1,6 +1,9 @@
 """Applied state: what was last sent for each number, kept crash-safe, plus the lock that guards it.
 
-Layout beside `state.json`: `state.json.journal` (JSON Lines, one fsynced record per success, replayed
+`open_store(config)` gives the store `state.backend` names: this module's local files (the default),
+or an S3 object (`s3state`), which keeps the same promises with the same record formats.
+
+Local layout beside `state.json`: `state.json.journal` (JSON Lines, one fsynced record per success, replayed
 on load) and `state.json.lock`. A run appends to the journal as PUTs succeed and compacts once at the
 end (one atomic rewrite of state.json), so cost grows linearly with the number of changes and a crash
 at any moment leaves a state that loads and is true.
@@ -9,19 +12,25 @@ at any moment leaves a state that loads and is true.
 from __future__ import annotations
 
 import contextlib
-import getpass
 import json
 import os
-import socket
 import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import LockHeld, ReconcilerError, StateCorrupt
+from .errors import ReconcilerError, StateCorrupt
 from .escape import json_line, json_text
+from .lock import UNKNOWN, LockInfo, LockStore
+from .lock import locked as locked  # re-exported: commands lock through the state module
+from .lock import unlock as unlock
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from .config import Config
 
 STATE_FORMAT = 1
 
@@ -94,31 +103,60 @@ class State:
         }
 
 
+class Recorder(Protocol):
+    """What `apply` and `import` record through: a journal, local or remote (see `Journal`)."""
+
+    written: int
+
+    def open(self) -> None: ...
+
+    def record(self, changes: Iterable[tuple[str, Entry | None]]) -> None: ...
+
+
+class Store(LockStore, Protocol):
+    """A place the state lives: a local file (`StateStore`) or an S3 object (`s3state.S3StateStore`)."""
+
+    def where(self) -> str: ...
+
+    def journal_where(self) -> str: ...
+
+    def load(self) -> State: ...
+
+    def writer(self, state: State) -> AbstractContextManager[Recorder]: ...
+
+    def replace(self, state: State) -> None: ...
+
+
+def open_store(config: Config) -> Store:
+    """The store `state.backend` names in reconciler.yaml: every command builds its store here."""
+    if config.s3 is not None and config.state_backend == "s3":
+        from .s3state import S3StateStore  # boto3 is imported only for this backend
+
+        return S3StateStore(config.s3)
+    return StateStore(config.state_path)
+
+
 class StateStore:
+    """The state as local files: `state.json`, its journal and its lock beside it."""
+
     def __init__(self, path: Path):
         self.path = path
         self.journal_path = path.with_name(path.name + ".journal")
         self.lock_path = path.with_name(path.name + ".lock")
+        # The lock file this process created, so a run can tell when it was removed under it.
+        self.lock_identity: tuple[int, int] | None = None
+
+    def where(self) -> str:
+        return str(self.path)
+
+    def journal_where(self) -> str:
+        return self.journal_path.name
 
     def load(self) -> State:
         """The state file with the journal of an unfinished (or crashed) run replayed on top."""
         state = self._read_state_file()
         if self.journal_path.exists():
-            for where, record in self._read_journal():
-                if state.lineage is None:
-                    state.lineage = record["lineage"]
-                if record["lineage"] != state.lineage:
-                    raise StateCorrupt(
-                        f"{where}: belongs to another state (lineage {record['lineage']}); "
-                        "move the journal away if the state file was replaced on purpose"
-                    )
-                if record["serial"] <= state.serial:
-                    continue  # already compacted into the state file before a crash
-                state.serial = record["serial"]
-                if record["entry"] is None:
-                    state.entries.pop(record["phone_number"], None)
-                else:
-                    state.entries[record["phone_number"]] = Entry.from_json(record["entry"], where)
+            replay(state, self._read_journal())
         return state
 
     @contextlib.contextmanager
@@ -131,7 +169,13 @@ class StateStore:
             journal.close()
 
     def write_state_file(self, state: State) -> None:
-        atomic_write(self.path, (json_text(state.to_json(), indent=2, sort_keys=True) + "\n").encode())
+        atomic_write(self.path, state_bytes(state))
+
+    def replace(self, state: State) -> None:
+        """Make `state` the whole state (state migrate): the file is rewritten and any journal goes."""
+        self.write_state_file(state)
+        self.journal_path.unlink(missing_ok=True)
+        _fsync_dir(self.path.parent)
 
     def _read_state_file(self) -> State:
         try:
@@ -140,53 +184,159 @@ class StateStore:
             return State()
         except OSError as error:
             raise StateCorrupt(f"{self.path}: cannot be read ({error.strerror})") from None
-        try:
-            data = json.loads(raw)
-        except ValueError as error:
-            raise StateCorrupt(
-                f"{self.path}: is not a valid state file (not JSON: {error}); restore it from version control"
-            ) from None
-        where = str(self.path)
-        if not isinstance(data, dict):
-            raise StateCorrupt(f"{where}: is not a valid state file (it holds {_kind(data)}, not an object)")
-        if data.get("format_version") != STATE_FORMAT:
-            raise StateCorrupt(
-                f"{where}: state format {data.get('format_version')!r} is not {STATE_FORMAT}; "
-                "use the reconciler version that wrote it"
-            )
-        lineage, serial, numbers = data.get("lineage"), data.get("serial"), data.get("numbers")
-        if lineage is not None and not isinstance(lineage, str):
-            raise StateCorrupt(f"{where}: 'lineage' must be text, not {_kind(lineage)}")
-        if not _is_serial(serial):
-            raise StateCorrupt(f"{where}: 'serial' must be a whole number >= 0, not {_kind(serial)}")
-        if not isinstance(numbers, dict):
-            raise StateCorrupt(f"{where}: 'numbers' must be an object of phone number -> entry")
-        entries = {
-            phone: Entry.from_json(entry, f"{where}: numbers.{phone}") for phone, entry in numbers.items()
-        }
-        return State(lineage=lineage, serial=serial, entries=entries)
+        return parse_state(raw, str(self.path), "restore it from version control")
 
     def _read_journal(self) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Each journal record with where it is (`file:line`); a record torn by a crash mid-write is
-        the last line and was never reported as applied, so it is skipped."""
         try:
-            lines = self.journal_path.read_bytes().split(b"\n")
+            data = self.journal_path.read_bytes()
         except OSError as error:
             raise StateCorrupt(f"{self.journal_path}: cannot be read ({error.strerror})") from None
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{self.journal_path}:{number}"
+        return journal_records(data, str(self.journal_path), torn_tail_allowed=True)
+
+    # The lock: a file created with O_EXCL, so exactly one process can create it.
+
+    def create_lock(self, info: LockInfo) -> bool:
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            descriptor = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "w") as file:
+            json.dump(info.to_json(), file)
+            file.flush()
+            os.fsync(file.fileno())
+            self.lock_identity = _identity(os.fstat(file.fileno()))
+        return True
+
+    def read_lock(self) -> LockInfo | None:
+        try:
+            return LockInfo.from_json(json.loads(self.lock_path.read_text()))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, RecursionError):
+            return UNKNOWN
+
+    def remove_lock(self, mine: LockInfo | None) -> bool:
+        self.lock_path.unlink(missing_ok=True)
+        self.lock_identity = None
+        return True
+
+    def still_recording_here(self, journal: Any) -> str | None:
+        """Why this run's records no longer land where the next command looks, or None: the journal
+        file was removed or replaced (the folder deleted mid-run), or the lock this run holds is gone
+        (`state unlock --force`), so another run could be writing too."""
+        try:
+            if _identity(os.stat(self.journal_path)) != _identity(os.fstat(journal.fileno())):
+                return f"{self.journal_path} was replaced during the run"
+        except FileNotFoundError:
+            return f"{self.journal_path} was removed during the run (was the state folder deleted?)"
+        if self.lock_identity is not None:
             try:
-                record = json.loads(line)
-            except ValueError:
-                if number == len(lines):
-                    return
-                raise StateCorrupt(f"{where}: unreadable journal record") from None
-            problem = _journal_problem(record)
-            if problem:
-                raise StateCorrupt(f"{where}: not a journal record ({problem})")
-            yield where, record
+                if _identity(os.stat(self.lock_path)) != self.lock_identity:
+                    return f"{self.lock_path} is no longer this run's lock (another run took it)"
+            except FileNotFoundError:
+                return f"{self.lock_path} was removed during the run (`state unlock --force`?)"
+        return None
+
+
+def _identity(status: os.stat_result) -> tuple[int, int]:
+    return (status.st_dev, status.st_ino)
+
+
+def state_bytes(state: State, pretty: bool = True) -> bytes:
+    """The state as it is stored: sorted, and pretty-printed so it diffs well in git (a remote state
+    is written compact: json's C encoder only runs without indentation)."""
+    return (json_text(state.to_json(), indent=2 if pretty else None, sort_keys=True) + "\n").encode()
+
+
+def parse_state(raw: bytes, where: str, advice: str) -> State:
+    """A stored state; anything of the wrong shape is a StateCorrupt naming `where`."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as error:
+        raise StateCorrupt(f"{where}: is not a valid state file (not JSON: {error}); {advice}") from None
+    if not isinstance(data, dict):
+        raise StateCorrupt(f"{where}: is not a valid state file (it holds {_kind(data)}, not an object)")
+    if data.get("format_version") != STATE_FORMAT:
+        raise StateCorrupt(
+            f"{where}: state format {data.get('format_version')!r} is not {STATE_FORMAT}; "
+            "use the reconciler version that wrote it"
+        )
+    lineage, serial, numbers = data.get("lineage"), data.get("serial"), data.get("numbers")
+    if lineage is not None and not isinstance(lineage, str):
+        raise StateCorrupt(f"{where}: 'lineage' must be text, not {_kind(lineage)}")
+    if not _is_serial(serial):
+        raise StateCorrupt(f"{where}: 'serial' must be a whole number >= 0, not {_kind(serial)}")
+    if not isinstance(numbers, dict):
+        raise StateCorrupt(f"{where}: 'numbers' must be an object of phone number -> entry")
+    entries = {phone: Entry.from_json(entry, f"{where}: numbers.{phone}") for phone, entry in numbers.items()}
+    return State(lineage=lineage, serial=serial, entries=entries)
+
+
+def journal_records(data: bytes, where: str, torn_tail_allowed: bool) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Each journal record in `data` with where it is (`name:line`). A record torn by a crash
+    mid-write is the last line of a local journal and was never reported as applied, so it is
+    skipped; a remote segment is written whole, so nothing in it may be torn."""
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        at = f"{where}:{number}"
+        try:
+            record = json.loads(line)
+        except (ValueError, RecursionError):
+            if torn_tail_allowed and number == len(lines):
+                return
+            raise StateCorrupt(f"{at}: unreadable journal record") from None
+        problem = _journal_problem(record)
+        if problem:
+            raise StateCorrupt(f"{at}: not a journal record ({problem})")
+        yield at, record
+
+
+def replay(state: State, records: Iterable[tuple[str, dict[str, Any]]]) -> None:
+    """Apply journal records on top of `state`, skipping those already compacted into it."""
+    for where, record in records:
+        if state.lineage is None:
+            state.lineage = record["lineage"]
+        if record["lineage"] != state.lineage:
+            raise StateCorrupt(
+                f"{where}: belongs to another state (lineage {record['lineage']}); "
+                "move the journal away if the state was replaced on purpose"
+            )
+        if record["serial"] <= state.serial:
+            continue  # already compacted into the state before a crash
+        state.serial = record["serial"]
+        if record["entry"] is None:
+            state.entries.pop(record["phone_number"], None)
+        else:
+            state.entries[record["phone_number"]] = Entry.from_json(record["entry"], where)
+
+
+def journal_lines(state: State, changes: list[tuple[str, Entry | None]]) -> tuple[bytes, int]:
+    """The journal records of a batch, numbered on from `state.serial`, and the last serial."""
+    serial = state.serial
+    lines = []
+    for phone_number, entry in changes:
+        serial += 1
+        record = {
+            "lineage": state.lineage,
+            "serial": serial,
+            "phone_number": phone_number,
+            "entry": None if entry is None else entry.to_json(),
+        }
+        lines.append(json_line(record))
+    return "".join(lines).encode(), serial
+
+
+def remember_batch(state: State, changes: list[tuple[str, Entry | None]], serial: int) -> None:
+    """Apply a batch that is now durable to the in-memory state."""
+    state.serial = serial
+    for phone_number, entry in changes:
+        if entry is None:
+            state.entries.pop(phone_number, None)
+        else:
+            state.entries[phone_number] = entry
 
 
 def _is_serial(value: Any) -> bool:
@@ -247,7 +397,7 @@ class Journal:
             finally:
                 probe.unlink(missing_ok=True)
             self.file = open_appending(self.store.journal_path)
-            self.size = drop_torn_tail(self.file)
+            self.size = drop_torn_tail(self.file, self.store.journal_path)
             sync_appended(self.file.fileno())
             _fsync_dir(folder)
         except OSError as error:
@@ -265,18 +415,7 @@ class Journal:
         if not changes:
             return
         self.open()
-        serial = self.state.serial
-        lines = []
-        for phone_number, entry in changes:
-            serial += 1
-            record = {
-                "lineage": self.state.lineage,
-                "serial": serial,
-                "phone_number": phone_number,
-                "entry": None if entry is None else entry.to_json(),
-            }
-            lines.append(json_line(record))
-        data = "".join(lines).encode()
+        data, serial = journal_lines(self.state, changes)
         try:
             write_all(self.file, data)
             sync_appended(self.file.fileno())
@@ -287,13 +426,13 @@ class Journal:
                 f"{self.store.journal_path}: cannot record ({error.strerror or error})"
             ) from None
         self.size += len(data)
-        self.state.serial = serial
-        for phone_number, entry in changes:
-            if entry is None:
-                self.state.entries.pop(phone_number, None)
-            else:
-                self.state.entries[phone_number] = entry
-        self.written += len(lines)
+        remember_batch(self.state, changes, serial)
+        self.written += len(changes)
+        # The batch is durable, but perhaps in a file nobody will read: stop sending if so.
+        moved = self.store.still_recording_here(self.file)
+        if moved:
+            self.failure = OSError(moved)
+            raise RecordingFailed(f"{moved}; stopping so that every send stays recorded")
 
     def close(self) -> None:
         """Compact: one atomic rewrite of state.json, then the journal goes. If the rewrite fails, the
@@ -340,8 +479,10 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def open_appending(path: Path) -> Any:
     """A JSON Lines file opened for appending without a Python buffer: a failed write leaves nothing
-    pending in memory, so `truncate` can cut the file back to its last whole record."""
-    return open(path, "ab", buffering=0)
+    pending in memory, so `truncate` can cut the file back to its last whole record. A symlink is
+    refused (O_NOFOLLOW): a link committed in a pull request must not make us write elsewhere."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    return os.fdopen(descriptor, "ab", buffering=0)
 
 
 def write_all(file: Any, data: bytes) -> None:
@@ -354,13 +495,13 @@ def write_all(file: Any, data: bytes) -> None:
         view = view[written:]
 
 
-def drop_torn_tail(file: Any) -> int:
+def drop_torn_tail(file: Any, path: Path) -> int:
     """Cut a last line torn by a crash off a JSON Lines file opened for appending, so that a new record
     never follows it (a torn line in the middle would make the file unreadable); return the size."""
     size = file.seek(0, os.SEEK_END)
     if size == 0:
         return 0
-    with open(file.name, "rb") as reader:
+    with open(path, "rb") as reader:
         reader.seek(size - 1)
         if reader.read(1) == b"\n":
             return size
@@ -391,87 +532,3 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-# --- the lock -------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LockInfo:
-    host: str
-    pid: int
-    user: str
-    command: str
-    since: str
-
-    def is_stale(self) -> bool:
-        """True when the holder ran on this host and its process is gone."""
-        if self.host != socket.gethostname():
-            return False
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:
-            return False
-        return False
-
-    def describe(self) -> str:
-        text = f"{self.user}@{self.host} (pid {self.pid}, `{self.command}`) since {self.since}"
-        if self.is_stale():
-            text += "; that process is gone, so the lock is stale"
-        return text
-
-
-@contextlib.contextmanager
-def locked(store: StateStore, command: str) -> Iterator[LockInfo]:
-    """Hold the state lock for the block; fail at once, saying who holds it, if it is taken."""
-    info = LockInfo(socket.gethostname(), os.getpid(), _user(), command, now())
-    store.lock_path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        descriptor = os.open(store.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        holder = read_lock(store)
-        held_by = holder.describe() if holder else "an unknown process (unreadable lock file)"
-        advice = "run `reconciler state unlock`" if holder and holder.is_stale() else "wait for it to finish"
-        raise LockHeld(
-            f"the state is locked by {held_by}; {advice} "
-            f"(or `reconciler state unlock --force` if you are sure no run is active)"
-        ) from None
-    with os.fdopen(descriptor, "w") as file:
-        json.dump(asdict(info), file)
-        file.flush()
-        os.fsync(file.fileno())
-    try:
-        yield info
-    finally:
-        store.lock_path.unlink(missing_ok=True)
-
-
-def read_lock(store: StateStore) -> LockInfo | None:
-    try:
-        return LockInfo(**json.loads(store.lock_path.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None
-
-
-def unlock(store: StateStore, force: bool) -> str:
-    """Remove a stale lock (or, with force, any lock); return what was done."""
-    if not store.lock_path.exists():
-        return "the state is not locked"
-    holder = read_lock(store)
-    if not force and not (holder and holder.is_stale()):
-        held_by = holder.describe() if holder else "an unknown process"
-        raise ReconcilerError(
-            f"the lock is held by {held_by} and is not known to be stale; "
-            "use `reconciler state unlock --force` if you are sure no run is active"
-        )
-    store.lock_path.unlink(missing_ok=True)
-    return f"removed the lock held by {holder.describe() if holder else 'an unknown process'}"
-
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"

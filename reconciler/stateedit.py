@@ -46,6 +46,8 @@ def rename_account(state: State, old: str, new: str, config: Config) -> list[Edi
     """Give the numbers applied under account label `old` the label `new`, when `new` sends to the very
     WABA they were applied to (same sid and waba_id): a label renamed in reconciler.yaml. Refused
     otherwise, since then the numbers really must be sent to the new WABA."""
+    if old == new:
+        raise ReconcilerError(f"state mv: '{old}' and '{new}' are the same label; nothing was changed")
     account = config.accounts.get(new)
     if account is None:
         raise ReconcilerError(f"state mv: account '{new}' is not in {config.path.name}; add it there first")

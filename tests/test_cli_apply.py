@@ -325,7 +325,7 @@ def test_every_command_help_shows_an_example():
     assert {"validate", "plan", "apply", "drift", "import", "history", "schema", "fmt", "sandbox"} <= set(
         cli.commands
     )
-    assert {"list", "show", "rm", "mv", "unlock"} <= set(cli.commands["state"].commands)
+    assert {"list", "show", "rm", "mv", "unlock", "migrate"} <= set(cli.commands["state"].commands)
     for command in commands:
         result = CliRunner().invoke(cli, [*command, "--help"])
         assert result.exit_code == 0, command

@@ -4,9 +4,16 @@ fix it names (issue 9)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -139,7 +146,7 @@ def test_a_plan_dropping_every_managed_number_is_refused_without_force(project, 
         project.profile_path(number).unlink()
     result = project.run("apply", "--auto-approve")
     assert_clean_failure(result)
-    assert "drops every managed number (3)" in result.stderr
+    assert "forgets every managed number it covers (3)" in result.stderr
     assert len(project.applied()) == 3
     assert project.run("apply", "--auto-approve", "--force").exit_code == 0
     assert project.applied() == {}
@@ -399,3 +406,341 @@ def test_a_key_echoed_by_the_server_is_redacted_everywhere_whatever_its_variable
     for path in project.root.rglob("*"):
         if path.is_file():
             assert key.encode() not in path.read_bytes(), path
+
+
+# --- found by a hostile review of the fixes above -------------------------------------------------
+
+
+def run_process(project: Project, *args: str, **popen: object) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "reconciler", *args],
+        cwd=project.root,
+        env={**os.environ, **project.env},
+        text=True,
+        **popen,
+    )
+
+
+@pytest.fixture
+def fleet_server():
+    from reconciler.sandbox import Sandbox, SandboxAccount, serve_in_thread
+
+    from conftest import OTHER_SID, OTHER_WABA, SID, WABA
+
+    fleet = [f"+1650555{index:04d}" for index in range(120)]
+    server = serve_in_thread(
+        Sandbox(
+            [SandboxAccount(SID, WABA, {n: {} for n in fleet}), SandboxAccount(OTHER_SID, OTHER_WABA, {})]
+        )
+    )
+    server.fleet = fleet
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def accepted_numbers(server) -> set[str]:
+    time.sleep(0.1)  # let the sandbox log its last answers
+    with server.sandbox.lock:
+        return {r["body"]["phone_number"] for r in server.sandbox.requests if r["answer"] == "WA200"}
+
+
+def test_a_stdout_that_fails_mid_apply_stops_sending_and_loses_no_record(tmp_path, fleet_server):
+    project = Project(tmp_path, fleet_server.url)
+    for number in fleet_server.fleet:
+        project.write_profile(number, about="x")
+    fleet_server.sandbox.latency_ms = 10
+    with open("/dev/full", "w") as full:
+        process = run_process(
+            project, "apply", "--auto-approve", "--format", "jsonl", stdout=full, stderr=subprocess.PIPE
+        )
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    accepted = accepted_numbers(fleet_server)
+    assert len(accepted) < len(fleet_server.fleet), "sending went on with nowhere to report"
+    assert set(project.applied()) == accepted
+    assert "progress could not be shown" in stderr
+
+
+def test_a_storm_of_signals_still_prints_the_report_and_exits_1(tmp_path, fleet_server):
+    project = Project(tmp_path, fleet_server.url)
+    for number in fleet_server.fleet[:40]:
+        project.write_profile(number, about="x")
+    fleet_server.sandbox.latency_ms = 200
+    process = run_process(
+        project,
+        "apply",
+        "--auto-approve",
+        "--parallelism",
+        "4",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 20
+    while not fleet_server.sandbox.requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)
+    while process.poll() is None:  # SIGINT and SIGTERM every few milliseconds until it exits
+        for number in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(number)
+        time.sleep(0.003)
+    stdout, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1, (process.returncode, stderr)
+    assert "Interrupted" in stdout and "Applied" in stdout
+    assert "Aborted: nothing was changed" not in stderr
+    assert set(project.applied()) == accepted_numbers(fleet_server)
+    assert not (project.root / ".reconciler" / "state.json.lock").exists()
+
+
+def test_innocent_variables_with_secret_sounding_names_corrupt_nothing(project, sandbox):
+    project.write_profile(A, about="Body Care (Body Lotion)")
+    env = {"TOKENIZERS_PARALLELISM": "false", "MY_TOKEN_TYPE": "Body"}
+    result = project.run("apply", "--auto-approve", "--format", "json", env=env)
+    assert json.loads(result.stdout)["interrupted"] is False  # valid JSON, "false" left alone
+    assert project.applied()[A] == {"about": "Body Care (Body Lotion)"}
+    assert project.run("plan", "--detailed-exitcode", env=env).exit_code == 0
+
+
+def test_a_profile_value_holding_a_secret_variables_value_is_refused(project, sandbox):
+    token = "ghp_0123456789abcdefghijklmnop"
+    project.write_profile(A, about=f"call us {token}")
+    result = project.run("apply", "--auto-approve", env={"GITHUB_TOKEN": token})
+    assert_clean_failure(result)
+    assert "never put a key in a profile" in result.stderr and token not in result.stderr
+    assert put_bodies(sandbox) == []
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda d: d["changes"].insert(
+            0, {**d["changes"][0], "fields": {"about": {"before": None, "after": "EVIL"}}}
+        ),
+        lambda d: d["changes"].append(
+            {"phone_number": "__ +14155550199", "account": "main", "action": "forget", "fields": {}}
+        ),
+    ],
+    ids=["duplicate-number", "private-looking-key"],
+)
+def test_a_saved_plan_with_extra_entries_is_refused(project, sandbox, tamper):
+    project.write_profile(A, about="reviewed")
+    plan_file = project.root / "plan.json"
+    project.run("plan", "--out", str(plan_file))
+    document = json.loads(plan_file.read_text())
+    tamper(document)
+    rechecksum(document)
+    plan_file.write_text(json.dumps(document))
+    result = project.run("apply", str(plan_file))
+    assert_clean_failure(result)
+    assert "stale plan" in result.stderr and put_bodies(sandbox) == []
+
+
+def test_a_prompt_always_shows_the_plan_first_whatever_the_format(project, sandbox, monkeypatch):
+    import reconciler.cli
+
+    monkeypatch.setattr(reconciler.cli, "_interactive", lambda: True)
+    project.write_profile(A, about="shown before asking")
+    result = project.run("apply", "--format", "json", input="n\n")
+    assert_clean_failure(result)
+    assert '"shown before asking"' in result.stderr and result.stderr.index(
+        "shown before"
+    ) < result.stderr.index("Apply these")
+    assert put_bodies(sandbox) == []
+
+
+def test_a_hand_edited_state_cannot_reach_the_terminal_raw(project, sandbox):
+    project.write_profile(A, about="x")
+    assert project.run("apply", "--auto-approve").exit_code == 0
+    document = state_document(project)
+    entry = document["numbers"].pop(A)
+    entry["account"] = "main\x1b]0;TITLE\x07\u202e"
+    entry["fields"] = {"about\x1b[31m": "x", "about": "y"}
+    document["numbers"]["+1\x1b[2K\rPlan: No changes"] = entry
+    project.state_path.write_text(json.dumps(document))
+    for args in (["plan"], ["drift"], ["state", "list"], ["plan", "--format", "markdown"]):
+        result = project.run(*args)
+        assert not UNSAFE.search((result.stdout + result.stderr).replace("\n", "")), args
+
+
+def test_state_rm_says_the_state_changed_when_only_the_audit_log_failed(project, sandbox, monkeypatch):
+    from reconciler import audit
+    from reconciler.state import RecordingFailed
+
+    project.write_profile(A, about="x")
+    assert project.run("apply", "--auto-approve").exit_code == 0
+
+    def full(self, records):
+        raise RecordingFailed("audit.jsonl: cannot append (File too large)")
+
+    monkeypatch.setattr(audit.AuditLog, "append", full)
+    result = project.run("state", "rm", A)
+    assert_clean_failure(result)
+    assert "the state WAS changed (1 number(s)), but the audit log could not record it" in result.stderr
+    assert project.applied() == {}
+
+
+@pytest.mark.parametrize("where", ["plan file", "audit log"])
+def test_deeply_nested_json_is_a_clear_error_not_a_recursion_crash(project, sandbox, where):
+    project.write_profile(A, about="x")
+    nested = "[" * 200_000
+    if where == "plan file":
+        (project.root / "plan.json").write_text(nested)
+        result = project.run("apply", "plan.json")
+    else:
+        (project.root / ".reconciler").mkdir()
+        (project.root / ".reconciler" / "audit.jsonl").write_text(nested + "\n{}\n")
+        result = project.run("history")
+    assert_clean_failure(result)
+
+
+def test_history_survives_a_hand_edited_who(project, sandbox):
+    (project.root / ".reconciler").mkdir()
+    (project.root / ".reconciler" / "audit.jsonl").write_text(
+        json.dumps({"by": "x", "phone_number": A}) + "\n"
+    )
+    result = project.run("history")
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    "setting", ["timeout_s: .nan", "deadline_s: .inf", "backoff_max_s: .nan", "timeout_s: 100000"]
+)
+def test_retry_settings_are_finite_and_bounded(project, setting):
+    text = (project.root / "reconciler.yaml").read_text()
+    name, value = setting.split(": ")
+    text = (
+        re.sub(rf"{name}: [^\n,}}]+", f"{name}: {value}", text)
+        if name in text
+        else text.replace("retry:\n", f"retry:\n  {setting}\n")
+    )
+    (project.root / "reconciler.yaml").write_text(text)
+    result = project.run("validate")
+    assert_clean_failure(result)
+    assert f"{name}:" in result.stderr and "finite" in result.stderr
+
+
+def test_an_exclude_matching_nothing_is_an_error_and_globs_read_like_numbers(project, sandbox):
+    project.write_profile(A, about="a")
+    project.write_profile(B, about="b")
+    assert_clean_failure(project.run("apply", "--auto-approve", "--exclude", "4155550100"))
+    assert put_bodies(sandbox) == []
+    plan = project.run("plan", "--format", "json", "--exclude", f"+1 415-555-{A[-4:-1]}*")
+    assert [c["phone_number"] for c in json.loads(plan.stdout)["changes"]] == []
+
+
+def test_forgetting_every_number_a_selection_covers_needs_force(project, sandbox):
+    for number in (A, B):
+        project.write_profile(number, about="x")
+    project.write_profile(C, account="legacy", about="y")
+    assert project.run("apply", "--auto-approve").exit_code == 0
+    for number in (A, B):
+        project.profile_path(number).unlink()
+    result = project.run("apply", "--auto-approve", "--target", "main")
+    assert_clean_failure(result)
+    assert "forgets every managed number it covers (2)" in result.stderr
+    # One number forgotten on purpose is fine.
+    assert project.run("apply", "--auto-approve", "--target", A).exit_code == 0
+    assert set(project.applied()) == {B, C}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["apply", "--checksum", " " + "a" * 64],
+        ["apply", "--checksum", "a" * 64 + "\n"],
+        ["state", "mv", "main", "main"],
+    ],
+)
+def test_small_misuses_are_refused(project, sandbox, args):
+    project.write_profile(A, about="x")
+    if args[0] == "state":
+        assert project.run("apply", "--auto-approve").exit_code == 0
+    result = project.run(*args)
+    assert_clean_failure(result)
+    assert (
+        "is not a plan checksum" if args[0] == "apply" else "are the same label"
+    ) in result.output + result.stderr
+    if args[0] == "apply":
+        assert put_bodies(sandbox) == []
+
+
+def test_an_endpoint_with_whitespace_is_refused(project, sandbox):
+    project.write_profile(A, about="x")
+    result = project.run("apply", "--auto-approve", env={"KALEYRA_ENDPOINT": " " + sandbox.url})
+    assert_clean_failure(result)
+    assert "whitespace" in result.stderr
+
+
+@pytest.mark.parametrize("name", ["audit.jsonl", "state.json.journal", "state.json.lock", "state.json"])
+def test_a_symlink_beside_the_state_is_refused_before_anything_is_read_or_written(
+    project, sandbox, tmp_path_factory, name
+):
+    outside = tmp_path_factory.mktemp("outside") / "bashrc"
+    outside.write_text("# mine\n")
+    folder = project.root / ".reconciler"
+    folder.mkdir()
+    (folder / name).symlink_to(outside)
+    project.write_profile(A, about="x")
+    result = project.run("apply", "--auto-approve")
+    assert_clean_failure(result)
+    assert f"{name}: is a symlink" in result.stderr
+    assert outside.read_text() == "# mine\n" and put_bodies(sandbox) == []
+
+
+@pytest.mark.parametrize("removed", ["the state folder", "the lock"])
+def test_losing_the_state_folder_or_the_lock_mid_run_stops_sending(tmp_path, fleet_server, removed):
+    import shutil
+
+    project = Project(tmp_path, fleet_server.url)
+    for number in fleet_server.fleet:
+        project.write_profile(number, about="x")
+    fleet_server.sandbox.latency_ms = 30
+    process = run_process(
+        project,
+        "apply",
+        "--auto-approve",
+        "--parallelism",
+        "2",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 20
+    while len(fleet_server.sandbox.requests) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    if removed == "the state folder":
+        shutil.rmtree(project.root / ".reconciler")
+    else:
+        (project.root / ".reconciler" / "state.json.lock").unlink()
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1
+    assert "during the run" in stderr
+    assert len(accepted_numbers(fleet_server)) < len(fleet_server.fleet)
+
+
+@pytest.mark.parametrize("name", ["state.json", "state.json.journal", "state.json.lock"])
+def test_deeply_nested_state_files_are_clear_errors(project, sandbox, name):
+    folder = project.root / ".reconciler"
+    folder.mkdir()
+    (folder / name).write_text("[" * 200_000)
+    project.write_profile(A, about="x")
+    for args in (["plan"], ["apply", "--auto-approve"], ["state", "unlock", "--force"]):
+        result = project.run(*args)
+        assert "internal error" not in result.stderr and "Traceback" not in result.stderr, (
+            args,
+            result.stderr,
+        )
+
+
+@pytest.mark.parametrize("pid", ['"abc"', "100000000000000000000", "-5", "true"])
+def test_a_lock_with_a_nonsense_pid_is_reported_not_crashed_on(project, sandbox, pid):
+    folder = project.root / ".reconciler"
+    folder.mkdir()
+    (folder / "state.json.lock").write_text(
+        f'{{"host": "h", "pid": {pid}, "user": "u", "command": "apply", "since": "T"}}'
+    )
+    project.write_profile(A, about="x")
+    result = project.run("apply", "--auto-approve")
+    assert_clean_failure(result)
+    assert "locked by an unknown process" in result.stderr
+    assert project.run("state", "unlock", "--force").exit_code == 0

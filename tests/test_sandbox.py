@@ -10,9 +10,9 @@ import types
 import httpx
 import pytest
 
-from reconciler.sandbox import Sandbox, SandboxAccount, serve_in_thread
+from reconciler.sandbox import Sandbox, SandboxAccount, TokenBucket, serve_in_thread
 
-from conftest import NUMBERS, SID, WABA
+from conftest import NUMBERS, OTHER_SID, OTHER_WABA, SID, WABA
 
 URL = f"/v2/{SID}/whatsapp/{WABA}/number/update"
 A = NUMBERS[0]
@@ -205,3 +205,175 @@ def test_two_account_names_on_one_waba_are_provisioned_as_one(project, monkeypat
     config = load_config()
     accounts = provision(config, load_profiles(config))
     assert [(a.sid, a.waba_id, sorted(a.numbers)) for a in accounts] == [(SID, WABA, [A, NUMBERS[1]])]
+
+
+# --- rate limit -------------------------------------------------------------------------------------
+
+
+def test_the_token_bucket_allows_a_burst_then_refills_at_its_rate():
+    bucket = TokenBucket(rate=4, burst=3, now=100.0)
+    assert [bucket.take(100.0) for _ in range(4)] == [True, True, True, False]
+    assert bucket.take(100.125) is False  # half a token
+    assert bucket.take(100.25) is True  # one token a quarter of a second
+    assert bucket.take(100.25) is False
+    assert [bucket.take(200.0) for _ in range(4)] == [True, True, True, False]  # never more than the burst
+
+
+@pytest.fixture
+def limited():
+    held = Sandbox(
+        [SandboxAccount(SID, WABA, {A: {}}), SandboxAccount(OTHER_SID, OTHER_WABA, {A: {}})],
+        rate_limit=0.01,  # no refill within a test: exactly the burst is admitted
+        burst=2,
+    )
+    server = serve_in_thread(held)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_rate_limit_answers_429_beyond_the_burst_with_retry_after(limited):
+    answers = [put(limited) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [200, 200, 429]
+    assert answers[2].headers["Retry-After"] == "1"
+    assert limited.sandbox.number(A) == {}  # the throttled request changed nothing
+
+
+def test_retry_after_none_answers_429_without_the_header(limited):
+    limited.sandbox.retry_after_s = None
+    answers = [put(limited) for _ in range(3)]
+    assert answers[2].status_code == 429 and "Retry-After" not in answers[2].headers
+
+
+def test_each_account_has_its_own_bucket_and_stats_count_them(limited):
+    other = f"/v2/{OTHER_SID}/whatsapp/{OTHER_WABA}/number/update"
+    assert [put(limited).status_code for _ in range(3)] == [200, 200, 429]
+    assert [put(limited, path=other).status_code for _ in range(2)] == [200, 200]
+    assert httpx.get(limited.url + "/_sandbox/stats").json() == {
+        "served": 4,
+        "throttled": 1,
+        "accounts": {
+            SID: {"served": 2, "throttled": 1},
+            OTHER_SID: {"served": 2, "throttled": 0},
+        },
+    }
+
+
+def test_without_a_rate_limit_nothing_is_throttled(sandbox):
+    with httpx.Client(base_url=sandbox.url) as client:
+        headers = {"api-key": "k", "Content-Type": "application/json"}
+        answers = [client.put(URL, json={"phone_number": A}, headers=headers) for _ in range(30)]
+        assert [answer.status_code for answer in answers] == [200] * 30
+        assert client.get("/_sandbox/stats").json() == {
+            "served": 30,
+            "throttled": 0,
+            "accounts": {SID: {"served": 30, "throttled": 0}},
+        }
+
+
+# --- callback profiles ------------------------------------------------------------------------------
+
+
+def get_profile(server, profile_id, key="k", sid=SID):
+    headers = {} if key is None else {"api-key": key}
+    return httpx.get(f"{server.url}/v1/{sid}/callback/profiles/{profile_id}", headers=headers)
+
+
+def test_a_callback_profile_is_served_as_kaleyra_documents_it(sandbox):
+    sandbox.sandbox.callback_profiles = {SID: {"cb-1": {"profile_id": "cb-1", "title": "t", "status": 2}}}
+    answer = get_profile(sandbox, "cb-1")
+    assert answer.status_code == 200
+    body = answer.json()
+    assert (body["code"], body["message"], body["status"]) == ("RBC024", "Profile fetched successfully", 200)
+    assert body["data"]["profile_id"] == "cb-1" and body["data"]["status"] == 2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"profile_id": "nope"}, 404, "RBC302"),
+        ({"profile_id": "cb-1", "sid": OTHER_SID}, 404, "RBC302"),  # profiles belong to one account
+        ({"profile_id": "cb-1", "key": None}, 401, "RBC001"),
+        ({"profile_id": "cb-1", "sid": "HXNOPE"}, 401, "RBC001"),
+    ],
+)
+def test_a_callback_profile_lookup_fails_like_kaleyra(sandbox, kwargs, status, code):
+    sandbox.sandbox.callback_profiles = {SID: {"cb-1": {"profile_id": "cb-1", "status": 1}}}
+    answer = get_profile(sandbox, **kwargs)
+    assert answer.status_code == status and answer.json()["code"] == code
+    if code == "RBC302":
+        assert answer.json()["message"] == "No profile exists with this id"
+
+
+def test_callback_profile_lookups_share_the_accounts_rate_limit(limited):
+    limited.sandbox.callback_profiles = {SID: {"cb-1": {"profile_id": "cb-1", "status": 1}}}
+    assert put(limited).status_code == 200
+    assert get_profile(limited, "cb-1").status_code == 200
+    assert get_profile(limited, "cb-1").status_code == 429
+    assert [lookup["answer"] for lookup in limited.sandbox.lookups] == ["RBC024", "throttled"]
+
+
+def test_the_sandbox_command_provisions_named_callback_profiles_and_a_file_of_others(project):
+    project.write_profile(A, callback_profile_id="named-active", outgoing_callback_profile_id="overridden")
+    listed = project.root / "callback-profiles.json"
+    listed.write_text(
+        json.dumps(
+            {
+                "callback_profiles": [
+                    {"profile_id": "overridden", "status": 3},
+                    {"profile_id": "tired", "status": 2, "url": "https://hooks.example.com/x"},
+                ]
+            }
+        )
+    )
+    process = start_sandbox_command(project, "--callback-profiles", str(listed), "--rate-limit", "1000")
+    try:
+        served = types.SimpleNamespace(url=process.url)
+        statuses = {
+            profile_id: get_profile(served, profile_id).json().get("data", {}).get("status")
+            for profile_id in ("named-active", "overridden", "tired", "unknown")
+        }
+        assert statuses == {"named-active": 1, "overridden": 3, "tired": 2, "unknown": None}
+        stats = httpx.get(process.url + "/_sandbox/stats").json()
+        assert stats["served"] == 4 and stats["throttled"] == 0
+    finally:
+        process.terminate()
+        process.wait()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--retry-after", "soon"], "--retry-after"),
+        (["--retry-after", "-1"], "--retry-after"),
+        (["--rate-limit", "0"], "--rate-limit"),
+        (["--rate-limit", "nan"], "--rate-limit"),
+        (["--burst", "0"], "--burst"),
+    ],
+)
+def test_bad_sandbox_options_are_usage_errors(project, args, message):
+    result = project.run("sandbox", "--port", "0", *args)
+    assert result.exit_code == 1 and message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_malformed_callback_profiles_file_is_a_clear_error(project):
+    bad = project.root / "callbacks.json"
+    bad.write_text('{"callback_profiles": [{"profile_id": "x", "status": 7}]}')
+    result = project.run("sandbox", "--callback-profiles", str(bad), "--port", "0")
+    assert result.exit_code == 1
+    assert "not a callback profiles file" in result.stderr and "internal error" not in result.stderr
+
+
+def start_sandbox_command(project, *args):
+    """`reconciler sandbox` as a process on a free port; its URL is on the returned Popen as `.url`."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "reconciler", "sandbox", "--port", "0", *args],
+        cwd=project.root,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    line = process.stderr.readline()
+    assert "listening on http://127.0.0.1:" in line, line
+    process.url = line.split("listening on ")[1].split()[0]
+    return process

@@ -362,8 +362,8 @@ def test_defect_6_a_crashed_drift_check_fails_and_leaves_the_issue_alone(world: 
     cli_source = (world.clone / "reconciler" / "cli.py").read_text()
     # The entry point every way of running the reconciler goes through; only `drift` is killed.
     crash = cli_source.replace(
-        'def main() -> None:\n    cli(prog_name="reconciler")',
-        'def main() -> None:\n    if "drift" in sys.argv:\n        os.kill(os.getpid(), 9)\n    cli(prog_name="reconciler")',
+        '    cli(prog_name="reconciler")\n',
+        '    if "drift" in sys.argv:\n        os.kill(os.getpid(), 9)\n    cli(prog_name="reconciler")\n',
     )
     assert crash != cli_source
     world.push_main(
