@@ -833,6 +833,32 @@ def schema_command(kind: str) -> int:
     return 0
 
 
+@cli.command(name="fmt")
+@click.option(
+    "--check", is_flag=True, help="Rewrite nothing; list the files that would change, exit 1 if any."
+)
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.pass_context
+def fmt_command(ctx: click.Context, check: bool, paths: tuple[str, ...]) -> int:
+    """Rewrite profiles in canonical form (key order, quoting), values and comments unchanged.
+
+    Without PATHs, every profile under profiles_dir; with PATHs, those files and folders.
+
+    \b
+    Examples:
+      reconciler fmt
+      reconciler fmt --check profiles/acme-in
+    """
+    from . import fmt
+
+    report = fmt.run(paths, None if paths else _config(ctx).profiles_dir, check=check)
+    for line in report.summary(check):
+        echo(line + "\n")
+    for line in report.errors():
+        echo(line + "\n", err=True)
+    return report.exit_code(check)
+
+
 # --- sandbox --------------------------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from .errors import Problem
@@ -44,22 +44,43 @@ CATEGORIES = (
 PODS = ("in", "ap", "sg", "eu", "na")
 API_VERSIONS = ("v1", "v2")
 
+# Every pattern below is read two ways and must mean the same in both: as ECMA-262 (unicode mode) by
+# editors and check-jsonschema, and by Python's `re` here. So they use only explicit character classes
+# (no `\s`, `\d`, `\w` or `.`, whose sets differ between the engines) and `$` only as the final anchor,
+# which `ecma_regex` turns into `\Z` (Python's `$` also matches before a final newline; ECMA's does not).
+#
+# No value may hold a line break or a control character: the C0 and C1 controls (among them LF, CR,
+# VT, FF and NEL, U+0085) and the Unicode line and paragraph separators (U+2028, U+2029).
+NOT_IN_A_LINE = r"\x00-\x1f\x7f-\x9f\u2028\u2029"
+# ...nor, where a value is one word (an email address, a URL), a space: ECMA-262's `\s` spelled out.
+NOT_IN_A_WORD = NOT_IN_A_LINE + r"\x20\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\ufeff"
+ONE_LINE = rf"^[^{NOT_IN_A_LINE}]*$"
 E164 = r"^\+[1-9][0-9]{6,14}$"
 EMAIL = (
-    r"^$|^[^@\s\"<>()\[\],;:]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+    rf'^$|^[^@"<>()\[\],;:{NOT_IN_A_WORD}]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?'
     r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+$"
 )
-HTTP_URL = r"^$|^https?://[^\s/?#@]+(?:[/?#]\S*)?$"
+HTTP_URL = rf"^$|^https?://[^{NOT_IN_A_WORD}/?#@]+(?:[/?#][^{NOT_IN_A_WORD}]*)?$"
 CALLBACK_ID = r"^$|^[A-Za-z0-9_-]{1,64}$"
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 ENV_VAR = r"^[A-Za-z_][A-Za-z0-9_]*$"
-ENDPOINT = r"^https?://[^\s/?#@]+(?:/\S*)?$"
+ENDPOINT = rf"^https?://[^{NOT_IN_A_WORD}/?#@]+(?:/[^{NOT_IN_A_WORD}]*)?$"
 S3_BUCKET = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 
 # The fields a profile can manage, in the order the API reference lists them. `""` clears a value.
 FIELDS: dict[str, dict[str, Any]] = {
-    "address": {"type": "string", "maxLength": 256, "description": "Address of the business."},
-    "description": {"type": "string", "maxLength": 256, "description": "Description of the business."},
+    "address": {
+        "type": "string",
+        "maxLength": 256,
+        "pattern": ONE_LINE,
+        "description": "Address of the business, on one line.",
+    },
+    "description": {
+        "type": "string",
+        "maxLength": 256,
+        "pattern": ONE_LINE,
+        "description": "Description of the business, on one line.",
+    },
     "incoming_url": {
         "type": "string",
         "maxLength": 2048,
@@ -68,7 +89,12 @@ FIELDS: dict[str, dict[str, Any]] = {
     },
     "category": {"type": "string", "enum": [*CATEGORIES, ""], "description": "Business category."},
     "email": {"type": "string", "maxLength": 254, "pattern": EMAIL, "description": "Contact email."},
-    "about": {"type": "string", "maxLength": 139, "description": "About text (at most 139 characters)."},
+    "about": {
+        "type": "string",
+        "maxLength": 139,
+        "pattern": ONE_LINE,
+        "description": "About text (at most 139 characters), on one line.",
+    },
     "callback_profile_id": {
         "type": "string",
         "pattern": CALLBACK_ID,
@@ -153,7 +179,7 @@ def config_schema() -> dict[str, Any]:
         "additionalProperties": False,
         "required": ["accounts"],
         "properties": {
-            "profiles_dir": {"type": "string", "minLength": 1, "default": "profiles"},
+            "profiles_dir": {"type": "string", "minLength": 1, "pattern": ONE_LINE, "default": "profiles"},
             "state": {
                 "type": "object",
                 "additionalProperties": False,
@@ -169,6 +195,7 @@ def config_schema() -> dict[str, Any]:
                     "path": {
                         "type": "string",
                         "minLength": 1,
+                        "pattern": ONE_LINE,
                         "default": ".reconciler/state.json",
                         "description": "The local state file (backend local, and state migrate).",
                     },
@@ -181,6 +208,7 @@ def config_schema() -> dict[str, Any]:
                         "type": "string",
                         "minLength": 1,
                         "maxLength": 900,
+                        "pattern": ONE_LINE,
                         "description": "Object key of the state; the lock, journal and audit go beside it.",
                     },
                     "region": {"type": "string", "pattern": r"^[a-z0-9-]+$", "description": "AWS region."},
@@ -226,131 +254,72 @@ def config_schema() -> dict[str, Any]:
 SCHEMAS = {"profile": profile_schema, "config": config_schema}
 
 
+_UNESCAPED_DOLLAR = re.compile(r"(?<!\\)\$")
+
+
+@functools.cache
+def ecma_regex(pattern: str) -> re.Pattern[str]:
+    """`pattern` as JSON Schema reads it (ECMA-262): `$` is the end of the text, as `\\Z` is in Python.
+
+    fastjsonschema makes the same substitution, so the fast path and the describer read every pattern
+    alike; tests check both against a real ECMA-262 engine (regress, the one check-jsonschema uses).
+    """
+    return re.compile(_UNESCAPED_DOLLAR.sub(r"\\Z", pattern))
+
+
 @functools.cache
 def validator(kind: str) -> jsonschema.protocols.Validator:
-    """The full validator for `kind`, built once per process (building it is the expensive part)."""
+    """The describing validator for `kind`, built once per process (building it is the expensive part).
+
+    jsonschema's own `pattern` keyword uses Python's `re.search`, whose `$` lets a final newline
+    through; ours reads patterns as ECMA-262 does.
+    """
     import jsonschema  # only needed once something is invalid: keeps `plan` start-up short
 
-    return jsonschema.Draft202012Validator(SCHEMAS[kind]())
+    def pattern(
+        checker: jsonschema.protocols.Validator, regex: str, instance: Any, _schema: Any
+    ) -> Iterator[jsonschema.ValidationError]:
+        if checker.is_type(instance, "string") and not ecma_regex(regex).search(instance):
+            yield jsonschema.ValidationError(f"{instance!r} does not match {regex!r}")
+
+    ecma = jsonschema.validators.extend(jsonschema.Draft202012Validator, {"pattern": pattern})
+    return ecma(SCHEMAS[kind]())
 
 
 @functools.cache
-def fast_check(kind: str) -> Callable[[Any], bool] | None:
-    """A pre-check compiled from the same schema, for the common case of a valid file.
+def _fast_validator(kind: str) -> tuple[Callable[[Any], Any], type[Exception]]:
+    """fastjsonschema's compiled validator for `kind`, and the exception it raises for invalid data."""
+    import fastjsonschema
 
-    It answers True only for instances the schema surely accepts; anything else (or a schema using a
-    keyword it does not know) goes to jsonschema, which finds and describes every problem.
-    """
+    # use_default=False: a validator must not write the schema's defaults into the data it checks.
+    compiled = fastjsonschema.compile(SCHEMAS[kind](), use_default=False, detailed_exceptions=False)
+    return compiled, fastjsonschema.JsonSchemaValueException
+
+
+def is_valid(kind: str, instance: Any) -> bool:
+    """The fast path: True when `instance` satisfies the schema (most files do), else False."""
+    compiled, invalid = _fast_validator(kind)
     try:
-        return _compile(SCHEMAS[kind]())
-    except _Unsupported:
-        return None
+        compiled(instance)
+    except invalid:
+        return False
+    return True
 
 
 def check(kind: str, document: Document, data: Any = None, base: tuple = ()) -> list[Problem]:
-    """Validate `data` (default: the whole document) against a schema; one sentence per problem."""
+    """Validate `data` (default: the whole document) against a schema; one sentence per problem.
+
+    fastjsonschema settles valid files; jsonschema then finds and describes every problem in the rest.
+    """
     instance = document.data if data is None else data
-    quick = fast_check(kind)
-    if quick is not None and quick(instance):
+    if is_valid(kind, instance):
         return []
     problems: list[Problem] = []
     for error in validator(kind).iter_errors(instance):
         problems.extend(_describe(error, document, (*base, *error.absolute_path)))
+    if not problems:  # the two engines disagree: refuse, never accept what one of them rejects
+        problems.append(document.problem(base, f"does not satisfy the {kind} schema"))
     return problems
-
-
-class _Unsupported(Exception):
-    pass
-
-
-_ANNOTATIONS = {"$schema", "$id", "title", "description", "default"}
-_TYPES: dict[str, Callable[[Any], bool]] = {
-    "string": lambda value: isinstance(value, str),
-    "object": lambda value: isinstance(value, dict),
-    "integer": lambda value: isinstance(value, int) and not isinstance(value, bool),
-    "number": lambda value: isinstance(value, int | float) and not isinstance(value, bool),
-}
-
-
-_STRING_KEYWORDS = {"type", "maxLength", "minLength", "pattern", "enum"}
-
-
-def _compile(schema: dict[str, Any]) -> Callable[[Any], bool]:
-    """Turn the keywords our schemas use into one predicate; raise _Unsupported for any other."""
-    if schema.get("type") == "string" and set(schema) - _ANNOTATIONS <= _STRING_KEYWORDS:
-        return _compile_string(schema)
-    tests: list[Callable[[Any], bool]] = []
-    for keyword, rule in schema.items():
-        if keyword in _ANNOTATIONS or keyword == "properties":
-            continue
-        if keyword == "type":
-            tests.append(_TYPES[rule])
-        elif keyword == "maxLength":
-            tests.append(lambda value, limit=rule: not isinstance(value, str) or len(value) <= limit)
-        elif keyword == "minLength":
-            tests.append(lambda value, limit=rule: not isinstance(value, str) or len(value) >= limit)
-        elif keyword == "pattern":
-            tests.append(
-                lambda value, search=re.compile(rule).search: (
-                    not isinstance(value, str) or bool(search(value))
-                )
-            )
-        elif keyword == "enum":
-            tests.append(lambda value, allowed=frozenset(rule): isinstance(value, str) and value in allowed)
-        elif keyword in ("minimum", "maximum", "exclusiveMinimum"):
-            compare = {"minimum": float.__ge__, "maximum": float.__le__, "exclusiveMinimum": float.__gt__}[
-                keyword
-            ]
-            tests.append(
-                lambda value, bound=rule, op=compare: not _TYPES["number"](value) or op(float(value), bound)
-            )
-        elif keyword == "required":
-            tests.append(
-                lambda value, keys=tuple(rule): not isinstance(value, dict) or all(k in value for k in keys)
-            )
-        elif keyword == "minProperties":
-            tests.append(lambda value, least=rule: not isinstance(value, dict) or len(value) >= least)
-        elif keyword == "propertyNames":
-            names = _compile(rule)
-            tests.append(lambda value, names=names: not isinstance(value, dict) or all(map(names, value)))
-        elif keyword == "additionalProperties":
-            properties = {name: _compile(sub) for name, sub in schema.get("properties", {}).items()}
-            others = None if rule is False else _compile(rule)
-            tests.append(lambda value, p=properties, o=others: _object_ok(value, p, o))
-        else:
-            raise _Unsupported(keyword)
-    if "properties" in schema and "additionalProperties" not in schema:
-        raise _Unsupported("properties without additionalProperties")
-    return lambda value: all(test(value) for test in tests)
-
-
-def _compile_string(schema: dict[str, Any]) -> Callable[[Any], bool]:
-    """One closure for a string property: the hot path, run for every field of every profile."""
-    longest = schema.get("maxLength", float("inf"))
-    shortest = schema.get("minLength", 0)
-    search = re.compile(schema["pattern"]).search if "pattern" in schema else None
-    allowed = frozenset(schema["enum"]) if "enum" in schema else None
-
-    def test(value: Any) -> bool:
-        if type(value) is not str or not shortest <= len(value) <= longest:
-            return False
-        if allowed is not None and value not in allowed:
-            return False
-        return search is None or search(value) is not None
-
-    return test
-
-
-def _object_ok(
-    value: Any, properties: dict[str, Callable[[Any], bool]], others: Callable[[Any], bool] | None
-) -> bool:
-    if not isinstance(value, dict):
-        return True
-    for key, item in value.items():
-        test = properties.get(key, others)
-        if test is None or not test(item):
-            return False
-    return True
 
 
 def did_you_mean(word: str, options: list[str] | tuple[str, ...]) -> str:
@@ -385,7 +354,9 @@ def _describe(error: jsonschema.ValidationError, document: Document, path: tuple
         else:
             message += f": {', '.join(allowed)}"
     elif kind == "pattern":
-        message = f"{name}: '{value}' {PATTERN_MESSAGES.get(name, 'has the wrong form')}"
+        message = _not_one_line(name, value) or (
+            f"{name}: '{value}' {PATTERN_MESSAGES.get(name, 'has the wrong form')}"
+        )
     elif kind == "type":
         message = f"{name}: {_type_message(error.validator_value, value, document.raw_text.get(path))}"
     elif kind == "minProperties":
@@ -396,6 +367,28 @@ def _describe(error: jsonschema.ValidationError, document: Document, path: tuple
     else:
         message = f"{name}: {error.message}"
     return [document.problem(path, message)]
+
+
+NOT_IN_A_LINE_RE = re.compile(f"[{NOT_IN_A_LINE}]")
+# Unicode's mandatory line breaks (LF, VT, FF, CR, NEL, LS, PS); the rest of NOT_IN_A_LINE are controls.
+_LINE_BREAKS = "\n\x0b\x0c\r\x85\u2028\u2029"
+
+
+def _not_one_line(name: str, value: str) -> str | None:
+    """The sentence for a value holding a line break or a control character, or None if it holds none."""
+    found = NOT_IN_A_LINE_RE.search(value)
+    if found is None:
+        return None
+    character = found.group()
+    code = f"U+{ord(character):04X}"
+    if character not in _LINE_BREAKS:
+        return f"{name}: control character {code} in the value"
+    if len(value.rstrip(_LINE_BREAKS)) <= found.start():
+        return (
+            f"{name}: ends with a line break ({code}); every value is a single line "
+            "(a | or > block adds one: write the value on the key's line, quoted if needed)"
+        )
+    return f"{name}: a line break ({code}) inside the value; every value is a single line"
 
 
 def _unknown_key(key: str, known: list[str]) -> str:

@@ -47,7 +47,8 @@ def test_github_fields_reach_the_audit_log_through_apply(project):
     }
 
 
-def test_pre_commit_hook_runs_validate():
+def test_pre_commit_hooks_run_validate_and_fmt():
     hooks = yaml.safe_load((Path(__file__).parent.parent / ".pre-commit-hooks.yaml").read_text())
-    assert [hook["id"] for hook in hooks] == ["reconciler-validate"]
+    assert [hook["id"] for hook in hooks] == ["reconciler-validate", "reconciler-fmt"]
     assert hooks[0]["entry"] == "reconciler validate" and hooks[0]["pass_filenames"] is False
+    assert hooks[1]["entry"] == "reconciler fmt" and hooks[1]["pass_filenames"] is False

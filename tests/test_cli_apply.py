@@ -322,7 +322,7 @@ def test_every_command_help_shows_an_example():
     commands = [[name] for name in cli.commands if name != "state"]
     commands += [["state", name] for name in cli.commands["state"].commands]
     # Every command SPEC names is here (a renamed or lost one fails this), each with an example.
-    assert {"validate", "plan", "apply", "drift", "import", "history", "schema", "sandbox"} <= set(
+    assert {"validate", "plan", "apply", "drift", "import", "history", "schema", "fmt", "sandbox"} <= set(
         cli.commands
     )
     assert {"list", "show", "rm", "mv", "unlock", "migrate"} <= set(cli.commands["state"].commands)

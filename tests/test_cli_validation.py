@@ -156,7 +156,7 @@ CASES = [
         "profiles/link.yaml: is a symlink leading outside profiles_dir",
     ),
     ("file over 64 KiB", profile("# " + "x" * 70_000 + "\nabout: x\n"), "the limit is 65,536"),
-    ("control character", profile('about: "bell\\a"\n'), f"{FILE_A}:2:8: control character U+0007"),
+    ("control character", profile('about: "bell\\a"\n'), f"{FILE_A}:2:8: about: control character U+0007"),
     ("python tag", profile("about: !!python/object/apply:os.system [ls]\n"), "is not allowed"),
     ("alias bomb", profile(LAUGHS), "expands to more than"),
     (

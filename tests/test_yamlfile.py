@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from reconciler.errors import ValidationFailed
-from reconciler.yamlfile import MAX_FILE_BYTES, load_mapping, parse_mapping
+from reconciler.yamlfile import MAX_FILE_BYTES, _Composer, load_mapping, parse_mapping
 
 
 def problems(text: str) -> list[str]:
@@ -29,9 +32,9 @@ def test_scalars_that_are_not_strings_keep_their_source_text():
 
 
 def test_every_problem_in_a_file_is_reported_not_just_the_first():
-    assert problems('a: 1\na: 2\nb: "\\a"\n') == [
+    assert problems("a: 1\na: 2\nb: !!binary aGk=\n") == [
         "f.yaml:2:1: duplicate key 'a' (first set on line 1)",
-        "f.yaml:3:4: control character U+0007 in a value",
+        "f.yaml:3:4: the tag tag:yaml.org,2002:binary is not allowed; only plain YAML values",
     ]
 
 
@@ -56,3 +59,48 @@ def test_the_size_limit_is_checked_before_parsing(tmp_path):
     big.write_bytes(b"a: " + b"x" * MAX_FILE_BYTES + b"\n")
     with pytest.raises(ValidationFailed, match="the limit is 65,536"):
         load_mapping(big, "big.yaml")
+
+
+RESOLVER_SAMPLES = [
+    "",
+    "yes",
+    "No",
+    "on",
+    "~",
+    "null",
+    "1",
+    "-1_0",
+    "0x1F",
+    "0o17",
+    "012",
+    "1e3",
+    "1.5e3",
+    ".inf",
+    "-.Inf",
+    ".nan",
+    "12:30:00",
+    "2024-01-01",
+    "2024-01-01 10:00:00Z",
+    "<<",
+    "=",
+    "+14155550100",
+    "text",
+    "y",
+    "n",
+    "True",
+    "FALSE",
+    "0b101",
+    "+.5",
+    "._",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    value=st.one_of(st.sampled_from(RESOLVER_SAMPLES), st.text(max_size=12)),
+    implicit=st.tuples(st.booleans(), st.booleans()),
+    kind=st.sampled_from([yaml.ScalarNode, yaml.SequenceNode, yaml.MappingNode]),
+)
+def test_the_composer_resolves_every_tag_as_pyyaml_does(value, implicit, kind):
+    ours = _Composer("").resolve(kind, value, implicit)
+    assert ours == yaml.resolver.Resolver().resolve(kind, value, implicit)
