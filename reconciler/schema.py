@@ -406,14 +406,24 @@ def _unknown_key(key: str, known: list[str]) -> str:
     return f"unknown key '{key}'{did_you_mean(key, known)}"
 
 
-_TYPE_NAMES = {bool: "a boolean", int: "a number", float: "a number", type(None): "empty (null)"}
+_TYPE_NAMES = {
+    bool: "a boolean",
+    int: "a number",
+    float: "a number",
+    type(None): "empty (null)",
+    str: "text",
+    dict: "a mapping",
+    list: "a list",
+}
 
 
 def _type_message(expected: str | list[str], value: Any, raw: str | None) -> str:
     wanted = {"string": "text", "object": "a mapping", "integer": "a whole number", "number": "a number"}
     expected_name = wanted.get(expected, expected) if isinstance(expected, str) else " or ".join(expected)
-    got = _TYPE_NAMES.get(type(value)) or {dict: "a mapping", list: "a list"}.get(type(value), "a date")
+    got = _TYPE_NAMES.get(type(value), "a date")  # YAML's timestamps are the only other type we build
     message = f"expected {expected_name}, got {got}"
+    if got == "text" and raw is None and isinstance(value, str):
+        message += f" ('{value}')"
     if expected == "string" and raw is not None:
         message += f'; write it in quotes ("{raw}") if you mean the text'
     return message

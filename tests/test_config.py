@@ -62,3 +62,16 @@ def test_a_config_with_hundreds_of_accounts_loads(tmp_path, monkeypatch):
     (tmp_path / "reconciler.yaml").write_text("accounts:\n" + accounts)
     monkeypatch.chdir(tmp_path)
     assert len(load_config().accounts) == 600
+
+
+def test_text_where_a_number_belongs_is_called_text_not_a_date(tmp_path, monkeypatch):
+    (tmp_path / "reconciler.yaml").write_text(
+        "retry:\n  timeout_s: 1e309\naccounts:\n  main: {sid: HX1, waba_id: '1', pod: in}\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationFailed) as failed:
+        load_config()
+    assert (
+        str(failed.value.problems[0])
+        == "reconciler.yaml:2:14: timeout_s: expected a number, got text ('1e309')"
+    )
