@@ -263,7 +263,7 @@ class Sandbox:
         if body is None:
             return PAYLOAD
         phone_number = body.get("phone_number", "")
-        if not re.match(E164, phone_number):
+        if not re.fullmatch(E164, phone_number):
             return wa400("please provide valid phone_number")
         with self.lock:
             if phone_number not in account.numbers:
@@ -379,7 +379,7 @@ def _payload(content_type: str, raw: bytes) -> dict[str, str] | None:
 
 
 def _field_problem(body: dict[str, str]) -> str | None:
-    if body.get("email") and not re.match(EMAIL, body["email"]):
+    if body.get("email") and not re.fullmatch(EMAIL, body["email"]):
         return "invalid email format"
     for name, limit in (("description", 256), ("address", 256)):
         if len(body.get(name, "")) > limit:

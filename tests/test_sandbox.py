@@ -377,3 +377,24 @@ def start_sandbox_command(project, *args):
     assert "listening on http://127.0.0.1:" in line, line
     process.url = line.split("listening on ")[1].split()[0]
     return process
+
+
+def test_the_sandbox_only_listens_on_loopback(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from reconciler.cli import cli
+
+    (tmp_path / "reconciler.yaml").write_text("accounts:\n  main: {sid: HX1, waba_id: '1', pod: in}\n")
+    (tmp_path / "profiles").mkdir()
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["sandbox", "--host", "0.0.0.0", "--port", "0"])
+    assert result.exit_code == 1 and "not a loopback address" in result.output + result.stderr
+
+
+def test_the_sandbox_refuses_a_trailing_newline_as_kaleyra_would(tmp_path):
+    from reconciler.sandbox import Sandbox, SandboxAccount
+
+    held = Sandbox([SandboxAccount("HX1", "1", {"+14155550100": {}})])
+    for body in ({"phone_number": "+14155550100\n"}, {"phone_number": "+14155550100", "email": "a@b.co\n"}):
+        answer = held.update("HX1", "1", "some-key-123", "application/json", json.dumps(body).encode())
+        assert answer["code"] == "WA400", body

@@ -1,0 +1,334 @@
+"""`reconciler apply` and `reconciler import`: the commands that change the state.
+
+Thin click commands: they check, ask, then hand the plan to `apply.apply_plan` under the state lock;
+every error becomes a message and exit code 1 in `cli.ReconcilerGroup.main`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import audit, render
+from .apply import (
+    ApplyReport,
+    SignalGuard,
+    api_keys,
+    apply_plan,
+    check_safety,
+    entry_after,
+    refuse_key_leaks,
+)
+from .cli import (
+    APPLY_FORMATS,
+    Checksum,
+    Rate,
+    cli,
+    echo,
+    load_desired,
+    load_state,
+    lock_timeout_option,
+    notify,
+    request_log,
+    running_as_program,
+    selection_of,
+    selection_options,
+    verbose_option,
+)
+from .config import Config
+from .errors import ReconcilerError, StalePlan
+from .escape import escape
+from .kaleyra import KaleyraClient
+from .plan import Change, Plan, compute_plan, differences
+from .profiles import Profile
+from .state import Entry, RecordingFailed, State, Store, locked, open_store
+
+
+@cli.command()
+@click.argument("plan_file", required=False, type=click.Path(exists=True, dir_okay=False))
+@click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
+@selection_options
+@click.option("--parallelism", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--max-rps", type=Rate(), help="Hard cap on requests per second (0.01 to 10,000).")
+@click.option("--checksum", type=Checksum(), help="Refuse unless the fresh plan has this checksum.")
+@click.option(
+    "--force", is_flag=True, help="Apply beyond safety.max_changes, or a plan dropping every number."
+)
+@click.option("--format", "output", type=APPLY_FORMATS, default="text", show_default=True)
+@lock_timeout_option
+@verbose_option
+@click.pass_context
+def apply(
+    ctx: click.Context,
+    plan_file: str | None,
+    auto_approve: bool,
+    targets: tuple[str, ...],
+    excludes: tuple[str, ...],
+    parallelism: int,
+    max_rps: float | None,
+    checksum: str | None,
+    force: bool,
+    output: str,
+    lock_timeout: float,
+) -> int:
+    """Send the changes to Kaleyra and record each success in the state.
+
+    \b
+    Examples:
+      reconciler apply                          # plan, show, ask, send
+      reconciler apply plan.json                # exactly a saved plan
+      reconciler apply --checksum 3fa9... --auto-approve   # exactly what reviewers saw
+    """
+    if plan_file and (targets or excludes):
+        raise click.UsageError(
+            "--target and --exclude cannot be combined with a saved plan (it records its own selection)"
+        )
+    config, profiles = load_desired(ctx)
+    store = open_store(config)
+    stop = threading.Event()
+    in_flight = (
+        f"finishing the requests in flight (each within {config.retry.timeout_s:g} s) and recording them"
+    )
+    # Signals are deferred from the first PUT until the report is printed and the lock released.
+    with SignalGuard(stop, in_flight, ignore_after=running_as_program()) as guard:
+        # The plan is computed only once the lock is held: after a wait, it is a fresh plan.
+        with locked(store, "apply", lock_timeout, notify):
+            state = load_state(config, store)
+            if plan_file:
+                the_plan = _reviewed_plan(plan_file, profiles, state, config)
+            else:
+                selection = selection_of(config, targets, excludes)
+                the_plan = compute_plan(profiles, state, selection, config.waba_keys())
+            if checksum and the_plan.checksum != checksum:
+                raise StalePlan(
+                    f"stale plan: the plan is now {the_plan.checksum}, not the reviewed {checksum}; "
+                    "the state or the profiles changed since. Review the new plan"
+                )
+            if not the_plan.changes:
+                _show_report(ApplyReport(), the_plan, output)
+                return 0
+            check_safety(the_plan, state, config.max_changes, force)
+            keys = api_keys(the_plan, config)
+            if output == "text":
+                echo(render.plan_text(the_plan))
+            if not (plan_file or checksum or auto_approve):
+                if output != "text":  # nobody approves a plan they were not shown
+                    echo(render.plan_text(the_plan), err=True)
+                _confirm("Apply these changes?")
+            guard.activate()
+            report = _send(ctx, the_plan, config, store, state, keys, parallelism, max_rps, output, stop)
+        _show_report(report, the_plan, output)
+    return 0 if report.ok else 1
+
+
+def _send(
+    ctx: click.Context,
+    the_plan: Plan,
+    config: Config,
+    store: Store,
+    state: State,
+    keys: dict[str, str],
+    parallelism: int,
+    max_rps: float | None,
+    output: str,
+    stop: threading.Event,
+) -> ApplyReport:
+    """Run the plan; every result Kaleyra accepted is recorded, or printed as unrecorded."""
+    audit_log = audit.open_audit(config)
+    progress = render.ApplyProgress(len(the_plan.changes), output, echo)
+    report: ApplyReport | None = None
+    try:
+        # One stop event: a signal also ends the client's retries, backoff sleeps and pace waits at once.
+        client = KaleyraClient(
+            config.retry, max_connections=parallelism, max_rps=max_rps, log=request_log(ctx), stop=stop
+        )
+        with client, store.writer(state) as journal:
+            report = apply_plan(
+                the_plan,
+                config,
+                state,
+                journal,
+                audit_log,
+                client,
+                keys,
+                parallelism=parallelism,
+                stop=stop,
+                progress=progress,
+            )
+    except (RecordingFailed, OSError) as failure:
+        if report is None:
+            raise  # before the first PUT: nothing was sent
+        # Compaction failed: every success is still in the journal, which the next command replays.
+        report.recording_failure = report.recording_failure or (
+            f"the state could not be rewritten ({failure}); its journal {store.journal_where()} "
+            "keeps every success and the next command replays it"
+        )
+    finally:
+        try:
+            audit_log.close()
+        except RecordingFailed as failure:
+            if report is None:
+                raise
+            report.recording_failure = report.recording_failure or str(failure)
+    return report
+
+
+def _show_report(report: ApplyReport, plan: Plan, output: str) -> None:
+    if report.recording_failure or report.output_failure:  # on stderr whatever the format
+        echo(render.recording_failure_text(report), err=True)
+    if output == "json":
+        echo(render.report_json(report, plan))
+    elif output == "jsonl":
+        echo(render.report_jsonl_summary(report, plan))
+    elif output == "markdown":
+        echo(render.report_markdown(report, plan))
+    elif plan.changes:
+        echo(render.failures_text(report), err=True)  # errors go to stderr, the summary to stdout
+        echo(render.report_text(report))
+    else:
+        echo(render.plan_text(plan))  # nothing to do: "No changes."
+
+
+def _reviewed_plan(plan_file: str, profiles: dict[str, Profile], state: State, config: Config) -> Plan:
+    """The plan to apply for a saved plan file: a FRESH plan, and only if it equals the saved one.
+
+    The file's own checksum proves nothing (anyone can recompute a sha256), so the file is only a
+    statement of what was reviewed; what is sent is computed now, and must match it exactly.
+    """
+    try:
+        document = json.loads(Path(plan_file).read_bytes())
+    except (OSError, ValueError, RecursionError) as error:
+        raise ReconcilerError(f"{plan_file}: not a readable saved plan ({error})") from None
+    try:
+        saved = Plan.from_saved(document)
+    except ReconcilerError as error:
+        raise ReconcilerError(f"{plan_file}: {error}") from None
+    if (saved.lineage, saved.serial) != (state.lineage, state.serial):
+        raise StalePlan(
+            f"stale plan: {plan_file} was made against state serial {saved.serial} "
+            f"(lineage {saved.lineage}), the state is now serial {state.serial} (lineage {state.lineage}); "
+            "run `reconciler plan` again"
+        )
+    selection = selection_of(config, saved.targets, saved.excludes)
+    fresh = compute_plan(profiles, state, selection, config.waba_keys())
+    if fresh.profiles_digest != saved.profiles_digest:
+        raise StalePlan(
+            f"stale plan: the profiles changed since {plan_file} was made; run `reconciler plan` again"
+        )
+    found = differences(saved, fresh)
+    if found:
+        raise StalePlan(
+            f"stale plan: {plan_file} does not match a fresh plan of the same state and profiles "
+            "(was it edited?); nothing was sent. What differs:",
+            found,
+        )
+    return fresh
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def _confirm(question: str) -> None:
+    if not _interactive():
+        raise ReconcilerError(
+            "no terminal to ask for confirmation; pass --auto-approve (nothing was changed)"
+        )
+    if not click.confirm(question, default=False, err=True):
+        raise click.exceptions.Abort()
+
+
+@cli.command(name="import")
+@selection_options
+@click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
+@lock_timeout_option
+@verbose_option
+@click.pass_context
+def import_(
+    ctx: click.Context,
+    targets: tuple[str, ...],
+    excludes: tuple[str, ...],
+    auto_approve: bool,
+    lock_timeout: float,
+) -> int:
+    """Adopt numbers with no state entry whose YAML is already live: record it as applied, send nothing.
+
+    Numbers the state already manages are listed and skipped: an edit of one is applied with `apply`.
+
+    \b
+    Example (numbers set up by hand before the reconciler):
+      reconciler import --target +14155550100 --auto-approve
+    """
+    config, profiles = load_desired(ctx)
+    store = open_store(config)
+    with locked(store, "import", lock_timeout, notify):
+        state = load_state(config, store)
+        the_plan = compute_plan(profiles, state, selection_of(config, targets, excludes), config.waba_keys())
+        adopted = [
+            c for c in the_plan.changes if c.action == "create" and c.phone_number not in state.entries
+        ]
+        for change in the_plan.changes:
+            if change not in adopted:
+                echo(escape(f"  skip   {change.phone_number} ({change.account}): {_why_skipped(change)}\n"))
+        if not adopted:
+            echo("Nothing to import: every profile already has a state entry.\n")
+            return 0
+        refuse_key_leaks(adopted)
+        for change in adopted:
+            echo(f"  import {change.phone_number} ({change.account}): {len(change.fields)} field(s)\n")
+        if not auto_approve:
+            _confirm(f"Record these {len(adopted)} number(s) as applied without sending anything?")
+        actor = audit.who(config.path.parent)
+        message = "imported: recorded as applied, nothing sent"
+        record_locally(
+            config,
+            store,
+            state,
+            [(change.phone_number, entry_after(change, state)) for change in adopted],
+            [audit.record(change, "IMPORTED", message, actor) for change in adopted],
+        )
+    echo(f"Imported {len(adopted)} number(s); nothing was sent.\n")
+    return 0
+
+
+def record_locally(
+    config: Config,
+    store: Store,
+    state: State,
+    entries: list[tuple[str, Entry | None]],
+    audit_records: list[dict[str, Any]],
+) -> None:
+    """Record changes that send nothing (import, state rm/mv): both files proven writable first, then
+    the state, then the audit log. If only the audit log fails, say plainly that the state changed."""
+    audit_log = audit.open_audit(config)
+    try:
+        with store.writer(state) as journal:
+            journal.open()
+            audit_log.open()
+            journal.record(entries)
+            try:
+                audit_log.append(audit_records)
+            except RecordingFailed as failure:
+                raise ReconcilerError(
+                    f"the state WAS changed ({len(entries)} number(s)), but the audit log could not "
+                    f"record it: {failure}"
+                ) from None
+    except BaseException:
+        with contextlib.suppress(RecordingFailed):
+            audit_log.close()
+        raise
+    audit_log.close()
+
+
+def _why_skipped(change: Change) -> str:
+    if change.action == "forget":
+        return "in the state with no profile; `reconciler apply` forgets it"
+    if change.moved_from:
+        return f"managed under {change.moved_from}; `reconciler apply` sends it to its new account"
+    return f"already managed, {change.action} pending; `reconciler apply` applies it"

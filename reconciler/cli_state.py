@@ -1,0 +1,187 @@
+"""`reconciler state ...` and `reconciler history`: inspect and maintain the applied state.
+
+Hand edits (`state rm`, `state mv`) are worked out in `stateedit` and recorded like an apply: under
+the lock, journaled and audited.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import click
+
+from . import audit, render, stateedit
+from .cli import PHONE, cli, config_of, echo, lock_timeout_option, notify, verbose_option
+from .cli_apply import record_locally
+from .config import Config
+from .errors import ReconcilerError
+from .escape import escape, json_text
+from .state import State, locked, open_store, unlock
+
+
+@cli.group()
+def state() -> None:
+    """Inspect and maintain the applied state: list, show, rm, mv, unlock.
+
+    \b
+    Examples:
+      reconciler state list
+      reconciler state show +14155550100
+      reconciler state rm +14155550100
+      reconciler state mv old-label new-label
+      reconciler state unlock --force
+    """
+
+
+@state.command(name="list")
+@click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@verbose_option
+@click.pass_context
+def state_list(ctx: click.Context, output: str) -> int:
+    """List every number in the applied state.
+
+    \b
+    Example:
+      reconciler state list --format json | jq '.numbers | keys'
+    """
+    current = open_store(config_of(ctx)).load()
+    echo(
+        json_text(current.to_json(), indent=2) + "\n" if output == "json" else render.state_list_text(current)
+    )
+    return 0
+
+
+@state.command(name="show")
+@click.argument("phone_number", type=PHONE)
+@verbose_option
+@click.pass_context
+def state_show(ctx: click.Context, phone_number: str) -> int:
+    """Show what was applied to one number.
+
+    \b
+    Example:
+      reconciler state show +14155550100
+    """
+    current = open_store(config_of(ctx)).load()
+    entry = current.entries.get(phone_number)
+    if entry is None:
+        raise ReconcilerError(f"{phone_number}: not in the state (nothing applied or imported yet)")
+    echo(render.entry_text(phone_number, entry))
+    return 0
+
+
+@state.command(name="rm")
+@click.argument("phone_numbers", nargs=-1, required=True, type=PHONE)
+@verbose_option
+@click.pass_context
+def state_rm(ctx: click.Context, phone_numbers: tuple[str, ...]) -> int:
+    """Stop managing numbers without touching their profiles or sending anything.
+
+    Their profiles, if they still exist, plan as creates afterwards.
+
+    \b
+    Example:
+      reconciler state rm +14155550100 +14155550101
+    """
+    return _edit_state(ctx, "state rm", lambda state, config: stateedit.remove(state, list(phone_numbers)))
+
+
+@state.command(name="mv")
+@click.argument("old")
+@click.argument("new")
+@verbose_option
+@click.pass_context
+def state_mv(ctx: click.Context, old: str, new: str) -> int:
+    """Rename account label OLD to NEW in the state, after renaming it in reconciler.yaml.
+
+    Refused unless NEW has the sid and waba_id the numbers were applied to, so a real move to another
+    WABA is still sent in full. Nothing is sent.
+
+    \b
+    Example (acme-in was renamed acme-india in reconciler.yaml):
+      reconciler state mv acme-in acme-india
+    """
+    return _edit_state(
+        ctx, "state mv", lambda state, config: stateedit.rename_account(state, old, new, config)
+    )
+
+
+def _edit_state(
+    ctx: click.Context, command: str, work_out: Callable[[State, Config], list[stateedit.Edit]]
+) -> int:
+    """Record a hand edit of the state like an apply: under the lock, journaled, audited."""
+    config = config_of(ctx)
+    store = open_store(config)
+    with locked(store, command):
+        state = store.load()
+        edits = work_out(state, config)
+        actor = audit.who(config.path.parent)
+        record_locally(
+            config,
+            store,
+            state,
+            [(edit.phone_number, edit.entry) for edit in edits],
+            [
+                audit.entry(edit.phone_number, edit.account, command, edit.fields, "-", edit.message, actor)
+                for edit in edits
+            ],
+        )
+    for edit in edits:
+        echo(escape(f"  {command[6:]}  {edit.phone_number}: {edit.message}") + "\n")
+    echo(f"{len(edits)} number(s) changed in the state; nothing was sent.\n")
+    return 0
+
+
+@state.command(name="unlock")
+@click.option("--force", is_flag=True, help="Remove the lock even if its holder may still be running.")
+@verbose_option
+@click.pass_context
+def state_unlock(ctx: click.Context, force: bool) -> int:
+    """Clear a stale lock left by a run that died (--force: any lock; be sure no run is active).
+
+    \b
+    Example:
+      reconciler state unlock
+    """
+    echo(escape(unlock(open_store(config_of(ctx)), force)) + "\n")
+    return 0
+
+
+@state.command(name="migrate")
+@click.option(
+    "--to", "to", type=click.Choice(["s3", "local"]), required=True, help="Where to copy the state."
+)
+@lock_timeout_option
+@verbose_option
+@click.pass_context
+def state_migrate(ctx: click.Context, to: str, lock_timeout: float) -> int:
+    """Copy the state and its audit log between state.path and the S3 object state describes.
+
+    Both locks are held while copying; a target holding another state (lineage) is never overwritten.
+
+    \b
+    Example (moving to S3; then set `state.backend: s3`):
+      reconciler state migrate --to s3
+    """
+    from .migrate import migrate
+
+    echo(migrate(config_of(ctx), to, lock_timeout, notify) + "\n")
+    return 0
+
+
+@cli.command()
+@click.argument("phone_number", required=False, type=PHONE)
+@click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@verbose_option
+@click.pass_context
+def history(ctx: click.Context, phone_number: str | None, output: str) -> int:
+    """The audit log: who changed what, when, with which result (newest last).
+
+    \b
+    Examples:
+      reconciler history
+      reconciler history +14155550100
+    """
+    records = list(audit.open_audit(config_of(ctx)).read(phone_number))
+    echo(json_text(records, indent=2) + "\n" if output == "json" else render.history_text(records))
+    return 0

@@ -1,0 +1,190 @@
+"""`reconciler schema`, `reconciler fmt` and `reconciler sandbox`: tools around the main flow."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+import click
+
+from . import schema
+from .cli import cli, config_of, echo, load_desired, verbose_option
+from .errors import ReconcilerError
+from .escape import escape
+
+
+@cli.command(name="schema")
+@click.argument("kind", type=click.Choice(sorted(schema.SCHEMAS)), default="profile")
+def schema_command(kind: str) -> int:
+    """Print a JSON Schema (profile or config).
+
+    \b
+    Example:
+      reconciler schema config > schemas/config.schema.json
+    """
+    echo(json.dumps(schema.SCHEMAS[kind](), indent=2) + "\n")
+    return 0
+
+
+@cli.command(name="fmt")
+@click.option(
+    "--check", is_flag=True, help="Rewrite nothing; list the files that would change, exit 1 if any."
+)
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.pass_context
+def fmt_command(ctx: click.Context, check: bool, paths: tuple[str, ...]) -> int:
+    """Rewrite profiles in canonical form (key order, quoting), values and comments unchanged.
+
+    Without PATHs, every profile under profiles_dir; with PATHs, those files and folders.
+
+    \b
+    Examples:
+      reconciler fmt
+      reconciler fmt --check profiles/acme-in
+    """
+    from . import fmt
+
+    report = fmt.run(paths, None if paths else config_of(ctx).profiles_dir, check=check)
+    for line in report.summary(check):
+        echo(escape(line) + "\n")
+    for line in report.errors():
+        echo(escape(line) + "\n", err=True)
+    return report.exit_code(check)
+
+
+# --- sandbox --------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="A loopback address: the sandbox accepts any key."
+)
+@click.option(
+    "--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0 picks a free port."
+)
+@click.option("--latency-ms", type=click.FloatRange(min=0), default=0, show_default=True)
+@click.option(
+    "--fail-rate", type=click.FloatRange(0, 1), default=0, show_default=True, help="Share of failures."
+)
+@click.option(
+    "--faults",
+    default="wa500",
+    show_default=True,
+    metavar="LIST",
+    help="How failures look, comma-separated: wa500, 429 (with Retry-After), drop (connection closed).",
+)
+@click.option(
+    "--retry-after",
+    default="1",
+    show_default=True,
+    metavar="SECONDS|none",
+    help="Retry-After header of every 429 (whole seconds); 'none' sends 429s without it.",
+)
+@click.option(
+    "--rate-limit",
+    type=click.FloatRange(min=0, min_open=True, max=100_000),
+    metavar="RPS",
+    help="Requests per second per account (sid), a token bucket; beyond it, 429.",
+)
+@click.option(
+    "--burst", type=click.IntRange(1, 100_000), help="Requests the bucket allows at once [default: RPS]."
+)
+@click.option(
+    "--data", "data_file", type=click.Path(dir_okay=False), help="Provision from / persist to this JSON."
+)
+@click.option(
+    "--callback-profiles",
+    "callback_file",
+    type=click.Path(dir_okay=False, exists=True),
+    help="JSON of more callback profiles, with their status (1 active, 2 auto-disabled, 3 disabled).",
+)
+@click.option(
+    "--api-key", "api_key", metavar="KEY", help="Require this key (default: accept any non-empty key)."
+)
+@click.option("--seed", type=int, help="Seed the fault dice, for repeatable runs.")
+@verbose_option
+@click.pass_context
+def sandbox(
+    ctx: click.Context,
+    host: str,
+    port: int,
+    latency_ms: float,
+    fail_rate: float,
+    faults: str,
+    retry_after: str,
+    rate_limit: float | None,
+    burst: int | None,
+    data_file: str | None,
+    callback_file: str | None,
+    api_key: str | None,
+    seed: int | None,
+) -> int:
+    """Serve a local Kaleyra emulator, provisioned from reconciler.yaml and the profiles.
+
+    \b
+    Example:
+      reconciler sandbox --port 8080 &
+      KALEYRA_ENDPOINT=http://127.0.0.1:8080 KALEYRA_API_KEY=demo-key-123 reconciler apply --auto-approve
+    """
+    from . import sandbox as emulator
+
+    kinds = tuple(kind.strip() for kind in faults.split(",") if kind.strip())
+    unknown = [kind for kind in kinds if kind not in emulator.FAULTS]
+    if unknown or not kinds:
+        raise click.BadParameter(
+            f"unknown fault {unknown[0] if unknown else '(none)'}; use {', '.join(emulator.FAULTS)}"
+        )
+    if rate_limit is not None and not rate_limit < float("inf"):  # FloatRange lets nan through
+        raise click.BadParameter(f"{rate_limit} is not a number of requests", param_hint="--rate-limit")
+    if not emulator.RETRY_AFTER.fullmatch(retry_after):
+        raise click.BadParameter(f"'{retry_after}': give whole seconds or none", param_hint="--retry-after")
+    options = {
+        "api_key": api_key or None,
+        "latency_ms": latency_ms,
+        "fail_rate": fail_rate,
+        "faults": kinds,
+        "retry_after_s": None if retry_after == "none" else int(retry_after),
+        "seed": seed,
+        "rate_limit": rate_limit,
+        "burst": burst,
+    }
+    if data_file:
+        held = emulator.Sandbox.from_file(Path(data_file), **options)
+    else:
+        config, profiles = load_desired(ctx)
+        held = emulator.Sandbox(emulator.provision(config, profiles), **options)
+        held.callback_profiles = emulator.provision_callback_profiles(config, profiles, held.accounts)
+    if callback_file:
+        emulator.load_callback_profiles(Path(callback_file), held.callback_profiles)
+    try:
+        if not _loopback(host):
+            raise click.BadParameter(
+                f"{host!r} is not a loopback address; the sandbox accepts any API key and stores what it is "
+                "sent, so it only listens on 127.0.0.1, ::1 or localhost",
+                param_hint="--host",
+            )
+        server = emulator.make_server(held, host, port, verbose=bool(ctx.obj.get("verbose")))
+    except OSError as error:
+        raise ReconcilerError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+    numbers = sum(len(account.numbers) for account in held.accounts)
+    echo(
+        f"Kaleyra sandbox listening on {server.url} ({len(held.accounts)} account(s), {numbers} number(s))\n",
+        err=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
