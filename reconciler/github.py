@@ -9,7 +9,9 @@ bash steps make the `gh` calls and pass their JSON in, so each rule lives in one
 - errors of `validate` and `plan` are shown escaped, never as markup;
 - only the workflow bot's own comment (login and type Bot) is the plan comment, and only its checksum
   is the reviewed one;
-- a pull request that edits the state file is flagged with the numbers whose entries it changes.
+- a pull request that edits the state file is flagged with the numbers whose entries it changes;
+- a pull request that changes where the state is kept (the `state:` section of reconciler.yaml) is
+  flagged, and its plan is made against the default branch's state location, not the new one.
 """
 
 from __future__ import annotations
@@ -147,6 +149,81 @@ def state_edit_flag(path: str, before: str | None, after: str | None, trusted_so
     return "\n".join(lines) + "\n"
 
 
+# --- the state-location flag ------------------------------------------------------------------------
+
+# What says where the applied state is kept. A change to any of them makes the plan read another state
+# (or, with endpoint_url, ask another server), which could hide a change or blind the drift check.
+STATE_LOCATION = ("backend", "path", "bucket", "key", "region", "endpoint_url")
+STATE_DEFAULTS = {"backend": "local", "path": ".reconciler/state.json"}
+VALUE_CHARS = 200
+
+
+def state_location(section: Any) -> dict[str, str | None]:
+    """The `state:` section of a reconciler.yaml, with the defaults a missing setting means."""
+    section = section if isinstance(section, dict) else {}
+    return {
+        name: str(section[name]) if section.get(name) is not None else STATE_DEFAULTS.get(name)
+        for name in STATE_LOCATION
+    }
+
+
+def _setting(value: str | None) -> str:
+    if value is None:
+        return "_(not set)_"
+    return md(value if len(value) <= VALUE_CHARS else value[:VALUE_CHARS] + "…")
+
+
+def state_location_flag(before: Any, after: Any, config_name: str = "reconciler.yaml") -> str:
+    """Markdown for the top of the comment when a pull request changes where the state is kept ('' when
+    it does not). `before` and `after` are the `state:` sections of the base's and the pull request's
+    config (None: no such section, or no config)."""
+    old, new = state_location(before), state_location(after)
+    changed = [name for name in STATE_LOCATION if old[name] != new[name]]
+    if not changed:
+        return ""
+    settings = "; ".join(f"{name}: {_setting(old[name])} → {_setting(new[name])}" for name in changed)
+    return (
+        "> [!WARNING]\n"
+        f"> **This pull request changes where the applied state is kept** (`state:` in {md(config_name)}): "
+        f"{settings}.\n"
+        "> The plan below ignores that: it is made against the state where the default branch keeps it. "
+        "Once merged, apply reads the state at the new place and refuses unless its plan there is exactly "
+        "this one. A state kept elsewhere can hide a change from the plan or blind the drift check, so "
+        "review this with care.\n"
+    )
+
+
+def _state_section(path: str | None) -> tuple[bool, Any]:
+    """(loaded, its `state:` section) of a reconciler.yaml read as data; an absent file has none."""
+    from .errors import ReconcilerError
+    from .yamlfile import MAX_CONFIG_NODES, load_mapping
+
+    if not path or not Path(path).is_file():
+        return True, None
+    try:
+        return True, load_mapping(path, path, max_nodes=MAX_CONFIG_NODES).data.get("state")
+    except ReconcilerError:
+        return False, None
+
+
+def pin_state_location(config: str, base_section: Any) -> bool:
+    """Give the pull request's config (already validated) the base's `state:` section, so the plan is
+    made against the state where the default branch keeps it. True if the file was rewritten."""
+    import yaml
+
+    from .yamlfile import MAX_CONFIG_NODES, load_mapping
+
+    data = dict(load_mapping(config, config, max_nodes=MAX_CONFIG_NODES).data)
+    if state_location(data.get("state")) == state_location(base_section):
+        return False
+    if base_section is None:
+        data.pop("state", None)
+    else:
+        data["state"] = base_section
+    Path(config).write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
+    return True
+
+
 # --- the bot's own comment --------------------------------------------------------------------------
 
 
@@ -184,6 +261,18 @@ def reviewed_checksum(comment: dict[str, Any] | None) -> str | None:
 
 
 # --- where the state lives --------------------------------------------------------------------------
+
+
+def state_backend(config_file: str | None) -> str:
+    """`local` or `s3`: what state.backend in reconciler.yaml says (`local` when it does not load;
+    validate then says why)."""
+    from .config import load_config
+    from .errors import ReconcilerError
+
+    try:
+        return load_config(config_file).state_backend
+    except ReconcilerError:
+        return "local"
 
 
 def state_files(config_file: str | None) -> list[str]:
@@ -254,6 +343,16 @@ def main(argv: list[str] | None = None) -> int:
     files = commands.add_parser("state-files", help="print the state's files, one per line")
     files.add_argument("--config")
 
+    backend = commands.add_parser("state-backend", help="print state.backend: local or s3")
+    backend.add_argument("--config")
+
+    location = commands.add_parser("state-location", help="flag a pull request's move of the state")
+    location.add_argument("--base", help="the base branch's reconciler.yaml (absent: none)")
+    location.add_argument("--config", required=True, help="the pull request's reconciler.yaml")
+    location.add_argument(
+        "--pin", action="store_true", help="instead, give --config the base's state section"
+    )
+
     args = parser.parse_args(argv)
     if args.command == "body":
         marker = PLAN_MARKER if args.marker == "plan" else DRIFT_MARKER
@@ -288,6 +387,19 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "state-files":
         for path in state_files(args.config):
             print(path)
+    elif args.command == "state-backend":
+        print(state_backend(args.config))
+    elif args.command == "state-location":
+        base_loaded, base = _state_section(args.base)
+        loaded, section = _state_section(args.config)
+        if not base_loaded:
+            print(f"note: {args.base} does not load; trusting the default state location", file=sys.stderr)
+        if not loaded or not Path(args.config).is_file():
+            return 0  # validate says what is wrong with it, and there is no plan
+        if not args.pin:
+            sys.stdout.write(state_location_flag(base, section, Path(args.config).name))
+        elif pin_state_location(args.config, base):
+            print("note: the plan reads the state where the default branch keeps it", file=sys.stderr)
     return 0
 
 

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from .github import state_files
+from .github import state_backend, state_files
 
 BOT_NAME = "github-actions[bot]"
 BOT_EMAIL = "41898282+github-actions[bot]@users.noreply.github.com"
@@ -95,6 +95,8 @@ def fetch(branch: str, config: str | None) -> str:
     files = state_files(config)
     if not branch or not files:
         snapshot_file().write_text(json.dumps({name: _digest(Path(name)) for name in files}))
+        if state_backend(config) != "local":
+            return "The state is kept on S3 (state.backend s3), not in git: nothing to fetch."
         return "The state is not kept in git here; nothing fetched."
     clone = clone_dir()
     shutil.rmtree(clone, ignore_errors=True)
@@ -151,6 +153,8 @@ def save(branch: str, config: str | None, message: str) -> str:
     files = list(snapshot) or state_files(config)
     changed = [name for name in files if _digest(Path(name)) != snapshot.get(name)]
     if not changed:
+        if not files and state_backend(config) != "local":
+            return "The state is kept on S3 (state.backend s3), where apply wrote it: nothing to save in git."
         return "The state did not change; nothing to save."
     if not branch:
         _keep_unsaved(files, Path.cwd())

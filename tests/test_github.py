@@ -1,16 +1,23 @@
-"""reconciler.github: comment bodies within GitHub's limit, escaped errors, the bot's own comment."""
+"""reconciler.github: comment bodies within GitHub's limit, escaped errors, the bot's own comment,
+the flags for a pull request that edits the state or moves it."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pytest
+
+from reconciler.config import load_config
 from reconciler.github import (
     BODY_BYTES,
     PLAN_MARKER,
     assemble,
+    main,
     plan_comment,
     reviewed_checksum,
     state_edit_flag,
+    state_location_flag,
 )
 
 SHA = "ab" * 32
@@ -97,3 +104,107 @@ def test_the_state_edit_flag_names_the_numbers_whose_entries_change() -> None:
     assert state_edit_flag("s.json", before, before, "t") == ""
     assert "not a readable state file" in state_edit_flag("s.json", before, "{oops", "t")
     assert "adds the applied state" in state_edit_flag("s.json", None, before, "t")
+
+
+S3_STATE = {"backend": "s3", "bucket": "acme-reconciler", "key": "kaleyra/state.json", "region": "eu-west-1"}
+
+
+def test_the_state_location_flag_names_each_setting_a_pull_request_changes() -> None:
+    assert state_location_flag(S3_STATE, dict(S3_STATE)) == ""
+    # Defaults are what a missing setting means: writing them out is no move.
+    assert state_location_flag(None, {"path": ".reconciler/state.json", "backend": "local"}) == ""
+    flag = state_location_flag(S3_STATE, {**S3_STATE, "key": "kaleyra/other.json"})
+    assert flag.startswith("> [!WARNING]") and "changes where the applied state is kept" in flag
+    assert "key: kaleyra/other.json" not in flag, "each change shows both ends"
+    assert "key: kaleyra/state.json → kaleyra/other.json" in flag
+    assert "bucket" not in flag.split("):", 1)[1].split(".\n", 1)[0], "unchanged settings are not listed"
+    assert "made against the state where the default branch keeps it" in flag
+    moved = state_location_flag(S3_STATE, {**S3_STATE, "endpoint_url": "https://s3.example.net"})
+    assert "endpoint&#95;url" not in moved and "endpoint_url: _(not set)_ → https://s3.example.net" in moved
+    local = state_location_flag({"path": ".reconciler/state.json"}, {"path": "elsewhere/state.json"})
+    assert "path: .reconciler/state.json → elsewhere/state.json" in local
+    assert "backend: local → s3" in state_location_flag(None, S3_STATE)
+    assert "backend: s3 → local" in state_location_flag(S3_STATE, None)
+
+
+def test_the_state_location_flag_shows_a_pull_requests_values_as_escaped_text() -> None:
+    hostile = {**S3_STATE, "key": "x`|<img src=x>@everyone\u202e" + "k" * 500}
+    flag = state_location_flag(S3_STATE, hostile)
+    line = flag.splitlines()[1]
+    assert "<img" not in line and "@everyone" not in line and "\u202e" not in line and "|" not in line
+    assert "`" not in line.split("):", 1)[1]
+    assert len(line) < 1_000, "a long value is cut"
+
+
+def config_text(state: str) -> str:
+    return (
+        "profiles_dir: profiles\n"
+        f"{state}"
+        "accounts:\n"
+        "  acme-in:\n"
+        "    sid: HXAP16XXXXXX97IN\n"
+        '    waba_id: "766000000000001"\n'
+        "    pod: in\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "base_state",
+    [
+        "state:\n  backend: s3\n  bucket: acme-reconciler\n  key: kaleyra/state.json\n",
+        "state:\n  path: .reconciler/state.json\n",
+        None,  # the base has no reconciler.yaml: the default location is the trusted one
+    ],
+    ids=["s3", "local", "no-base-config"],
+)
+def test_state_location_flags_a_move_and_pins_the_plan_to_the_base_location(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    base_state: str | None,
+) -> None:
+    base = tmp_path / "base.yaml"
+    if base_state is not None:
+        base.write_text(config_text(base_state))
+    tree = tmp_path / "pull"
+    tree.mkdir()
+    config = tree / "reconciler.yaml"
+    config.write_text(
+        config_text(
+            "state:\n  backend: s3\n  bucket: attacker\n  key: k\n  endpoint_url: https://evil.example\n"
+        )
+    )
+    assert main(["state-location", "--base", str(base), "--config", str(config)]) == 0
+    flag = capsys.readouterr().out
+    assert "changes where the applied state is kept" in flag and "https://evil.example" in flag
+
+    assert main(["state-location", "--base", str(base), "--config", str(config), "--pin"]) == 0
+    assert capsys.readouterr().out == ""
+    monkeypatch.chdir(tree)
+    pinned = load_config(str(config))
+    expected = load_config(str(base)) if base_state is not None else None
+    if expected is None:
+        assert pinned.state_backend == "local" and pinned.state_path == tree / ".reconciler" / "state.json"
+    else:
+        assert pinned.state_backend == expected.state_backend and pinned.s3 == expected.s3
+        assert pinned.state_path.relative_to(tree) == expected.state_path.relative_to(tmp_path)
+    assert pinned.accounts["acme-in"].waba_id == "766000000000001", "the rest of the config is unchanged"
+    # Pinned, nothing moves any more: no flag, and pinning again leaves the file alone.
+    assert main(["state-location", "--base", str(base), "--config", str(config)]) == 0
+    assert capsys.readouterr().out == ""
+    before = config.read_bytes()
+    assert main(["state-location", "--base", str(base), "--config", str(config), "--pin"]) == 0
+    assert config.read_bytes() == before
+
+
+def test_state_location_leaves_a_config_that_does_not_load_to_validate(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = tmp_path / "base.yaml"
+    base.write_text(config_text("state:\n  path: .reconciler/state.json\n"))
+    broken = tmp_path / "reconciler.yaml"
+    broken.write_text("state: [unclosed\n")
+    for extra in ([], ["--pin"]):
+        assert main(["state-location", "--base", str(base), "--config", str(broken), *extra]) == 0
+        assert capsys.readouterr().out == ""
+    assert broken.read_text() == "state: [unclosed\n"

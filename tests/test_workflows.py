@@ -1,6 +1,7 @@
 """The shipped GitHub workflows, run end to end: an emulated runner, the real gh against a fake GitHub,
 reconciler sandbox as Kaleyra (tests/gha/). Each test is one chapter of the story in issue 10; the
-ones named after a defect fail on the workflows that came before action.yml.
+ones named after a defect fail on the workflows that came before action.yml. The last chapter keeps
+the state on S3 (issue 13): moto's S3 server, and AWS roles trusted as the README says.
 """
 
 from __future__ import annotations
@@ -9,6 +10,9 @@ import json
 import os
 import re
 import shutil
+import textwrap
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,22 +22,41 @@ import yaml
 from click.testing import CliRunner
 
 from reconciler.cli import cli
+from reconciler.lock import locked
 
+from conftest import AWS_ENV
 from gha.fakegithub import git
-from gha.world import EXTRA_NUMBERS, KEYS, MARKER, PEOPLE, PROJECT, World, seed_applied, state_on_branch
+from gha.runner import AwsSession
+from gha.world import (
+    APPLY_ROLE,
+    EXTRA_NUMBERS,
+    KEYS,
+    MARKER,
+    PEOPLE,
+    PROJECT,
+    READ_ROLE,
+    S3Setup,
+    World,
+    seed_applied,
+    state_on_branch,
+)
 
 CHECKSUM = re.compile(r"<!-- reconciler-checksum: ([0-9a-f]{64}) -->")
 SUPPORT = "profiles/acme-in/+914846000102.yaml"
 SALON = "profiles/acme-in/+919980000103.yaml"
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
+def need_gh() -> None:
     if shutil.which("gh") is None:
         message = "the workflow tests drive the real gh CLI: apt-get install gh (.ci/run does)"
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    need_gh()
     story = World(tmp_path)
     yield story
     story.close()
@@ -64,8 +87,11 @@ def only(runs: list[Any], workflow: str) -> Any:
     return matching[0]
 
 
-def fresh_plan(world: World, ref: str, state: dict[str, Any] | None) -> dict[str, Any]:
-    """`reconciler plan --format json` of a commit against a state, computed here, outside CI."""
+def fresh_plan(
+    world: World, ref: str, state: dict[str, Any] | None, env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`reconciler plan --format json` of a commit against a state (or, with the state on S3 and `env`
+    holding credentials, against the bucket), computed here, outside CI."""
     tree = world.root / f"plan-{ref[:12]}"
     shutil.rmtree(tree, ignore_errors=True)
     world._git("worktree", "add", "-q", "--detach", str(tree), ref)
@@ -75,7 +101,7 @@ def fresh_plan(world: World, ref: str, state: dict[str, Any] | None) -> dict[str
     old = Path.cwd()
     os.chdir(tree)
     try:
-        result = CliRunner().invoke(cli, ["plan", "--format", "json"], env={"NO_COLOR": "1"})
+        result = CliRunner().invoke(cli, ["plan", "--format", "json"], env={"NO_COLOR": "1", **(env or {})})
     finally:
         os.chdir(old)
     assert result.exit_code == 0, result.output
@@ -482,3 +508,355 @@ def test_the_shipped_workflows_are_thin_callers_of_the_action() -> None:
             steps = job["steps"]
             assert len(steps) <= 2 and steps[-1]["uses"] == "./", name
             assert not any("run" in step for step in steps), name
+
+
+# --- the state on S3 (issue 13) ---------------------------------------------------------------------
+
+STATE_KEY = "kaleyra/state.json"
+# The test's own credentials (an admin, outside CI), made at run time like KEYS: a leak is found.
+ADMIN_ENV = {**AWS_ENV, "AWS_SECRET_ACCESS_KEY": f"aDmInSeCrEt{os.urandom(8).hex()}"}
+PINNED_ACTION = "uses: <owner>/kaleyra-reconciler@<full commit sha> # <version>"
+CHECKOUT = "actions/checkout@fbc6f3992d24b796d5a048ff273f7fcc4a7b6c09 # v5.1.0"
+
+
+def readme_s3_section() -> str:
+    text = (PROJECT / "README.md").read_text()
+    start = text.index("### GitHub: OIDC roles, no stored AWS keys, nothing committed back")
+    return text[start : text.index("\n## ", start)]
+
+
+def readme_trust() -> dict[str, list[str]]:
+    """The trust policy the README gives both roles: the `sub` claims it allows."""
+    [block] = re.findall(r"```json\n(.*?)```", readme_s3_section(), re.DOTALL)
+    policy = json.loads(textwrap.dedent(block))
+    subjects = []
+    for statement in policy["Statement"]:
+        assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+        for test in ("StringEquals", "StringLike"):
+            value = statement["Condition"].get(test, {}).get("token.actions.githubusercontent.com:sub", [])
+            subjects += [value] if isinstance(value, str) else value
+    assert subjects
+    return {READ_ROLE: subjects, APPLY_ROLE: subjects}
+
+
+def readme_s3_workflows() -> dict[str, str]:
+    """The README's four workflows for a state on S3, with the action at this repository's root (`./`
+    needs a checkout, which a remote action does not)."""
+    found = re.findall(
+        r"`(\.github/workflows/[\w.-]+\.yml)`[^\n]*\n\n```yaml\n(.*?)```", readme_s3_section(), re.DOTALL
+    )
+    workflows = {}
+    for path, text in found:
+        assert PINNED_ACTION in text, path
+        if "actions/checkout@" not in text:
+            indent = text[: text.index(f"- {PINNED_ACTION}")].rsplit("\n", 1)[1]
+            checkout = (
+                f"- uses: {CHECKOUT}\n{indent}  with:\n{indent}    persist-credentials: false\n{indent}"
+            )
+            text = text.replace(f"- {PINNED_ACTION}", checkout + f"- {PINNED_ACTION}")
+        workflows[path] = text.replace(PINNED_ACTION, "uses: ./")
+    assert sorted(workflows) == sorted(
+        f".github/workflows/reconciler-{name}.yml" for name in ("plan", "plan-comment", "apply", "drift")
+    )
+    return workflows
+
+
+@pytest.fixture
+def s3_world(tmp_path: Path, s3_endpoint: str, s3_bucket: str) -> Iterator[World]:
+    need_gh()
+    story = World(tmp_path, S3Setup(s3_endpoint, s3_bucket, ADMIN_ENV, key=STATE_KEY, trust=readme_trust()))
+    yield story
+    story.close()
+
+
+def sessions(world: World, workflow: str) -> list[AwsSession]:
+    return [session for session in world.runner.aws_sessions if session.workflow == workflow]
+
+
+def assert_no_secret_anywhere(world: World) -> None:
+    """No Kaleyra key, no AWS secret or session token (the jobs' or the test's own) in any comment,
+    issue, summary, log, artifact, repository blob or bucket object."""
+    written = world.everything_written()
+    secrets = [*KEYS.values(), ADMIN_ENV["AWS_SECRET_ACCESS_KEY"]]
+    secrets += [value for session in world.runner.aws_sessions for value in (session.secret, session.token)]
+    assert world.runner.aws_sessions, "no job assumed a role"
+    for secret in secrets:
+        assert secret not in written
+
+
+def test_s3_a_pull_request_is_planned_against_the_bucket_by_the_comment_job_with_the_read_role(
+    s3_world: World,
+) -> None:
+    world = s3_world
+    seed_applied(world)
+    objects = world.s3_objects()
+    pull, runs = world.open_pr(edit(world, SUPPORT, "Order status and returns", "Order tracking"))
+    plan = only(runs, "reconciler plan")
+    assert plan.conclusion == "success", plan.job().log
+    assert "Validated only" in plan.job().summary and "reconciler-checksum" not in plan.job().summary
+    assert sessions(world, "reconciler plan") == [], "the pull request's own code holds no AWS role"
+
+    comment = only(runs, "reconciler plan comment")
+    assert comment.conclusion == "success", comment.job().log
+    assert comment.job().permissions["id-token"] == "write"
+    [session] = sessions(world, "reconciler plan comment")
+    assert session.role == READ_ROLE and session.subject == "repo:acme/profiles:ref:refs/heads/main"
+    body = plan_comment(world, pull["number"])["body"]
+    assert "Order tracking" in body and "changes where the applied state is kept" not in body
+    # The plan is the one against the bucket's state: one change (against no state, all five numbers
+    # would be created).
+    expected = fresh_plan(world, pull["merge_sha"], None, env=ADMIN_ENV)
+    assert len(expected["changes"]) == 1 and checksum_of(body) == expected["checksum"]
+    assert world.s3_objects() == objects, "reading the state wrote nothing to the bucket"
+    assert_no_secret_anywhere(world)
+
+
+@pytest.mark.parametrize("workflows", ["shipped", "readme"])
+def test_s3_a_merge_applies_with_the_write_role_and_commits_nothing_back(
+    s3_world: World, workflows: str
+) -> None:
+    world = s3_world
+    if workflows == "readme":
+        world.push_main(readme_s3_workflows(), "The README's workflows for a state on S3")
+    seed_applied(world)
+    world.hub.protect("main")
+    pull, _ = world.open_pr(edit(world, SUPPORT, "Order status and returns", "Applied from the bucket"))
+    assert "Applied from the bucket" in plan_comment(world, pull["number"])["body"]
+    refs = git("for-each-ref", cwd=world.hub.bare)
+    before, after = world.merge(pull, run=False)
+    merged_refs = git("for-each-ref", cwd=world.hub.bare)
+    # Meanwhile a run from another repository (or runner) holds the lock in the bucket, until apply has
+    # said (in the log its step keeps) that it waits for it (--lock-timeout); then apply plans afresh.
+    holding = threading.Event()
+
+    def another_run() -> None:
+        with locked(world.s3_store(), "apply (another repository)", 0, lambda _text: None):
+            holding.set()
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not any(
+                "waiting up to" in log.read_text(errors="replace")
+                for log in world.root.glob("runs/*-apply/temp/apply.log")
+            ):
+                time.sleep(0.1)
+
+    other = threading.Thread(target=another_run)
+    other.start()
+    assert holding.wait(30)
+    apply_run = only(world.push_event(before, after), "reconciler apply")
+    other.join()
+    job = apply_run.job()
+    assert apply_run.conclusion == "success", job.log
+    assert "waiting up to 600 s for the state lock, held by" in job.log, job.log
+    assert job.log.index("apply (another repository)") < job.log.index("Checksum:"), "planned after the wait"
+    [session] = sessions(world, "reconciler apply")
+    assert session.role == APPLY_ROLE and session.subject == "repo:acme/profiles:ref:refs/heads/main"
+    if workflows == "readme":
+        assert job.permissions == {"contents": "read", "pull-requests": "read", "id-token": "write"}
+
+    assert world.kaleyra_numbers()["+914846000102"]["description"] == "Applied from the bucket"
+    applied = world.s3_applied()
+    assert len(applied) == 5 and applied["+914846000102"]["description"] == "Applied from the bucket"
+    keys = set(world.s3_objects())
+    assert STATE_KEY in keys and f"{STATE_KEY}.lock" not in keys
+    assert not [key for key in keys if key.startswith(f"{STATE_KEY}.journal/")], "compacted at the end"
+    audit = [key for key in keys if key.startswith(f"{STATE_KEY}.audit/")]
+    assert len(audit) == 2, "the seed's audit object and this apply's"
+    # Nothing committed back: no ref moved but the merge itself, no state branch, no state on main,
+    # no artifact.
+    assert merged_refs != refs and git("for-each-ref", cwd=world.hub.bare) == merged_refs
+    assert "reconciler-state" not in merged_refs
+    assert world.show("refs/heads/main", ".reconciler/state.json") is None
+    assert not [name for (run_id, name) in world.runner.artifacts if run_id == apply_run.id]
+
+    # The next merge sends only its own change: apply read the state it left in the bucket.
+    puts = len(world.kaleyra_puts())
+    pull, _ = world.open_pr(edit(world, SALON, "Book a slot in seconds", "Book in seconds"), branch="next")
+    world.merge(pull)
+    assert world.runner.runs[-1].workflow == "reconciler apply"
+    assert world.runner.runs[-1].conclusion == "success", world.runner.runs[-1].job().log
+    assert [body["phone_number"] for body in world.kaleyra_puts()[puts:]] == ["+919980000103"]
+    assert world.s3_applied()["+919980000103"]["about"] == "Book in seconds"
+    assert_no_secret_anywhere(world)
+
+
+def test_s3_drift_reads_the_bucket_with_the_read_role(s3_world: World) -> None:
+    world = s3_world
+    seed_applied(world)
+    world.runner.skip.add(".github/workflows/reconciler-apply.yml")  # pushes to main without a PR
+    objects = world.s3_objects()
+    # No drift: the state in the bucket matches (against no state, every number would have drifted).
+    run = only(world.schedule(), "reconciler drift")
+    assert run.conclusion == "success", run.job().log
+    assert drift_issues(world) == []
+
+    world.push_main(edit(world, SUPPORT, "Order status and returns", "Drifted on S3"))
+    run = only(world.schedule(), "reconciler drift")
+    assert run.conclusion == "failure"
+    [issue] = drift_issues(world)
+    assert "Drifted on S3" in issue["body"] and "+914846000102" in issue["body"]
+    drift_sessions = sessions(world, "reconciler drift")
+    assert [s.role for s in drift_sessions] == [READ_ROLE, READ_ROLE]
+    assert world.s3_objects() == objects, "drift wrote nothing to the bucket"
+    assert_no_secret_anywhere(world)
+
+
+def test_s3_a_fork_pull_request_is_validated_without_credentials_and_planned_by_the_trusted_job(
+    s3_world: World,
+) -> None:
+    world = s3_world
+    seed_applied(world)
+    fork, runs = world.open_pr(
+        edit(world, SALON, "Book a slot in seconds", "From a fork"),
+        branch="main",
+        fork=True,
+        author="mallory",
+    )
+    plan = only(runs, "reconciler plan")
+    assert plan.conclusion == "success", plan.job().log
+    assert "Validated only" in plan.job().summary
+    assert sessions(world, "reconciler plan") == []
+    body = plan_comment(world, fork["number"])["body"]
+    assert "From a fork" in body
+    expected = fresh_plan(world, fork["merge_sha"], None, env=ADMIN_ENV)
+    assert len(expected["changes"]) == 1 and checksum_of(body) == expected["checksum"]
+    assert [s.role for s in sessions(world, "reconciler plan comment")] == [READ_ROLE]
+
+    # A fork's invalid file fails its plan job, with the error in the summary, still without AWS.
+    invalid = (
+        edit(world, SALON, "Book a slot in seconds", "Book a slot in seconds")[SALON] + "adress: nowhere\n"
+    )
+    _broken, runs = world.open_pr(
+        {SALON: invalid},
+        branch="broken",
+        fork=True,
+        author="mallory",
+    )
+    plan = only(runs, "reconciler plan")
+    assert plan.conclusion == "failure" and "adress" in plan.job().summary
+    assert "Validated only" not in plan.job().summary
+    assert sessions(world, "reconciler plan") == []
+
+
+@pytest.mark.parametrize("fork", [False, True], ids=["branch", "fork"])
+def test_s3_pull_request_code_cannot_assume_either_role(s3_world: World, fork: bool) -> None:
+    """A pull request that rewrites the plan workflow to assume the roles gets neither: a branch's job
+    has the `sub` of a pull request, which the README's trust policy does not allow, and a fork's job
+    gets no OIDC token at all."""
+    world = s3_world
+    steps = "".join(
+        f"""
+      - uses: aws-actions/configure-aws-credentials@e6de054238d6b7531b4efff3b6587d9aade6a06c # v6.2.3
+        continue-on-error: true
+        with:
+          role-to-assume: {role}
+          aws-region: us-east-1"""
+        for role in (READ_ROLE, APPLY_ROLE)
+    )
+    grab = f"""
+name: reconciler plan
+on: pull_request
+permissions:
+  contents: read
+  id-token: write
+jobs:
+  plan:
+    runs-on: ubuntu-latest
+    steps:{steps}
+"""
+    _pull, runs = world.open_pr(
+        {
+            **edit(world, SUPPORT, "Order status and returns", "Grab the roles"),
+            ".github/workflows/reconciler-plan.yml": grab,
+        },
+        branch="grab",
+        fork=fork,
+        author="mallory",
+    )
+    job = only(runs, "reconciler plan").job()
+    assert sessions(world, "reconciler plan") == []
+    outcomes = [step.outcome for step in job.steps]
+    assert outcomes == ["failure", "failure"], job.log
+    reason = "`id-token` permission" if fork else "Not authorized to perform sts:AssumeRoleWithWebIdentity"
+    assert all(reason in error for error in job.errors()) and len(job.errors()) == 2, job.errors()
+
+
+def test_s3_a_job_without_id_token_write_gets_no_credentials_and_fails_closed(s3_world: World) -> None:
+    world = s3_world
+    seed_applied(world)
+    workflow = (PROJECT / ".github" / "workflows" / "reconciler-drift.yml").read_text()
+    without = re.sub(r"\n *id-token: write[^\n]*", "", workflow)
+    assert without != workflow
+    world.push_main(edit(world, SUPPORT, "Order status and returns", "Drifted"))
+    only(world.schedule(), "reconciler drift")
+    [issue] = drift_issues(world)
+    world.push_main({".github/workflows/reconciler-drift.yml": without})
+    requests = len(world.hub.requests)
+    run = only(world.schedule(), "reconciler drift")
+    assert run.conclusion == "failure"
+    assert any("`id-token` permission" in error for error in run.job().errors()), run.job().errors()
+    assert [s.workflow for s in world.runner.aws_sessions].count("reconciler drift") == 1, "only the first"
+    assert world.hub.requests[requests:] == [], "no call to GitHub's API: the drift issue is left alone"
+    assert drift_issues(world) == [issue]
+
+
+def test_s3_a_pull_request_moving_the_state_is_flagged_and_planned_against_the_trusted_bucket(
+    s3_world: World,
+) -> None:
+    world = s3_world
+    state = seed_applied(world)
+    assert world.s3 is not None
+    # Elsewhere in the bucket, a state that claims the change was applied already.
+    state["numbers"]["+914846000102"]["fields"]["description"] = "Hidden change"
+    elsewhere = "kaleyra/elsewhere.json"
+    world.s3_client().put_object(Bucket=world.s3.bucket, Key=elsewhere, Body=json.dumps(state).encode())
+    config = (world.clone / "reconciler.yaml").read_text()
+    moved = config.replace(f"key: {STATE_KEY}\n", f"key: {elsewhere}\n")
+    assert moved != config
+    pull, runs = world.open_pr(
+        {
+            **edit(world, SUPPORT, "Order status and returns", "Hidden change"),
+            "reconciler.yaml": moved,
+        }
+    )
+    assert only(runs, "reconciler plan comment").conclusion == "success"
+    body = plan_comment(world, pull["number"])["body"]
+    top = body[: body.index("###")]
+    assert "changes where the applied state is kept" in top
+    assert f"key: {STATE_KEY} → {elsewhere}" in top
+    # Planned against the state where main keeps it, so the change shows; against the state the pull
+    # request points at, there would be nothing to see.
+    assert "Hidden change" in body[body.index("###") :]
+    hidden = fresh_plan(world, pull["merge_sha"], None, env=ADMIN_ENV)
+    assert hidden["changes"] == [] and checksum_of(body) != hidden["checksum"]
+
+    # Merged, apply reads the state at the new key, where the change looks applied: its plan is not the
+    # reviewed one, so it refuses and sends nothing.
+    puts = len(world.kaleyra_puts())
+    world.merge(pull)
+    apply_run = world.runner.runs[-1]
+    assert apply_run.workflow == "reconciler apply" and apply_run.conclusion == "failure"
+    assert world.kaleyra_puts()[puts:] == []
+    assert world.kaleyra_numbers()["+914846000102"]["description"] != "Hidden change"
+
+
+def test_s3_a_role_given_to_the_plan_job_is_refused_before_anything_runs(s3_world: World) -> None:
+    """A repository that passes a role to the plan command (which runs the pull request's code) is told
+    to remove it; no role is assumed and nothing is planned."""
+    world = s3_world
+    workflow = (PROJECT / ".github" / "workflows" / "reconciler-plan.yml").read_text()
+    misconfigured = workflow.replace(
+        "          command: plan\n",
+        "          command: plan\n"
+        "          aws-role-to-assume: ${{ vars.RECONCILER_AWS_READ_ROLE }}\n"
+        "          aws-region: ${{ vars.RECONCILER_AWS_REGION }}\n",
+    ).replace("      contents: read\n", "      contents: read\n      id-token: write\n")
+    assert misconfigured.count("RECONCILER_AWS") == 2 and "id-token: write" in misconfigured
+    world.push_main({".github/workflows/reconciler-plan.yml": misconfigured})
+    _pull, runs = world.open_pr(edit(world, SUPPORT, "Order status and returns", "Planned with a role?"))
+    job = only(runs, "reconciler plan").job()
+    assert only(runs, "reconciler plan").conclusion == "failure"
+    assert any("must not hold an AWS role" in error for error in job.errors()), job.errors()
+    assert sessions(world, "reconciler plan") == []
+    outcomes = {step.name: step.outcome for step in job.steps}
+    assert outcomes["Assume the AWS role for the remote state"] == "skipped"
+    assert outcomes["Validate and plan"] == "skipped"

@@ -4,18 +4,21 @@ It reads `.github/workflows/*.yml` at the commit GitHub would use for each event
 the event triggers (branches, paths, workflow_run), evaluates `if:` and `${{ }}`, and runs each job's
 steps: `run:` with bash as GitHub does (`bash -e {0}` when no shell is named, `bash --noprofile
 --norc -eo pipefail {0}` for `shell: bash`), composite actions (`uses: ./`), and emulations of the
-few actions the workflows use (checkout, setup-python, cache, upload-artifact, download-artifact).
-Each job gets a token holding exactly its `permissions:` (read-only for pull requests from forks,
-which also get no secrets). A finished run triggers the `workflow_run` workflows of the default
-branch. GitHub itself is `FakeGitHub`; Kaleyra is `reconciler sandbox`.
+few actions the workflows use (checkout, setup-python, cache, upload-artifact, download-artifact,
+configure-aws-credentials). Each job gets a token holding exactly its `permissions:` (read-only for
+pull requests from forks, which also get no secrets and no OIDC token). A finished run triggers the
+`workflow_run` workflows of the default branch. GitHub itself is `FakeGitHub`; Kaleyra is `reconciler
+sandbox`; AWS, when a test sets up roles, is STS as `aws_roles` describes and moto's S3 server.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import json
 import os
 import re
+import secrets as random_secrets
 import shutil
 import subprocess
 import sys
@@ -85,6 +88,21 @@ class Run:
         return self.jobs[job_id] if job_id else next(iter(self.jobs.values()))
 
 
+@dataclass
+class AwsSession:
+    """Credentials the emulated configure-aws-credentials handed a job: who, which role, for which
+    OIDC subject. Tests search everything written for `secret` and `token`."""
+
+    run_id: int
+    job_id: str
+    workflow: str
+    role: str
+    subject: str
+    access_key_id: str
+    secret: str
+    token: str
+
+
 class StepFailed(Exception):
     pass
 
@@ -148,6 +166,10 @@ class Runner:
         self.site_packages = sysconfig.get_paths()["purelib"]
         # The project's own CI (ci.yml runs .ci/run, these tests included) is not part of the story.
         self.skip: set[str] = {".github/workflows/ci.yml"}
+        # AWS IAM as far as GitHub's OIDC meets it: role ARN -> the `sub` claims its trust policy
+        # allows (patterns with `*`, as StringLike). A role not here cannot be assumed.
+        self.aws_roles: dict[str, list[str]] = {}
+        self.aws_sessions: list[AwsSession] = []
 
     # --- events ----------------------------------------------------------------------------------
 
@@ -330,6 +352,8 @@ class Runner:
             permissions = {
                 s: min(level, "read", key=["none", "read", "write"].index) for s, level in permissions.items()
             }
+            if "id-token" in permissions:
+                permissions["id-token"] = "none"  # GitHub gives a fork's pull request no OIDC token
         token = self.hub.issue_token(permissions)
         github = self._github_context(run, job_id, token, workspace)
         secrets = {} if fork else {**self.secrets, "GITHUB_TOKEN": token}
@@ -407,6 +431,10 @@ class Runner:
                 contexts["env"] = dict(contexts["env"])
                 contexts["env"][name] = to_string(interpolate(value, evaluator))
         job_state = JobState(self, run, result, env, contexts, workspace, temp)
+        deployment = job.get("environment")
+        job_state.deployment = to_string(
+            interpolate(deployment.get("name") if isinstance(deployment, dict) else deployment, evaluator)
+        )
         try:
             job_state.run_steps(job.get("steps") or [], contexts, evaluator)
         finally:
@@ -436,6 +464,9 @@ class JobState:
         self.temp = temp
         self.paths: list[str] = []
         self.failed = False
+        self.deployment = ""  # the job's `environment:`, which decides its OIDC subject
+        # What steps wrote to GITHUB_ENV: every later step sees it, inside a composite action too.
+        self.exported: dict[str, str] = {}
 
     def status(self, name: str) -> bool:
         return {"success": not self.failed, "failure": self.failed, "always": True, "cancelled": False}[name]
@@ -447,7 +478,7 @@ class JobState:
         for index, step in enumerate(steps):
             step_id = step.get("id") or f"__step{index}"
             name = step.get("name") or step.get("uses") or (step.get("run") or "").strip().split("\n")[0]
-            step_env = dict(contexts["env"])
+            step_env = {**contexts["env"], **self.exported}
             for key, value in (step.get("env") or {}).items():
                 step_env[key] = to_string(interpolate(value, evaluator))
             step_contexts = {**contexts, "env": step_env}
@@ -496,7 +527,7 @@ class JobState:
     def _collect(self, files: dict[str, Path], outputs: dict[str, str]) -> None:
         outputs.update(parse_env_file(files["GITHUB_OUTPUT"].read_text()))
         for name, value in parse_env_file(files["GITHUB_ENV"].read_text()).items():
-            self.contexts["env"] = {**self.contexts["env"], name: value}
+            self._export(name, value)
         self.paths += [line for line in files["GITHUB_PATH"].read_text().splitlines() if line.strip()]
         self.result.summary += files["GITHUB_STEP_SUMMARY"].read_text()
 
@@ -544,6 +575,10 @@ class JobState:
             raise StepFailed(f"{output}\nProcess completed with exit code {code}.")
         return output
 
+    def _export(self, name: str, value: str) -> None:
+        self.exported[name] = value
+        self.contexts["env"] = {**self.contexts["env"], name: value}
+
     def _annotations(self, output: str) -> None:
         for line in output.splitlines():
             match = COMMAND.match(line)
@@ -571,6 +606,7 @@ class JobState:
             "actions/cache": lambda inputs, env: "cache: emulated as a miss",
             "actions/upload-artifact": self._upload_artifact,
             "actions/download-artifact": self._download_artifact,
+            "aws-actions/configure-aws-credentials": self._configure_aws_credentials,
         }
         if name not in emulated:
             raise StepFailed(f"the emulated runner does not know the action {uses}")
@@ -679,6 +715,63 @@ class JobState:
         self.paths.append(str(folder / "bin"))
         self.env["pythonLocation"] = str(folder)
         return f"Python {version} (emulated) at {folder}"
+
+    def oidc_subject(self) -> str:
+        """The `sub` claim of this job's OIDC token, as GitHub forms it by default."""
+        repository = self.runner.hub.repository
+        if self.deployment:
+            return f"repo:{repository}:environment:{self.deployment}"
+        if self.run.event_name == "pull_request":
+            return f"repo:{repository}:pull_request"
+        return f"repo:{repository}:ref:{self.run.ref}"  # workflow_run and schedule: the default branch
+
+    def _configure_aws_credentials(self, inputs: dict[str, str], env: dict[str, str]) -> str:
+        """AssumeRoleWithWebIdentity with the job's OIDC token, then the credentials in GITHUB_ENV, as
+        aws-actions/configure-aws-credentials does. GitHub hands a job an OIDC token only when its
+        permissions hold `id-token: write`, and never to a fork's pull request."""
+
+        def fail(message: str) -> StepFailed:
+            self.result.annotations.append(("error", message))
+            return StepFailed(f"::error::{message}")
+
+        region, role = inputs.get("aws-region", ""), inputs.get("role-to-assume", "")
+        if not region:
+            raise fail("Input required and not supplied: aws-region")
+        if not role:
+            raise fail("Credentials could not be loaded, please check your action inputs")
+        if self.result.permissions.get("id-token") != "write":
+            raise fail(
+                "It looks like you might be trying to authenticate with OIDC. Did you mean to set the "
+                "`id-token` permission? Credentials could not be loaded, please check your action inputs: "
+                "Could not load credentials from any providers"
+            )
+        subject = self.oidc_subject()
+        trusted = self.runner.aws_roles.get(role, [])
+        if not any(fnmatch.fnmatchcase(subject, pattern) for pattern in trusted):
+            raise fail(
+                f"Could not assume role with OIDC: Not authorized to perform sts:AssumeRoleWithWebIdentity "
+                f"(role {role}, sub {subject})"
+            )
+        session = AwsSession(
+            run_id=self.run.id,
+            job_id=self.result.job_id,
+            workflow=self.run.workflow,
+            role=role,
+            subject=subject,
+            access_key_id="ASIA" + random_secrets.token_hex(8).upper(),
+            secret="oIdCsEcReT" + random_secrets.token_hex(16),
+            token="oIdCtOkEn" + random_secrets.token_hex(32),
+        )
+        self.runner.aws_sessions.append(session)
+        for name, value in (
+            ("AWS_ACCESS_KEY_ID", session.access_key_id),
+            ("AWS_SECRET_ACCESS_KEY", session.secret),
+            ("AWS_SESSION_TOKEN", session.token),
+            ("AWS_REGION", region),
+            ("AWS_DEFAULT_REGION", region),
+        ):
+            self._export(name, value)
+        return f"Assumed {role} with OIDC (sub {subject}) in {region}"
 
     def _artifact_files(self, inputs: dict[str, str]) -> tuple[dict[str, bytes], list[str]]:
         hidden = inputs.get("include-hidden-files", "false") == "true"

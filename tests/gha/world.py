@@ -1,7 +1,9 @@
 """The story's world: a repository on the fake GitHub, people who push and merge, a runner, Kaleyra.
 
 The repository starts as a copy of this project (its workflows, action.yml, package, profiles and
-config), so the tests run exactly the files this commit ships.
+config), so the tests run exactly the files this commit ships. With `S3Setup`, its reconciler.yaml
+keeps the state in a bucket of moto's S3 server instead, and the repository variables name the two
+AWS roles the workflows assume, trusted as the README's "Remote state" section says.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import os
 import shutil
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,34 @@ PEOPLE = {
 }
 MARKER = "<!-- kaleyra-reconciler-plan -->"
 EXTRA_NUMBERS = [f"+9199800{index:05d}" for index in range(200, 260)]
+READ_ROLE = "arn:aws:iam::123456789012:role/reconciler-read"
+APPLY_ROLE = "arn:aws:iam::123456789012:role/reconciler-apply"
+LOCAL_STATE = "state:\n  path: .reconciler/state.json\n"
+
+
+@dataclass
+class S3Setup:
+    """The state on S3: a bucket on moto's server, and the credentials the test itself uses (an admin,
+    outside CI) to seed and inspect it."""
+
+    endpoint: str
+    bucket: str
+    admin_env: dict[str, str]
+    key: str = "kaleyra/state.json"
+    region: str = "us-east-1"
+    # Trust policies: the `sub` claims each role allows (ORG/REPO stands for the repository).
+    trust: dict[str, list[str]] = field(default_factory=dict)
+
+    def section(self, **changes: str) -> str:
+        settings = {
+            "backend": "s3",
+            "bucket": self.bucket,
+            "key": self.key,
+            "region": self.region,
+            "endpoint_url": self.endpoint,
+            **changes,
+        }
+        return "state:\n" + "".join(f"  {name}: {value}\n" for name, value in settings.items())
 
 
 def project_files() -> dict[str, bytes]:
@@ -47,8 +78,9 @@ def project_files() -> dict[str, bytes]:
 
 
 class World:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, s3: S3Setup | None = None):
         self.root = root
+        self.s3 = s3
         self.hub = FakeGitHub(root)
         self.person_env = {
             **{k: v for k, v in os.environ.items() if not k.startswith("GIT_")},
@@ -64,6 +96,10 @@ class World:
         for name, data in project_files().items():
             (self.clone / name).parent.mkdir(parents=True, exist_ok=True)
             (self.clone / name).write_bytes(data)
+        if s3 is not None:
+            config = (self.clone / "reconciler.yaml").read_text()
+            assert LOCAL_STATE in config, "the project's reconciler.yaml no longer has the state section"
+            (self.clone / "reconciler.yaml").write_text(config.replace(LOCAL_STATE, s3.section()))
         self._git("add", "-A")
         self._git("commit", "-q", "-m", "The project, as this test run found it")
         self._git("push", "-q", "origin", "HEAD:refs/heads/main")
@@ -74,9 +110,23 @@ class World:
             for a in accounts
         ]
         self.kaleyra = serve_in_thread(Sandbox(accounts, api_key=None))
-        self.runner = Runner(self.hub, root, {"KALEYRA_ENDPOINT": self.kaleyra.url})
+        # No instance metadata service to ask for AWS credentials: a job has only what it assumes.
+        self.runner = Runner(
+            self.hub, root, {"KALEYRA_ENDPOINT": self.kaleyra.url, "AWS_EC2_METADATA_DISABLED": "true"}
+        )
         self.runner.vars["RECONCILER_LIVE"] = "true"
         self.runner.secrets.update(KEYS)
+        if s3 is not None:
+            main = "repo:ORG/REPO:ref:refs/heads/main"
+            self.runner.aws_roles = {
+                role: [pattern.replace("ORG/REPO", self.hub.repository) for pattern in patterns]
+                for role, patterns in (s3.trust or {READ_ROLE: [main], APPLY_ROLE: [main]}).items()
+            }
+            self.runner.vars.update(
+                RECONCILER_AWS_REGION=s3.region,
+                RECONCILER_AWS_READ_ROLE=READ_ROLE,
+                RECONCILER_AWS_APPLY_ROLE=APPLY_ROLE,
+            )
 
     def close(self) -> None:
         self.kaleyra.shutdown()
@@ -271,9 +321,53 @@ class World:
                 return json.loads(text)
         return None
 
+    # --- the state on S3 ---------------------------------------------------------------------------
+
+    def s3_client(self) -> Any:
+        import boto3
+
+        assert self.s3 is not None
+        env = self.s3.admin_env
+        return boto3.client(
+            "s3",
+            endpoint_url=self.s3.endpoint,
+            region_name=self.s3.region,
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+        )
+
+    def s3_objects(self) -> dict[str, tuple[str, bytes]]:
+        """Every object in the bucket: key -> (ETag, bytes)."""
+        assert self.s3 is not None
+        client = self.s3_client()
+        listed = client.list_objects_v2(Bucket=self.s3.bucket).get("Contents", [])
+        found = {}
+        for item in listed:
+            answer = client.get_object(Bucket=self.s3.bucket, Key=item["Key"])
+            found[item["Key"]] = (answer["ETag"], answer["Body"].read())
+        return found
+
+    def s3_store(self) -> Any:
+        """The state on S3 as the reconciler reads it, with the test's own credentials."""
+        from reconciler.config import S3Location
+        from reconciler.s3 import ObjectStore
+        from reconciler.s3state import S3StateStore
+
+        assert self.s3 is not None
+        location = S3Location(self.s3.bucket, self.s3.key, self.s3.region, self.s3.endpoint)
+        return S3StateStore(location, ObjectStore(location, self.s3_client()))
+
+    def s3_applied(self) -> dict[str, dict[str, str]]:
+        """The fields the state on S3 records per number (its journal replayed), as apply reads it."""
+        state = self.s3_store().load()
+        return {number: dict(entry.fields) for number, entry in state.entries.items()}
+
     def everything_written(self) -> str:
-        """Every comment, issue, summary, log and artifact, and every blob in the repository."""
+        """Every comment, issue, summary, log and artifact, every blob in the repository, and every
+        object in the bucket (with the state on S3)."""
         parts = [c["body"] for c in self.hub.comments.values()]
+        if self.s3 is not None:
+            parts += [data.decode("utf-8", "replace") for _etag, data in self.s3_objects().values()]
         parts += [json.dumps(i) for i in self.hub.issues.values()]
         for run in self.runner.runs:
             for job in run.jobs.values():
@@ -292,7 +386,7 @@ class World:
 
 def seed_applied(world: World) -> dict[str, Any]:
     """Apply the repository's profiles once, outside CI, and keep the state where CI reads it: the
-    state branch (or main, for workflows that keep it there). Returns the state."""
+    state branch (or main, for workflows that keep it there), or the bucket. Returns the state."""
     from click.testing import CliRunner
 
     from reconciler.cli import cli
@@ -304,11 +398,20 @@ def seed_applied(world: World) -> dict[str, Any]:
         result = CliRunner().invoke(
             cli,
             ["apply", "--auto-approve"],
-            env={**KEYS, "KALEYRA_ENDPOINT": world.kaleyra.url, "NO_COLOR": "1"},
+            env={
+                **KEYS,
+                "KALEYRA_ENDPOINT": world.kaleyra.url,
+                "NO_COLOR": "1",
+                **(world.s3.admin_env if world.s3 else {}),
+            },
         )
         assert result.exit_code == 0, result.output
     finally:
         os.chdir(old)
+    if world.s3 is not None:
+        assert not (world.clone / ".reconciler").exists(), "with the state on S3, nothing is written here"
+        _etag, data = world.s3_objects()[world.s3.key]
+        return json.loads(data)
     state = (world.clone / ".reconciler" / "state.json").read_text()
     audit = (world.clone / ".reconciler" / "audit.jsonl").read_text()
     world.put_state({".reconciler/state.json": state, ".reconciler/audit.jsonl": audit})

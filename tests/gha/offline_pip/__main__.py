@@ -1,9 +1,13 @@
-"""`pip install [options] PATH...` for local pure-Python projects: copy their packages into this
-interpreter's site-packages and write their console scripts. Anything else is refused, loudly."""
+"""`pip install [options] PATH[EXTRAS]...` for local pure-Python projects: copy their packages into
+this interpreter's site-packages and write their console scripts. An extra's requirements must already
+be importable (the runner's interpreter sees the test environment's packages), as pip would have
+installed them. Anything else is refused, loudly."""
 
 from __future__ import annotations
 
 import fnmatch
+import importlib.metadata
+import re
 import shutil
 import sys
 import sysconfig
@@ -11,8 +15,18 @@ import tomllib
 from pathlib import Path
 
 
-def install(source: Path) -> None:
+def install(source: Path, extras: list[str]) -> None:
     project = tomllib.loads((source / "pyproject.toml").read_text())
+    optional = project["project"].get("optional-dependencies", {})
+    for extra in extras:
+        if extra not in optional:
+            sys.exit(f"emulated pip: {source} has no extra '{extra}'")
+        for requirement in optional[extra]:
+            name = re.match(r"[A-Za-z0-9._-]+", requirement).group()
+            try:
+                importlib.metadata.distribution(name)
+            except importlib.metadata.PackageNotFoundError:
+                sys.exit(f"emulated pip: the extra '{extra}' needs {requirement}, which is not installed")
     site = Path(sysconfig.get_paths()["purelib"])
     patterns = (
         project.get("tool", {})
@@ -49,10 +63,11 @@ def main() -> None:
     if not sources:
         sys.exit("emulated pip: nothing to install")
     for source in sources:
-        path = Path(source)
+        match = re.fullmatch(r"(.*?)(?:\[([A-Za-z0-9_,.-]+)\])?", source)
+        path, extras = Path(match.group(1)), [e for e in (match.group(2) or "").split(",") if e]
         if not (path / "pyproject.toml").exists():
             sys.exit(f"emulated pip: {source} is not a local project; this runner has no network")
-        install(path)
+        install(path, extras)
 
 
 if __name__ == "__main__":
