@@ -17,11 +17,13 @@ What differs from botocore, and why (see README, "Throttling"):
   and calls the sending between two pauses a round:
   - The first round, from the unlimited start, runs the bucket dry from full: what it got accepted is
     the burst (plus a round trip's refill). A server's burst hides its rate, so the account restarts
-    from what was accepted in the last second and climbs back towards the rate that was throttled.
+    low (twice what was accepted in the last second) and climbs back towards the rate that was
+    throttled; as the pause refilled the burst, it first sends again the wave accepted at once.
   - Each later round is measured when its pause ends, once its answers are in, from the start times
     of the requests the server accepted (_measured). The account resumes at that rate, less half a
-    request over the stretch measured, and holds the pace for ten pauses' worth before probing higher.
-    No halving: at a rate just measured, a cut would cost more than the pause it could save.
+    request over the stretch measured, spends most of the refilled burst at once, and holds the pace
+    for ten pauses' worth before probing higher. No halving: at a rate just measured, a cut would
+    cost more than the pause it could save.
   - A round too short to measure halves the rate, as TCP does after a timeout, and climbs back towards
     the rate that was throttled without holding, so that the next round can be measured.
 """
@@ -43,8 +45,10 @@ MIN_RATE = 0.5  # requests/s; botocore's floor
 WINDOW_S = 1.0  # how far back sent and accepted rates are measured
 SETTLE_REQUESTS = 3  # requests sent at a new rate whose throttles still count as the old round
 HOLD_PAUSES = 10  # after a Retry-After, hold the rate this many pauses' worth before probing higher
+RESTART_FACTOR = 2.0  # after the first pause, restart at this times what was accepted in the last second
 MIN_EVIDENCE = 5  # accepted requests (beyond the burst) a stretch needs for its rate to count
 SLACK = 0.5  # requests: a stretch's rate is counted this much short (short stretches are noisy)
+BURST_SHARE = 0.8  # of the measured burst, the share spent at once when a pause ends
 MAX_ROUND = 10_000  # accepted requests remembered per round (bounds the longest stretch measured)
 
 # Waits for `seconds`; returns True when the run was asked to stop meanwhile.
@@ -94,9 +98,12 @@ class AdaptiveRate:
         self.round_began = -math.inf
         self.round_accepted: list[float] = []  # sorted
         self.last_dry = -math.inf  # the last round's last accepted start: its bucket was empty then
+        self.first_answer = math.inf  # when the round's first answer came
+        self.first_wave = 0  # of the first round's requests, those accepted before any answer came
         self.burst: tuple[int, float] | None = None
         self.first_pause = False  # the current pause ended the first round
         self.pending: tuple[float | None, float, float] | None = None  # a cut to make when the pause ends
+        self.credit = 0  # starts allowed at once when a pause ends: the burst the server refilled
         self.throttled = 0
         self.pauses = 0
         self.paused_s = 0.0
@@ -129,7 +136,8 @@ class AdaptiveRate:
                 return self.paused_until - now
             if self.sending_since is None:
                 self._begin_round(now)
-            if not self.limited:
+            if not self.limited or self.credit > 0:
+                self.credit = max(0, self.credit - 1)
                 self._started(now)
                 return 0.0
             if self.next_slot > now:
@@ -143,6 +151,7 @@ class AdaptiveRate:
         with self.lock:
             now = self.clock()
             self._remember(self.accepts, now)
+            self.first_answer = min(self.first_answer, now)
             if started is not None and started >= self.round_began:
                 bisect.insort(self.round_accepted, started)
                 if len(self.round_accepted) > MAX_ROUND:
@@ -163,6 +172,7 @@ class AdaptiveRate:
         with self.lock:
             now = self.clock()
             self.throttled += 1
+            self.first_answer = min(self.first_answer, now)
             sent = self._sent_rate(now)  # before a pause starts a new sending period
             if retry_after is not None and now + retry_after > self.paused_until:
                 new_pause = self.paused_until <= now
@@ -204,17 +214,19 @@ class AdaptiveRate:
         # to this round; the next ones' throttles are news (see _started).
         self.settled_at, self.sent_since_cut = math.inf, 0
         self.next_slot = max(now, self.paused_until)
+        self.credit = 0
         self.first_pause = retry_after is not None and not self.limited
         if retry_after is None:
             self.peak, self.hold = too_fast, 0.0
             self._set_rate(now, BETA * too_fast, before)
         elif self.first_pause:
-            # Leaving the unlimited start: the server's burst hid its rate, so what was sent says little;
-            # restart from what it accepted in the last second and climb back towards the rate that was
-            # throttled (the climb is fast at first: CUBIC's concave half). This round measured the
-            # burst; the next one, the rate.
+            # Leaving the unlimited start: the server's burst hid its rate, so what was sent says little.
+            # Restart low, from twice what it accepted in the last second (from lower still, the bucket
+            # refills and overflows while the climb is below the rate: wasted, and the next round's
+            # stretch to measure is shorter), and climb back towards the rate that was throttled (fast
+            # at first: CUBIC's concave half). This round measured the burst; the next one, the rate.
             self.peak, self.hold = too_fast, 0.0
-            self._set_rate(now, len(self.accepts) / WINDOW_S, before)
+            self._set_rate(now, min(too_fast, RESTART_FACTOR * len(self.accepts) / WINDOW_S), before)
         else:
             # The round's answers are still coming in: measure it when the pause ends (nothing is sent
             # meanwhile), in _begin_round.
@@ -227,6 +239,8 @@ class AdaptiveRate:
             # The first round ran the server dry from full: its burst, plus its rate times this.
             accepted = self.round_accepted
             self.burst = (len(accepted), accepted[-1] - accepted[0])
+            self.first_wave = bisect.bisect_left(accepted, self.first_answer)
+            self.credit = self._burst_credit(None)
         if self.pending is not None:
             (before, too_fast, pause), self.pending = self.pending, None
             measured = self._measured()
@@ -240,15 +254,17 @@ class AdaptiveRate:
                 else:
                     self.peak, self.hold = max(MIN_RATE, resume), HOLD_PAUSES * pause
             else:
-                # Just under what the server accepted; as each 429 with Retry-After costs a pause, hold
-                # HOLD_PAUSES pauses' worth before probing.
+                # Just under what the server accepted, with the burst it refilled during the pause; as
+                # each 429 with Retry-After costs a pause, hold HOLD_PAUSES pauses' worth before probing.
                 resume = min(measured, too_fast)
                 self.peak, self.hold = max(MIN_RATE, resume), HOLD_PAUSES * pause
+                self.credit = max(0, min(self._burst_credit(measured), math.floor(measured * pause) - 1))
             self._set_rate(now, resume, before)
         if self.round_accepted:
             self.last_dry = self.round_accepted[-1]
         self.round_began = now
         self.round_accepted = []
+        self.first_answer = math.inf
 
     def _measured(self) -> float | None:
         """The server's rate as the round that just ended measured it (a little under); None if the round
@@ -283,6 +299,17 @@ class AdaptiveRate:
             if refilled * (gap + burst_s) < burst:  # the pause refilled less than the burst: this binds
                 rates.append(refilled)
         return max(rates) if rates else None
+
+    def _burst_credit(self, rate: float | None) -> int:
+        """What to send at once when a pause ends, besides the first request: most of the burst (what
+        the first round got accepted less what the rate refilled meanwhile). Before the rate is known,
+        what the first wave (sent before any answer came) got accepted: no more can be sent at once."""
+        if self.burst is None:
+            return 0
+        accepted, seconds = self.burst
+        if rate is None:
+            return max(0, self.first_wave - 1)
+        return max(0, math.floor(BURST_SHARE * (accepted - rate * seconds)))
 
     def _set_rate(self, now: float, resume: float, before: float | None) -> None:
         resume = max(MIN_RATE, resume)
