@@ -307,7 +307,7 @@ class KaleyraClient:
             outcome, payload = self._attempt(method, url, api_key, body, ok)
             self._log_request(method, url, label, outcome, started, attempts, throttled)
             if isinstance(outcome, Success):
-                pace.succeeded()
+                pace.succeeded(started)
                 return dataclasses.replace(outcome, attempts=attempts), payload
             outcome.attempts, outcome.throttled_attempts, last = attempts, throttled, outcome
             if outcome.throttled:
@@ -318,7 +318,7 @@ class KaleyraClient:
                 delay = max(0.0, pace.throttled_at(started, outcome.retry_after) - self.clock())
             else:
                 if outcome.status is not None:
-                    pace.succeeded()  # the server answered: not a sign of throttling
+                    pace.succeeded(started)  # the server answered: not a sign of throttling
                 errors += 1
                 if not outcome.retryable or errors >= self.policy.attempts:
                     raise outcome

@@ -97,21 +97,123 @@ def test_retry_after_pauses_the_account_and_the_curve_waits_for_the_pause():
     assert rate.try_start() == pytest.approx(3.0)  # every worker waits out the pause
     clock.now += 2.0
     rate.succeeded()  # a late success during the pause does not regrow the rate
-    assert rate.current() == pytest.approx(max(MIN_RATE, 1.0))  # the accepted rate of the last second
+    restart = ratelimit.RESTART_FACTOR * 1.0  # (twice) the accepted rate of the last second
+    assert rate.current() == pytest.approx(max(MIN_RATE, restart))
     assert (rate.pauses, rate.paused_s) == (1, 3.0)
 
 
-def test_a_later_retry_after_halves_the_rate_and_holds_it():
+class Bucket:
+    """A server's rate limit on the test clock: `burst` requests at once, refilled at `rate` a second."""
+
+    def __init__(self, clock: Clock, rate: float, burst: int):
+        self.clock, self.rate, self.burst = clock, rate, burst
+        self.tokens, self.updated = float(burst), clock.now
+
+    def take(self) -> bool:
+        self.tokens = min(self.burst, self.tokens + (self.clock.now - self.updated) * self.rate)
+        self.updated = self.clock.now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+def blast(rate: AdaptiveRate, clock: Clock, bucket: Bucket, count: int) -> None:
+    """The unlimited start: `count` requests at once, answered 20 ms later (429s with Retry-After: 1)."""
+    started = clock.now
+    assert all(rate.try_start() == 0.0 for _ in range(count))
+    taken = [bucket.take() for _ in range(count)]
+    clock.now += 0.02
+    for accepted in taken:
+        if accepted:
+            rate.succeeded(started)
+        else:
+            rate.throttled_at(started, retry_after=1.0)
+
+
+def sequential(rate: AdaptiveRate, clock: Clock, bucket: Bucket, limit: int = 10**6) -> int:
+    """One worker sending at the pace (answered at once) until a 429 with Retry-After: 1 or `limit`
+    requests; returns how many were accepted."""
+    for accepted in range(limit):
+        while (delay := rate.try_start()) > 0:
+            clock.now += delay
+        started = clock.now
+        if not bucket.take():
+            rate.throttled_at(started, retry_after=1.0)
+            return accepted
+        rate.succeeded(started)
+    return limit
+
+
+def test_after_the_first_pause_the_wave_the_server_took_at_once_goes_again_at_once():
+    clock = Clock()
+    rate = AdaptiveRate(clock)
+    blast(rate, clock, Bucket(clock, 50.0, 10), 12)  # 10 accepted before any answer came
+    clock.now = rate.paused_until  # the pause refilled them
+    at_once = 0
+    while rate.try_start() == 0.0:
+        at_once += 1
+    assert at_once == 10  # then the restarted pace
+    assert rate.current() == pytest.approx(ratelimit.RESTART_FACTOR * 10)
+
+
+def test_a_later_retry_after_resumes_at_the_rate_the_server_accepted_and_holds_it():
+    clock = Clock()
+    rate = AdaptiveRate(clock)
+    bucket = Bucket(clock, 50.0, 10)
+    blast(rate, clock, bucket, 12)  # the first round measures the burst
+    clock.now = rate.paused_until
+    sequential(rate, clock, bucket)  # the second climbs until the bucket runs dry
+    climbed = rate.current()
+    assert rate.pauses == 2 and climbed > 50
+    clock.now = rate.paused_until
+    assert rate.current() == climbed  # decided once the pause is over (and the round's answers in)
+    at_once = 0
+    while rate.try_start() == 0.0:  # most of the burst the pause refilled, at once
+        at_once += 1
+        assert bucket.take()
+        rate.succeeded(clock.now)
+    assert at_once == 1 + math.floor(ratelimit.BURST_SHARE * 10)
+    resumed = rate.current()
+    assert 0.95 * 50 <= resumed <= 50  # just under what the server accepted: no halving
+    accepted = sequential(rate, clock, bucket, limit=250)  # 5 s more at that pace
+    assert accepted == 250 and rate.pauses == 2  # without another 429
+    assert rate.current() == pytest.approx(resumed)  # held (ten pauses' worth) rather than probing
+
+
+def test_a_later_retry_after_too_short_a_round_to_measure_halves_the_rate_and_climbs_back():
+    clock = Clock()
+    rate = AdaptiveRate(clock)
+    blast(rate, clock, Bucket(clock, 50.0, 10), 12)
+    clock.now = rate.paused_until
+    busier = Bucket(clock, 1.0, 4)  # someone else took the account's capacity meanwhile
+    assert sequential(rate, clock, busier) == 4  # then a 429: four requests tell nothing
+    before = rate.current()
+    clock.now = rate.paused_until
+    rate.try_start()
+    halved = rate.current()
+    assert (
+        halved <= ratelimit.RETRY_AFTER_BETA * before
+    )  # (of the throttled rate: at most twice what was sent)
+    for _ in range(30):  # 3 s of successes: climbing back (the next round can be measured)
+        clock.now += 0.1
+        rate.succeeded()
+    assert rate.current() > 1.5 * halved
+
+
+def test_a_later_retry_after_with_nothing_to_measure_halves_the_rate_and_holds_it():
     clock = Clock()
     rate = AdaptiveRate(clock)
     send(rate, clock, 10, 0.01)
     rate.throttled_at(clock.now, retry_after=1.0)  # leaving the unlimited start
     clock.now = rate.paused_until
-    for _ in range(100):  # climbing back
+    for _ in range(100):  # climbing back (successes of unknown start: no burst, no round to measure)
         send(rate, clock, 1, 0.0)
         rate.succeeded()
     climbed = rate.current()
     rate.throttled_at(clock.now, retry_after=1.0)
+    clock.now = rate.paused_until
+    rate.try_start()
     held = rate.current()
     assert held == pytest.approx(ratelimit.RETRY_AFTER_BETA * climbed, rel=0.05)
     for _ in range(50):  # 5 s of successes after the pause: still holding (10 pauses' worth)
@@ -158,25 +260,34 @@ def test_a_stop_ends_a_wait_for_the_pace():
 # --- against a simulated server -----------------------------------------------------------------------
 
 
-def simulate(retry_after: float | None, requests: int = 500, workers: int = 8, rate: float = 50.0) -> dict:
-    """`workers` send `requests` to a token bucket (`rate`/s, burst 10) 20 ms away; throttled ones
-    are sent again. Returns counts and the simulated time the whole took."""
+def simulate(
+    retry_after: float | None,
+    requests: int = 500,
+    workers: int = 8,
+    rate: float = 50.0,
+    burst: int = 10,
+    seed: int = 7,
+) -> dict:
+    """`workers` send `requests` to a token bucket (`rate`/s, `burst`) 20 ms away, as KaleyraClient does
+    (each answer reports its request's start); throttled ones are sent again. Returns counts, the
+    account's pace changes and the simulated time the whole took."""
     clock = Clock()
-    pace = AdaptiveRate(clock)
-    jitter = random.Random(7)
-    tokens, updated = 10.0, clock.now
-    todo, throttled, events, order = requests, 0, [], itertools.count()
+    changes: list[ratelimit.RateChange] = []
+    pace = AdaptiveRate(clock, changes.append)
+    jitter = random.Random(seed)
+    tokens, updated = float(burst), clock.now
+    todo, throttled, events, order = requests, [], [], itertools.count()
 
     def take() -> bool:
         nonlocal tokens, updated
-        tokens, updated = min(10.0, tokens + (clock.now - updated) * rate), clock.now
+        tokens, updated = min(burst, tokens + (clock.now - updated) * rate), clock.now
         if tokens >= 1:
             tokens -= 1
             return True
         return False
 
     def worker():
-        nonlocal todo, throttled
+        nonlocal todo
         while todo:
             todo -= 1
             while True:
@@ -185,11 +296,11 @@ def simulate(retry_after: float | None, requests: int = 500, workers: int = 8, r
                 started = clock.now
                 yield clock.now + jitter.uniform(0.0005, 0.004)  # reaches the server
                 accepted = take()
-                yield clock.now + 0.020
+                yield clock.now + 0.020 + jitter.uniform(0.0, 0.003)
                 if accepted:
-                    pace.succeeded()
+                    pace.succeeded(started)
                     break
-                throttled += 1
+                throttled.append(clock.now - pace.started_at)
                 pace.throttled_at(started, retry_after)
 
     for _ in range(workers):
@@ -200,7 +311,14 @@ def simulate(retry_after: float | None, requests: int = 500, workers: int = 8, r
         with_next = next(running, None)
         if with_next is not None:
             heapq.heappush(events, (with_next, next(order), running))
-    return {"throttled": throttled, "seconds": clock.now - began, "pauses": pace.pauses}
+    return {
+        "throttled": len(throttled),
+        "throttled_at": throttled,
+        "seconds": clock.now - began,
+        "pauses": pace.pauses,
+        "changes": changes,
+        "rate": pace.current(),
+    }
 
 
 def test_without_retry_after_the_account_converges_near_the_servers_rate_with_few_429s():
@@ -211,7 +329,31 @@ def test_without_retry_after_the_account_converges_near_the_servers_rate_with_fe
     assert unlimited["throttled"] == 0 and unlimited["seconds"] < 500 * 0.025 / 8 * 1.2
 
 
-def test_with_retry_after_few_pauses_are_taken():
-    result = simulate(retry_after=1.0)
-    assert result["pauses"] <= 3 and result["throttled"] < 0.05 * 500
-    assert result["seconds"] < 1.4 * 500 / 50
+@pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
+def test_with_retry_after_two_pauses_find_the_limit_and_the_rest_runs_just_under_it(seed):
+    result = simulate(retry_after=1.0, seed=seed)
+    # One pause to find that there is a limit (the first round measures the burst), one to learn its
+    # rate (the second round is measured): no third.
+    assert result["pauses"] == 2
+    pauses = [change.at for change in result["changes"] if change.reason == "Retry-After"]
+    resumed = [c for c in result["changes"] if c.reason == "throttled" and c.at >= pauses[1] + 1.0]
+    assert len(resumed) == 1 and 0.95 * 50 <= resumed[0].after <= 50  # decided as the pause ended
+    assert result["rate"] == pytest.approx(resumed[0].after)  # and held to the end: no probing, no 429
+    assert all(at < pauses[1] + 1.0 for at in result["throttled_at"])  # (in flight when it came)
+    assert result["throttled"] < 0.03 * 500
+    # 2 pauses idle ~41 requests' worth each: the floor is (500 - 10 + 82) / 50 = 11.4 s.
+    assert result["seconds"] < 1.2 * 500 / 50
+
+
+def test_with_retry_after_a_slow_server_is_measured_though_a_pause_refills_less_than_its_burst():
+    result = simulate(retry_after=1.0, requests=100, rate=5.0)  # a 1 s pause refills 5 of 10
+    assert result["pauses"] <= 3
+    assert 0.9 * 5 <= result["rate"] <= 5.0
+    assert result["seconds"] < 1.1 * 100 / 5
+
+
+def test_with_retry_after_a_long_run_probes_again_only_after_holding():
+    result = simulate(retry_after=1.0, requests=2000)  # 40 s: the hold (10 pauses' worth) runs out
+    pauses = [change.at for change in result["changes"] if change.reason == "Retry-After"]
+    assert len(pauses) <= 5 and all(later - earlier > 10 for earlier, later in itertools.pairwise(pauses[1:]))
+    assert result["seconds"] < 1.15 * 2000 / 50
