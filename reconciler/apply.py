@@ -166,13 +166,13 @@ def apply_plan(
             report.recording_failure = report.recording_failure or str(failure)
             report.unrecorded.extend(o for o in successes if o.status == APPLIED)
             stop.set()
+        report.outcomes.extend(outcomes)
         try:
             audit_log.append(audit.record(o.change, o.code, o.message, actor) for o in outcomes)
         except RecordingFailed as failure:
             report.recording_failure = report.recording_failure or str(failure)
-            report.unaudited.extend(o for o in successes if o not in report.unrecorded)
+            note_unaudited(report, audit_log.unwritten_numbers())
             stop.set()
-        report.outcomes.extend(outcomes)
         for outcome in outcomes:
             show(outcome)
 
@@ -280,6 +280,19 @@ def apply_plan(
     return report
 
 
+def note_unaudited(report: ApplyReport, numbers: set[str]) -> None:
+    """List the successes whose audit records were lost (a buffered remote log can lose several
+    batches at once), unless they are already listed as not in the state at all."""
+    listed = {o.change.phone_number for o in report.unaudited + report.unrecorded}
+    report.unaudited.extend(
+        outcome
+        for outcome in report.outcomes
+        if outcome.status in (APPLIED, RECORDED)
+        and outcome.change.phone_number in numbers
+        and outcome.change.phone_number not in listed
+    )
+
+
 def entry_after(change: Change, state: State) -> Entry | None:
     if change.action == "forget":
         return None
@@ -302,29 +315,36 @@ def _local_message(change: Change) -> str:
 
 
 class SignalGuard:
-    """Once `activate`d (when sending starts), Ctrl-C and SIGTERM only ask the run to stop: nothing
-    new is sent, requests in flight finish and are recorded, and the report is printed. Later signals
-    only say so again, however many come: whatever Kaleyra accepted must be recorded first.
+    """Signals while a command holds the state lock.
+
+    From the start, SIGTERM and SIGHUP (CI cancelling a job, a closed terminal) raise KeyboardInterrupt
+    as Ctrl-C does, so the lock is released on the way out instead of the process dying with it held.
+    Once `activate`d (when sending starts), Ctrl-C and SIGTERM only ask the run to stop: nothing new is
+    sent, requests in flight finish and are recorded, and the report is printed. Later signals only say
+    so again, however many come: whatever Kaleyra accepted must be recorded first.
 
     On exit the previous handlers come back, or, for the real command line (`ignore_after`), signals
     are ignored: Python restores the default handlers while it shuts down, and a signal then would
     turn a reported exit 1 into a kill and could leave the lock behind.
     """
 
-    def __init__(self, stop: threading.Event, in_flight_note: str, ignore_after: bool = False):
+    SIGNALS = tuple(
+        getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name)
+    )
+
+    def __init__(self, stop: threading.Event, in_flight_note: str = "", ignore_after: bool = False):
         self.stop = stop
         self.note = in_flight_note
         self.ignore_after = ignore_after
+        self.active = False
         self.previous: dict[int, Any] = {}
 
     def activate(self) -> None:
-        try:
-            for number in (signal.SIGINT, signal.SIGTERM):
-                self.previous[number] = signal.signal(number, self._request_stop)
-        except ValueError:  # not the main thread (apply driven from a worker): no handlers to install
-            pass
+        self.active = True
 
-    def _request_stop(self, signum: int, frame: object) -> None:
+    def _handle(self, signum: int, frame: object) -> None:
+        if not self.active:
+            raise KeyboardInterrupt  # nothing sent yet: unwind, releasing the lock
         if self.stop.is_set():
             # os.write, not print: a handler may interrupt a print of the main thread (re-entrancy);
             # and a closed stderr must not turn a signal into an exception here.
@@ -333,8 +353,13 @@ class SignalGuard:
         self.stop.set()
 
     def __enter__(self) -> SignalGuard:
+        try:
+            for number in self.SIGNALS:
+                self.previous[number] = signal.signal(number, self._handle)
+        except ValueError:  # not the main thread (driven from a worker): no handlers to install
+            pass
         return self
 
     def __exit__(self, *exc: object) -> None:
         for number, handler in self.previous.items():
-            signal.signal(number, signal.SIG_IGN if self.ignore_after else handler)
+            signal.signal(number, signal.SIG_IGN if self.ignore_after and self.active else handler)

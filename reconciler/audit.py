@@ -78,6 +78,8 @@ class AuditLog:
         self.file: Any = None
         self.size = 0
         self.last_sync = 0.0
+        self.failed_numbers: list[str] = []  # the records a failure lost, by phone number
+        self.written_numbers: list[str] = []
 
     def open(self) -> None:
         """Prove, before anything is sent, that the audit log can be opened for appending and synced."""
@@ -94,27 +96,37 @@ class AuditLog:
                 f"{self.path}: cannot write the audit log ({error.strerror or error}); nothing was sent"
             ) from None
 
+    def unwritten_numbers(self) -> set[str]:
+        """The numbers whose records a failure lost: the batch whose write failed (earlier ones reached
+        the file), or every record of the run when the file was removed under it."""
+        return set(self.failed_numbers)
+
     def append(self, records: Iterable[dict[str, Any]]) -> None:
+        records = list(records)
         text = "".join(json_line(entry) for entry in records)
         if not text:
             return
         self.open()
         data = text.encode()
+        numbers = [str(entry.get("phone_number")) for entry in records]
         try:
             write_all(self.file, data)
             if time.monotonic() - self.last_sync >= self.SYNC_INTERVAL_S:
                 sync_appended(self.file.fileno())
                 self.last_sync = time.monotonic()
         except OSError as error:
+            self.failed_numbers = numbers
             with contextlib.suppress(OSError):  # the log must end on a whole record
                 self.file.truncate(self.size)
             raise RecordingFailed(f"{self.path}: cannot append ({error.strerror or error})") from None
         self.size += len(data)
+        self.written_numbers += numbers
         try:
             moved = os.stat(self.path).st_ino != os.fstat(self.file.fileno()).st_ino
         except FileNotFoundError:
             moved = True
         if moved:  # written, but into a file nobody will read again (the folder was deleted?)
+            self.failed_numbers = self.written_numbers
             raise RecordingFailed(f"{self.path} was removed or replaced during the run")
 
     def close(self) -> None:
@@ -186,6 +198,15 @@ class S3AuditLog:
     def close(self) -> None:
         if self.key is not None and self.flushed < len(self.lines):
             self._flush()
+
+    def unwritten_numbers(self) -> set[str]:
+        """The numbers of records appended but not yet in the object (all of them after a failure)."""
+        return {
+            json.loads(line)["phone_number"]
+            for text in self.lines[self.flushed :]
+            for line in text.splitlines()
+            if line
+        }
 
     def _flush(self) -> None:
         from .s3 import RemoteStateError

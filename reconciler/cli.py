@@ -6,6 +6,7 @@ Exit codes, for every command: 0 success and nothing to do; 1 any error (usage e
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -17,7 +18,7 @@ from typing import Any, NoReturn
 
 import click
 
-from . import render
+from . import render, secrets
 from .config import Config, load_config
 from .errors import ReconcilerError
 from .escape import escape, json_text
@@ -40,7 +41,9 @@ class PhoneNumber(click.ParamType):
         number = normalise_phone(str(value))
         if number is None:
             self.fail(
-                f"'{value}' is not a phone number: write + then 7 to 15 digits (+14155550100)", param, ctx
+                f"{escape(repr(str(value)))} is not a phone number: + then 7 to 15 digits (+14155550100)",
+                param,
+                ctx,
             )
         return number
 
@@ -59,6 +62,16 @@ class Checksum(click.ParamType):
         if not re.fullmatch(r"[0-9a-fA-F]{64}", text):
             self.fail(f"{escape(repr(value))} is not a plan checksum (64 hex characters)", param, ctx)
         return text.lower()
+
+
+class Finite(click.FloatRange):
+    """click's FloatRange, without nan and inf (which compare false to every bound, so pass it)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{escape(repr(value))} is not a finite number", param, ctx)
+        return number
 
 
 class Rate(click.ParamType):
@@ -114,6 +127,7 @@ class ReconcilerGroup(click.Group):
 
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> NoReturn:  # type: ignore[override]
         extra.pop("standalone_mode", None)
+        secrets.remember_named_secrets()  # so even an error before the config loads is redacted
         try:
             code = super().main(args, prog_name, standalone_mode=False, **extra)
         except ReconcilerError as error:
@@ -125,7 +139,11 @@ class ReconcilerGroup(click.Group):
             click.echo("Aborted: nothing was changed.", err=True)
             sys.exit(1)
         except click.ClickException as error:
-            error.show()
+            # Usage errors quote what was typed: shown escaped, like any text from outside.
+            shown = io.StringIO()
+            error.show(file=shown)
+            lines = shown.getvalue().splitlines()
+            click.echo(redact("".join(escape(line) + "\n" for line in lines)), err=True, nl=False)
             sys.exit(1)  # usage errors are 1, not click's 2: 2 always means "changes present"
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -224,7 +242,9 @@ def load_desired(ctx: click.Context) -> tuple[Config, dict[str, Profile]]:
 
 def load_state(config: Config, store: Store | None = None) -> State:
     """The applied state; entries for accounts reconciler.yaml no longer has are named in a warning."""
-    state = (store or open_store(config)).load()
+    store = store or open_store(config)
+    state = store.load()
+    state.refuse_if_moved(store.where())
     for account, numbers in sorted(unknown_accounts(state, config.accounts).items()):
         shown = ", ".join(numbers[:5]) + (f" and {len(numbers) - 5} more" if len(numbers) > 5 else "")
         echo(
@@ -240,6 +260,22 @@ def load_state(config: Config, store: Store | None = None) -> State:
 
 def notify(text: str) -> None:
     echo(escape(text) + "\n", err=True)
+
+
+def refuse_as_plan_file(out_file: str, config: Config) -> None:
+    """`plan --out` writes only a plan: never over the config, a profile or the state's files, and
+    never into a folder that does not exist (a typo must not create a tree)."""
+    target = os.path.realpath(out_file)
+    state = config.state_path
+    kept = [config.path, state, config.audit_path]
+    kept += [state.with_name(state.name + suffix) for suffix in (".journal", ".lock")]
+    inside_profiles = target.startswith(os.path.join(os.path.realpath(config.profiles_dir), ""))
+    if inside_profiles or target in {os.path.realpath(path) for path in kept}:
+        raise click.BadParameter(
+            f"{out_file} is one of the project's own files; save the plan elsewhere", param_hint="--out"
+        )
+    if not os.path.isdir(os.path.dirname(target)):
+        raise click.BadParameter(f"the folder of {out_file} does not exist", param_hint="--out")
 
 
 def request_log(ctx: click.Context) -> Callable[[str], None] | None:
@@ -314,6 +350,8 @@ def plan(
       reconciler plan --online       # also check the callback profile ids it sends, on Kaleyra
     """
     config, profiles = load_desired(ctx)
+    if out_file:
+        refuse_as_plan_file(out_file, config)
     state = load_state(config)
     the_plan = compute_plan(profiles, state, selection_of(config, targets, excludes), config.waba_keys())
     if online:

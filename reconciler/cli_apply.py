@@ -23,6 +23,7 @@ from .apply import (
     apply_plan,
     check_safety,
     entry_after,
+    note_unaudited,
     refuse_key_leaks,
 )
 from .cli import (
@@ -176,6 +177,7 @@ def _send(
             if report is None:
                 raise
             report.recording_failure = report.recording_failure or str(failure)
+            note_unaudited(report, audit_log.unwritten_numbers())
     return report
 
 
@@ -267,7 +269,8 @@ def import_(
     """
     config, profiles = load_desired(ctx)
     store = open_store(config)
-    with locked(store, "import", lock_timeout, notify):
+    # A signal unwinds (releasing the lock) rather than killing the process with the lock held.
+    with SignalGuard(threading.Event()), locked(store, "import", lock_timeout, notify):
         state = load_state(config, store)
         the_plan = compute_plan(profiles, state, selection_of(config, targets, excludes), config.waba_keys())
         adopted = [

@@ -6,11 +6,13 @@ the lock, journaled and audited.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 
 import click
 
 from . import audit, render, stateedit
+from .apply import SignalGuard
 from .cli import PHONE, cli, config_of, echo, lock_timeout_option, notify, verbose_option
 from .cli_apply import record_locally
 from .config import Config
@@ -44,7 +46,9 @@ def state_list(ctx: click.Context, output: str) -> int:
     Example:
       reconciler state list --format json | jq '.numbers | keys'
     """
-    current = open_store(config_of(ctx)).load()
+    store = open_store(config_of(ctx))
+    current = store.load()
+    current.refuse_if_moved(store.where())
     echo(
         json_text(current.to_json(), indent=2) + "\n" if output == "json" else render.state_list_text(current)
     )
@@ -62,7 +66,9 @@ def state_show(ctx: click.Context, phone_number: str) -> int:
     Example:
       reconciler state show +14155550100
     """
-    current = open_store(config_of(ctx)).load()
+    store = open_store(config_of(ctx))
+    current = store.load()
+    current.refuse_if_moved(store.where())
     entry = current.entries.get(phone_number)
     if entry is None:
         raise ReconcilerError(f"{phone_number}: not in the state (nothing applied or imported yet)")
@@ -112,8 +118,9 @@ def _edit_state(
     """Record a hand edit of the state like an apply: under the lock, journaled, audited."""
     config = config_of(ctx)
     store = open_store(config)
-    with locked(store, command):
+    with SignalGuard(threading.Event()), locked(store, command):
         state = store.load()
+        state.refuse_if_moved(store.where())
         edits = work_out(state, config)
         actor = audit.who(config.path.parent)
         record_locally(
@@ -165,7 +172,8 @@ def state_migrate(ctx: click.Context, to: str, lock_timeout: float) -> int:
     """
     from .migrate import migrate
 
-    echo(migrate(config_of(ctx), to, lock_timeout, notify) + "\n")
+    with SignalGuard(threading.Event()):
+        echo(migrate(config_of(ctx), to, lock_timeout, notify) + "\n")
     return 0
 
 

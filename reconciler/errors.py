@@ -37,7 +37,7 @@ class ValidationFailed(ReconcilerError):
     """The configuration or profiles are invalid; every problem found is listed."""
 
     def __init__(self, problems: list[Problem]):
-        self.problems = sorted(problems)
+        self.problems = sorted(set(problems))  # one line per problem, however many files share its cause
         super().__init__("\n".join(map(str, self.problems)))
 
     def lines(self) -> list[str]:

@@ -13,11 +13,22 @@ from typing import Any
 
 from .secrets import redact
 
-# C0 and C1 controls, DEL, the Unicode line and paragraph separators, and the bidi controls
-# (ALM, LRM, RLM, the embeddings and overrides LRE..RLO, and the isolates LRI..PDI).
-UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# C0 and C1 controls, DEL, the Unicode line and paragraph separators, and every format character
+# (Unicode category Cf: the bidi controls, zero-width spaces, word joiners, soft hyphens, the byte-order
+# mark, tag characters): they reorder text or make it invisible. The zero-width (non-)joiners are left
+# out: Indic scripts and emoji need them to read right. `reveal` escapes them as well, for a change
+# made of nothing else, which would otherwise look like no change at all.
+_FORMAT = (
+    "\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u180e\u200b\u200e\u200f"
+    "\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb\U000110bd\U000110cd"
+    "\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
+)
+UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f\u2028\u2029{_FORMAT}]")
 # json.dumps already escapes C0; these are what it lets through raw.
-_UNSAFE_IN_JSON = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+_UNSAFE_IN_JSON = re.compile(f"[\x7f-\x9f\u2028\u2029{_FORMAT}]")
+_JOINERS = re.compile("[\u200c\u200d]")
+# A joiner next to ASCII or at either end joins nothing a script needs: it only hides something.
+_STRAY_JOINER = re.compile("(?<![^\x00-\x7f])[\u200c\u200d]|[\u200c\u200d](?![^\x00-\x7f])")
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 
@@ -28,14 +39,27 @@ def _visible(match: re.Match[str]) -> str:
 
 def escape(text: str) -> str:
     """`text` with every unsafe character shown as a visible escape (`\\u202e`, `\\n`)."""
-    return UNSAFE.sub(_visible, text)
+    return _STRAY_JOINER.sub(_visible, UNSAFE.sub(_visible, text))
 
 
-def quote(text: str | None) -> str:
-    """A value for a terminal: in double quotes with escapes visible, so "" and trailing spaces show."""
+def quote(text: str | None, reveal: bool = False) -> str:
+    """A value for a terminal: in double quotes with escapes visible, so "" and trailing spaces show.
+    `reveal` also shows the zero-width joiners (see `revealing`)."""
     if text is None:
         return "(not managed)"
-    return _UNSAFE_IN_JSON.sub(_visible, json.dumps(text, ensure_ascii=False))
+    quoted = _UNSAFE_IN_JSON.sub(_visible, json.dumps(text, ensure_ascii=False))
+    return (_JOINERS if reveal else _STRAY_JOINER).sub(_visible, quoted)
+
+
+def revealing(before: str | None, after: str | None) -> bool:
+    """True when two different values would look the same once escaped: only zero-width joiners tell
+    them apart, so both must be shown with those escaped too."""
+    return before != after and before is not None and after is not None and quote(before) == quote(after)
+
+
+def escape_all(text: str) -> str:
+    """`escape`, and the zero-width joiners as well."""
+    return _JOINERS.sub(_visible, escape(text))
 
 
 def json_text(document: Any, *, indent: int | None = None, sort_keys: bool = False) -> str:

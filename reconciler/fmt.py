@@ -41,13 +41,12 @@ _LINE_BREAK = re.compile("\r\n|[\r\n\x85\u2028\u2029]")
 _RAW_IN_QUOTES = re.compile(
     "[\x20-\x7e\xa0-\u2027\u202a-\ud7ff\ue000-\ufefe\uff00-\ufffd\U00010000-\U0010ffff]"
 )
-# Plain scalars that YAML 1.2's core schema reads as null, a boolean or a number.
-_YAML_1_2_NOT_TEXT = re.compile(
-    r"null|Null|NULL|~|true|True|TRUE|false|False|FALSE"
-    r"|[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+"
-    r"|[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
-    r"|[-+]?\.(?:inf|Inf|INF)|\.nan|\.NaN|\.NAN"
-)
+# Plain scalars that YAML 1.2's core schema reads as null or a boolean.
+_YAML_1_2_NOT_TEXT = re.compile(r"null|Null|NULL|~|true|True|TRUE|false|False|FALSE")
+# Anything that starts like a number is quoted: YAML 1.2 readers differ on what is one (ruamel, which
+# check-jsonschema uses, also reads `1_0e5`, `-_1` and `0o1_7` as numbers, and fails on `._`), and a
+# quote too many never changes a value.
+_STARTS_LIKE_A_NUMBER = re.compile(r"[-+]?\.?[0-9_]|[-+]?\.(?:inf|Inf|INF|nan|NaN|NAN)")
 
 
 @dataclass(frozen=True)
@@ -172,6 +171,7 @@ def _scalar(value: str) -> str:
         value == value.strip()
         and _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) == _STR
         and not _YAML_1_2_NOT_TEXT.fullmatch(value)
+        and not _STARTS_LIKE_A_NUMBER.match(value)
         and _EMITTER.analyze_scalar(value).allow_block_plain
     ):
         return value

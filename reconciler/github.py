@@ -125,6 +125,15 @@ def state_edit_flag(path: str, before: str | None, after: str | None, trusted_so
     """Markdown for the top of the comment when a pull request edits the state file; '' when it does not."""
     if (before or "") == (after or ""):
         return ""
+    if path.endswith((".journal", ".lock")):
+        kind = "journal" if path.endswith(".journal") else "lock"
+        return (
+            "> [!WARNING]\n"
+            f"> **This pull request commits the state's {kind}** (`{md(path)}`). A {kind} is never part of "
+            "git, and it is removed before planning and applying: a committed journal would record as "
+            "applied what was never sent, and a committed lock would stop every apply. Remove it from "
+            "the pull request.\n"
+        )
     old, _ = _state_numbers(before)
     new, problem = _state_numbers(after)
     touched = sorted(n for n in set(old) | set(new) if old.get(n) != new.get(n))
@@ -275,7 +284,18 @@ def state_backend(config_file: str | None) -> str:
         return "local"
 
 
-def state_files(config_file: str | None) -> list[str]:
+def stray_state_files(config_file: str | None) -> list[str]:
+    """The state's journal and lock, relative to the working directory. Neither is ever part of git:
+    a committed journal would be replayed on load (recording as applied what never was sent, which
+    hides a change from the plan and from drift) and a committed lock would stop every apply."""
+    kept = state_files(config_file, quiet=True)
+    if not kept:
+        return []
+    state = Path(kept[0])
+    return [(state.parent / f"{state.name}{suffix}").as_posix() for suffix in (".journal", ".lock")]
+
+
+def state_files(config_file: str | None, quiet: bool = False) -> list[str]:
     """The files that hold the applied state, relative to the working directory.
 
     Hook for remote state (issue 13): a config whose state is not a local file lists nothing, so the
@@ -287,7 +307,8 @@ def state_files(config_file: str | None) -> list[str]:
     try:
         config = load_config(config_file)
     except ReconcilerError as error:
-        print(f"note: using the default state path; the config did not load: {error}", file=sys.stderr)
+        if not quiet:
+            print(f"note: using the default state path; the config did not load: {error}", file=sys.stderr)
         return [".reconciler/state.json", ".reconciler/audit.jsonl"]
     if config.state_backend != "local":
         return []
@@ -297,7 +318,8 @@ def state_files(config_file: str | None) -> list[str]:
         try:
             paths.append(path.resolve().relative_to(root).as_posix())
         except ValueError:
-            print(f"note: {path} is outside the working directory; it is not kept", file=sys.stderr)
+            if not quiet:
+                print(f"note: {path} is outside the working directory; it is not kept", file=sys.stderr)
     return paths
 
 
@@ -342,6 +364,8 @@ def main(argv: list[str] | None = None) -> int:
 
     files = commands.add_parser("state-files", help="print the state's files, one per line")
     files.add_argument("--config")
+    stray = commands.add_parser("stray-files", help="print the state's journal and lock (never in git)")
+    stray.add_argument("--config")
 
     backend = commands.add_parser("state-backend", help="print state.backend: local or s3")
     backend.add_argument("--config")
@@ -386,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         print(checksum)
     elif args.command == "state-files":
         for path in state_files(args.config):
+            print(path)
+    elif args.command == "stray-files":
+        for path in stray_state_files(args.config):
             print(path)
     elif args.command == "state-backend":
         print(state_backend(args.config))

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .ratelimit import AdaptiveRate, Ceiling, RateChange
+from .secrets import redact
 
 if TYPE_CHECKING:
     import httpx
@@ -255,9 +256,15 @@ class KaleyraClient:
         _, payload = self._call("GET", url, target, api_key, None, profile_id, PROFILE_FETCHED)
         data = payload.get("data") if isinstance(payload.get("data"), dict) else {}
         status = data.get("status")
+        answered = data.get("profile_id")
+        if answered is not None and str(answered) != profile_id:
+            # A proxy, a cache or a bug answered for another profile: that says nothing about this one.
+            raise KaleyraError(
+                "WRONG_PROFILE", _clip(f"asked for profile {profile_id}, the answer is for {answered}")
+            )
         return CallbackProfile(
-            profile_id=str(data.get("profile_id") or profile_id),
-            status=status if isinstance(status, int) else None,
+            profile_id=profile_id,
+            status=status if type(status) is int else None,  # true is no status (bool is an int in Python)
             title=_clip(str(data.get("title") or "")),
             url=_clip(str(data.get("url") or "")),
         )
@@ -434,7 +441,10 @@ def _rps(rate: float | None) -> str:
 
 
 def _clip(text: str) -> str:
-    """A server's text as we echo it: at most MAX_MESSAGE_CHARS, saying how much was cut."""
+    """A server's text as we echo it: at most MAX_MESSAGE_CHARS, saying how much was cut. Keys are cut
+    out first: clipping a message that echoes a key could leave half of it, which no later redaction
+    would recognise."""
+    text = redact(text)
     if len(text) <= MAX_MESSAGE_CHARS:
         return text
     return f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS:,} more characters cut)"

@@ -118,20 +118,27 @@ def locked(
     deadline = time.monotonic() + timeout_s
     pause = 0.05
     told = False
-    while True:
-        if store.create_lock(info):
-            break
-        holder = store.read_lock()
-        if holder is None:  # released between our attempt and our look: try again at once
-            continue
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise LockHeld(_held_message(holder, waited=timeout_s))
-        if not told:
-            notify(f"waiting up to {_seconds(timeout_s)} for the state lock, held by {holder.describe()}")
-            told = True
-        time.sleep(min(pause, remaining))
-        pause = min(pause * 2, POLL_MAX_S)
+    try:
+        while True:
+            if store.create_lock(info):
+                break
+            holder = store.read_lock()
+            if holder is None:  # released between our attempt and our look: try again at once
+                continue
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise LockHeld(_held_message(holder, waited=timeout_s))
+            if not told:
+                notify(f"waiting up to {_seconds(timeout_s)} for the state lock, held by {holder.describe()}")
+                told = True
+            time.sleep(min(pause, remaining))
+            pause = min(pause * 2, POLL_MAX_S)
+    except BaseException:
+        # Interrupted (Ctrl-C, SIGTERM) just as the lock was taken: a lock of ours must not outlive us.
+        with contextlib.suppress(Exception):
+            if store.read_lock() == info:
+                store.remove_lock(info)
+        raise
     try:
         yield info
     finally:

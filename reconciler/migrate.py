@@ -9,6 +9,7 @@ lineage is never overwritten.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable
 
 from .audit import AuditLog, S3AuditLog
@@ -42,6 +43,10 @@ def migrate(
         state = source.load()
         if state.lineage is None:
             raise ReconcilerError(f"{source.where()}: there is no state to migrate (nothing applied yet)")
+        if state.moved_to:
+            raise ReconcilerError(
+                f"{source.where()}: this state was already moved to {state.moved_to}; nothing to migrate"
+            )
         existing = target.load()
         if existing.lineage is not None and existing.lineage != state.lineage:
             raise ReconcilerError(
@@ -49,13 +54,18 @@ def migrate(
                 f"{existing.serial}), not {state.lineage}; it was not overwritten. Move it away first if it "
                 "is not needed"
             )
-        if existing.lineage == state.lineage and existing.serial > state.serial:
+        # Only the marker left by an earlier migration (or an identical copy) may be overwritten: a live
+        # copy of the same lineage may hold successes the source lacks, and they would be lost.
+        if existing.lineage is not None and not existing.moved_to and existing.to_json() != state.to_json():
             raise ReconcilerError(
-                f"{target.where()}: holds a newer serial of this state ({existing.serial} > {state.serial}); "
-                f"it was not overwritten. Migrate the other way, or check which one is current"
+                f"{target.where()}: holds a live copy of this state (serial {existing.serial}) that differs "
+                f"from {source.where()} (serial {state.serial}); both may have recorded applies, so it was "
+                "not overwritten. Check which one is current and move the other away"
             )
         copied = _copy_audit(source_audit, target_audit)
         target.replace(state)
+        # The source stays behind as a marker: commands refuse it, so the two cannot diverge.
+        source.replace(dataclasses.replace(state, moved_to=target.where()))
     summary = (
         f"Copied the state (lineage {state.lineage}, serial {state.serial}, {len(state.entries)} number(s)) "
         f"and {copied} audit record(s) from {source.where()} to {target.where()}."

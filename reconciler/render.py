@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from .apply import APPLIED, FAILED, NOT_ATTEMPTED, RECORDED, ApplyReport, Outcome
-from .escape import escape, json_line, json_text, quote
+from .escape import escape, escape_all, json_line, json_text, quote, revealing
 from .kaleyra import throttling_summary
 from .plan import FORMAT_VERSION, Change, Plan
 from .secrets import redact
@@ -63,7 +63,9 @@ def _change_text(change: Change) -> list[str]:
         elif field_change.after is None:
             lines.append(f"    {label} {quote(field_change.before)}  (no longer managed; nothing sent)")
         else:
-            lines.append(f"    {label} {quote(field_change.before)} -> {quote(field_change.after)}")
+            reveal = revealing(field_change.before, field_change.after)
+            before, after = quote(field_change.before, reveal), quote(field_change.after, reveal)
+            lines.append(f"    {label} {before} -> {after}")
     return lines
 
 
@@ -75,7 +77,7 @@ def plan_json(plan: Plan) -> str:
 _MARKDOWN_ENTITIES = str.maketrans({char: f"&#{ord(char)};" for char in "&<>\"'|`@*_[]\\~#!"})
 
 
-def md(text: str | None) -> str:
+def md(text: str | None, reveal: bool = False) -> str:
     """Escape a value for a markdown table cell: profile text can never break out of it, and control
     and bidi characters show as visible escapes (an HTML entity would still reorder the text)."""
     if text is None:
@@ -83,7 +85,7 @@ def md(text: str | None) -> str:
     if text == "":
         return '`""` (cleared)'
     # Redacted before escaping: an escaped key (`_` becomes `&#95;`) would no longer be found later.
-    return escape(redact(text)).translate(_MARKDOWN_ENTITIES)
+    return (escape_all if reveal else escape)(redact(text)).translate(_MARKDOWN_ENTITIES)
 
 
 def plan_markdown(plan: Plan, title: str = "Kaleyra profile plan", limit: int = MARKDOWN_LIMIT) -> str:
@@ -131,7 +133,9 @@ def _change_markdown(change: Change, fold: bool) -> str:
     elif change.action == "unmanage":
         title += ": these fields are no longer managed, nothing is sent"
     rows = ["| field | before | after |", "|---|---|---|"]
-    rows += [f"| {md(name)} | {md(c.before)} | {md(c.after)} |" for name, c in change.fields.items()]
+    for name, c in change.fields.items():
+        reveal = revealing(c.before, c.after)
+        rows.append(f"| {md(name)} | {md(c.before, reveal)} | {md(c.after, reveal)} |")
     body = "\n".join(rows) if change.fields else "_no fields_"
     if fold:
         return f"<details><summary>{title}</summary>\n\n{body}\n\n</details>\n"

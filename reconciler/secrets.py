@@ -52,20 +52,17 @@ def remember(key: str) -> None:
 
 
 def redact(text: str) -> str:
-    """`text` with every remembered key, and every secret-looking variable's value, cut out."""
-    for value in _named_secrets():
-        if value in text:
-            text = text.replace(value, REDACTED)
+    """`text` with every remembered key (and secret-looking variable's value) cut out. One compiled
+    pattern: it runs on every line printed and every record written, so it must stay cheap."""
     pattern = _pattern
     return pattern.sub(REDACTED, text) if pattern is not None else text
 
 
-def _named_secrets() -> list[str]:
-    return [
-        value
-        for name, value in os.environ.items()
-        if len(value) >= MIN_NAMED_SECRET_LENGTH and _SECRET_NAME.search(name)
-    ]
+def remember_named_secrets() -> None:
+    """Remember the values of variables whose names say they are secret (long enough to be one)."""
+    for name, value in os.environ.items():
+        if len(value) >= MIN_NAMED_SECRET_LENGTH and _SECRET_NAME.search(name):
+            remember(value)
 
 
 def holds_key(text: str) -> bool:
@@ -73,14 +70,13 @@ def holds_key(text: str) -> bool:
     key pasted into a profile value). Such a value is refused rather than redacted: redacting it
     would make the state say something other than what Kaleyra holds."""
     pattern = _pattern
-    if pattern is not None and pattern.search(text) is not None:
-        return True
-    return any(value in text for value in _named_secrets())
+    return pattern is not None and pattern.search(text) is not None
 
 
 def remember_configured_keys(config: Config) -> None:
     """Every key the configuration names and the environment holds is redacted, even in commands
     that never send (history, state show): what one run wrote must not leak through another."""
+    remember_named_secrets()
     for account in config.accounts.values():
         value = os.environ.get(account.api_key_env)
         if value:

@@ -93,14 +93,28 @@ class State:
     lineage: str | None = None
     serial: int = 0
     entries: dict[str, Entry] = field(default_factory=dict)
+    # Set on the copy `state migrate` moved away from: the live state is now at that place.
+    moved_to: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        document = {
             "format_version": STATE_FORMAT,
             "lineage": self.lineage,
             "serial": self.serial,
             "numbers": {phone: entry.to_json() for phone, entry in sorted(self.entries.items())},
         }
+        if self.moved_to:
+            document["moved_to"] = self.moved_to
+        return document
+
+    def refuse_if_moved(self, where: str) -> None:
+        """A state `state migrate` moved away from is kept only as a marker: using it would let two
+        copies go on diverging, and one of them would lose a success when migrated over the other."""
+        if self.moved_to:
+            raise ReconcilerError(
+                f"{where}: this state was moved to {self.moved_to} by `state migrate`; set state.backend "
+                "to use it there (or migrate it back)"
+            )
 
 
 class Recorder(Protocol):
@@ -196,16 +210,22 @@ class StateStore:
     # The lock: a file created with O_EXCL, so exactly one process can create it.
 
     def create_lock(self, info: LockInfo) -> bool:
+        """Create the lock with its content in one step: written to a temporary file, then linked into
+        place (link fails if the lock exists), so no reader ever sees an empty or partial lock."""
         self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.lock_path.with_name(f".{self.lock_path.name}.{os.getpid()}.tmp")
         try:
-            descriptor = os.open(self.lock_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(descriptor, "w") as file:
-            json.dump(info.to_json(), file)
-            file.flush()
-            os.fsync(file.fileno())
-            self.lock_identity = _identity(os.fstat(file.fileno()))
+            with open(temporary, "w") as file:
+                json.dump(info.to_json(), file)
+                file.flush()
+                os.fsync(file.fileno())
+            try:
+                os.link(temporary, self.lock_path)
+            except FileExistsError:
+                return False
+        finally:
+            temporary.unlink(missing_ok=True)
+        self.lock_identity = _identity(os.stat(self.lock_path))
         return True
 
     def read_lock(self) -> LockInfo | None:
@@ -270,7 +290,10 @@ def parse_state(raw: bytes, where: str, advice: str) -> State:
     if not isinstance(numbers, dict):
         raise StateCorrupt(f"{where}: 'numbers' must be an object of phone number -> entry")
     entries = {phone: Entry.from_json(entry, f"{where}: numbers.{phone}") for phone, entry in numbers.items()}
-    return State(lineage=lineage, serial=serial, entries=entries)
+    moved_to = data.get("moved_to")
+    if moved_to is not None and not isinstance(moved_to, str):
+        raise StateCorrupt(f"{where}: 'moved_to' must be text, not {_kind(moved_to)}")
+    return State(lineage=lineage, serial=serial, entries=entries, moved_to=moved_to)
 
 
 def journal_records(data: bytes, where: str, torn_tail_allowed: bool) -> Iterator[tuple[str, dict[str, Any]]]:

@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from .github import state_backend, state_files
+from .github import state_backend, state_files, stray_state_files
 
 BOT_NAME = "github-actions[bot]"
 BOT_EMAIL = "41898282+github-actions[bot]@users.noreply.github.com"
@@ -93,11 +93,12 @@ def _digest(path: Path) -> str | None:
 def fetch(branch: str, config: str | None) -> str:
     """Put the state branch's files over the working tree's; return what was done, for the log."""
     files = state_files(config)
+    removed = remove_stray_files(config)
     if not branch or not files:
         snapshot_file().write_text(json.dumps({name: _digest(Path(name)) for name in files}))
         if state_backend(config) != "local":
             return "The state is kept on S3 (state.backend s3), not in git: nothing to fetch."
-        return "The state is not kept in git here; nothing fetched."
+        return removed + "The state is not kept in git here; nothing fetched."
     clone = clone_dir()
     shutil.rmtree(clone, ignore_errors=True)
     clone.mkdir(parents=True)
@@ -126,7 +127,21 @@ def fetch(branch: str, config: str | None) -> str:
         head = git("rev-parse", "--short=12", "HEAD", cwd=clone).stdout.strip()
         message = f"The applied state comes from {branch} at {head}."
     snapshot_file().write_text(json.dumps({name: _digest(Path(name)) for name in files}))
-    return message
+    return removed + message
+
+
+def remove_stray_files(config: str | None) -> str:
+    """Delete a journal or lock that came with the checkout (they are never part of git); say so."""
+    said = ""
+    for name in stray_state_files(config):
+        path = Path(name)
+        if path.is_file() or path.is_symlink():
+            path.unlink()
+            said += (
+                f"::warning::{name} was committed to git; removed it before running (a journal or lock "
+                "is never part of the reviewed state).\n"
+            )
+    return said
 
 
 def _keep_unsaved(files: list[str], config_dir: Path) -> None:

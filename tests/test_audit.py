@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import yaml
 
 from reconciler import audit
@@ -52,3 +53,38 @@ def test_pre_commit_hooks_run_validate_and_fmt():
     assert [hook["id"] for hook in hooks] == ["reconciler-validate", "reconciler-fmt"]
     assert hooks[0]["entry"] == "reconciler validate" and hooks[0]["pass_filenames"] is False
     assert hooks[1]["entry"] == "reconciler fmt" and hooks[1]["pass_filenames"] is False
+
+
+def test_a_remote_audit_log_that_fails_names_every_record_it_had_not_written(monkeypatch):
+    """S3 cannot append: records wait for the next flush, and a failed flush loses all of them, not
+    only the last batch; apply must list every such number as unaudited."""
+    from reconciler.audit import S3AuditLog
+    from reconciler.state import RecordingFailed
+
+    log = S3AuditLog.__new__(S3AuditLog)
+    puts: list[bytes] = []
+
+    class Objects:
+        def put(self, key, data, if_absent=False):
+            if puts:
+                from reconciler.s3 import RemoteStateError
+
+                raise RemoteStateError("503 Slow Down")
+            puts.append(data)
+
+    log.objects, log.prefix, log.key, log.lines, log.flushed, log.last_flush = (
+        Objects(),
+        "k.audit/",
+        None,
+        [],
+        0,
+        0,
+    )
+    log.location = None
+    log.open()  # the first put: the empty object
+    log.FLUSH_INTERVAL_S = 3600  # nothing flushes until close
+    log.append([{"phone_number": "+1", "fields": {}}])
+    log.append([{"phone_number": "+2", "fields": {}}])
+    with pytest.raises(RecordingFailed):
+        log.close()
+    assert log.unwritten_numbers() == {"+1", "+2"}

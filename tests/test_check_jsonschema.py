@@ -203,3 +203,33 @@ def test_the_issues_examples_are_refused_naming_file_line_column_and_field(tmp_p
         "line (a | or > block adds one: write the value on the key's line, quoted if needed)",
         "2 errors found; nothing was changed.",
     ]
+
+
+NUMBER_LOOKALIKES = [
+    "1_0e5",
+    "0o1_7",
+    "1_000.5e3",
+    "._1",
+    "-_1",
+    "1.0_e5",
+    "0o7_",
+    "._",
+    "+_",
+    "0o_",
+    "1e3",
+    ".inf",
+]
+
+
+def test_fmt_output_reads_as_text_to_check_jsonschema_too(tmp_path):
+    """fmt quotes whatever a YAML 1.2 reader might take for a number, including ruamel's underscores."""
+    project = Project(tmp_path, "http://127.0.0.1:9")
+    files = []
+    for index, value in enumerate(NUMBER_LOOKALIKES):
+        files.append(
+            project.write_raw(f"p{index}.yaml", f"phone_number: '{NUMBERS[index]}'\nabout: '{value}'\n")
+        )
+    assert project.run("fmt").exit_code == 0
+    for path, value in zip(files, NUMBER_LOOKALIKES, strict=True):
+        assert yaml.safe_load(path.read_text())["about"] == value  # the value did not change
+    assert check_jsonschema_failures(PROFILE_SCHEMA, files) == set()

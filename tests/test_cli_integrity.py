@@ -486,9 +486,9 @@ def test_a_storm_of_signals_still_prints_the_report_and_exits_1(tmp_path, fleet_
                 process.send_signal(number)
         time.sleep(0.003)
     stdout, stderr = process.communicate(timeout=30)
-    assert process.returncode == 1, (process.returncode, stderr)
-    assert "Interrupted" in stdout and "Applied" in stdout
-    assert "Aborted: nothing was changed" not in stderr
+    assert process.returncode == 1, (process.returncode, stdout, stderr)
+    assert "Interrupted" in stdout and "Applied" in stdout, (stdout, stderr)
+    assert "Aborted: nothing was changed" not in stderr, (stdout, stderr)
     assert set(project.applied()) == accepted_numbers(fleet_server)
     assert not (project.root / ".reconciler" / "state.json.lock").exists()
 
@@ -744,3 +744,83 @@ def test_a_lock_with_a_nonsense_pid_is_reported_not_crashed_on(project, sandbox,
     assert_clean_failure(result)
     assert "locked by an unknown process" in result.stderr
     assert project.run("state", "unlock", "--force").exit_code == 0
+
+
+def test_sigterm_before_the_first_put_releases_the_lock_and_exits_1(tmp_path, fleet_server):
+    project = Project(tmp_path, fleet_server.url)
+    for number in fleet_server.fleet:
+        project.write_profile(number, about="x")
+    lock = project.root / ".reconciler" / "state.json.lock"
+    # A held lock makes the run wait (--lock-timeout) with its plan not made: the moment to cancel it.
+    lock.parent.mkdir()
+    holder = {"host": "elsewhere", "pid": 4242, "user": "ci", "command": "apply", "since": "T"}
+    lock.write_text(json.dumps(holder))
+    process = run_process(
+        project,
+        "apply",
+        "--auto-approve",
+        "--lock-timeout",
+        "60",
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    time.sleep(1.0)
+    lock.unlink()  # the holder is done; ours takes the lock and plans 120 numbers
+    deadline = time.monotonic() + 20
+    while not lock.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.001)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 1, (process.returncode, stderr)
+    assert not lock.exists(), "the lock outlived the run"
+    assert set(project.applied()) == accepted_numbers(fleet_server)
+
+
+@pytest.mark.parametrize(
+    ("out", "complaint"),
+    [
+        (".reconciler/state.json", "one of the project's own files"),
+        ("reconciler.yaml", "one of the project's own files"),
+        ("profiles/plan.yaml", "one of the project's own files"),
+        ("missing/folder/plan.json", "does not exist"),
+    ],
+)
+def test_plan_out_never_overwrites_the_projects_own_files(project, sandbox, out, complaint):
+    project.write_profile(A, about="x")
+    assert project.run("apply", "--auto-approve").exit_code == 0
+    state_before = project.state_path.read_bytes()
+    result = project.run("plan", "--out", out)
+    assert_clean_failure(result)
+    assert complaint in result.output + result.stderr
+    assert project.state_path.read_bytes() == state_before
+    assert not (project.root / "missing").exists()
+
+
+def test_invisible_characters_are_shown_and_a_change_of_joiners_alone_is_visible(project, sandbox):
+    project.write_profile(A, about="Body care")
+    assert project.run("apply", "--auto-approve").exit_code == 0
+    project.write_profile(A, about="Body\u200dcare\u200b")  # a joiner, and a zero-width space
+    for args in (["plan"], ["plan", "--format", "markdown"]):
+        shown = project.run(*args).stdout
+        assert "\u200b" not in shown and "\u200d" not in shown, args
+        assert "u200b" in shown and "u200d" in shown, args
+    project.write_profile(A, about="नमस्ते")  # Devanagari: its joiners stay readable when not the change
+    project.run("apply", "--auto-approve")
+    project.write_profile(A, about="नमस्ते\u200d")
+    assert "u200d" in project.run("plan").stdout
+
+
+def test_a_usage_error_shows_what_was_typed_escaped(project):
+    result = project.run("state", "show", "1\x1b[2J\x07")
+    assert_clean_failure(result)
+    assert not UNSAFE.search((result.output + result.stderr).replace("\n", ""))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["--latency-ms", "nan"], ["--latency-ms", "inf"], ["--fail-rate", "nan"], ["--rate-limit", "nan"]],
+)
+def test_the_sandbox_takes_finite_numbers(project, args):
+    result = project.run("sandbox", "--port", "0", *args)
+    assert_clean_failure(result)
+    assert "not a finite number" in result.output + result.stderr or "not in the range" in result.stderr

@@ -356,9 +356,32 @@ def test_migrate_refuses_to_overwrite_another_lineage_or_a_newer_serial(tmp_path
 
     assert checkout.run("state", "migrate", "--to", "local").exit_code == 0
     checkout.write_profile(FLEET[0], about="newer", category="OTHER")
-    assert checkout.run("apply", "--auto-approve").exit_code == 0  # s3 is now one serial ahead
-    newer = checkout.run("state", "migrate", "--to", "s3")
-    assert newer.exit_code == 1 and "newer serial" in newer.stderr
+    # The S3 copy is only a marker now: applying to it (backend still s3) is refused, so the two copies
+    # cannot diverge and a later migration cannot lose a success.
+    stale = checkout.run("apply", "--auto-approve")
+    assert stale.exit_code == 1 and "was moved to" in stale.stderr and "state migrate" in stale.stderr
+    assert checkout.run("state", "migrate", "--to", "local").exit_code == 1  # nothing live to move
+
+
+def test_migrate_never_overwrites_a_live_copy_that_diverged(tmp_path, checkout, fleet_sandbox):
+    numbers = make_fleet(checkout, 3)
+    checkout.write_config(state=checkout.state_settings(backend="local"))
+    assert checkout.run("apply", "--auto-approve").exit_code == 0
+    assert checkout.run("state", "migrate", "--to", "s3").exit_code == 0
+    # Someone restores the local file from git (so it is live again) and applies there meanwhile.
+    restored = json.loads(checkout.state_path.read_text())
+    del restored["moved_to"]
+    checkout.state_path.write_text(json.dumps(restored))
+    checkout.write_profile(numbers[1], about="local only", category="OTHER")
+    assert checkout.run("apply", "--auto-approve").exit_code == 0
+    checkout.write_config()  # and on S3, another change
+    checkout.write_profile(numbers[1], about="x", category="OTHER")
+    checkout.write_profile(numbers[0], about="s3 only", category="OTHER")
+    assert checkout.run("apply", "--auto-approve").exit_code == 0
+    on_s3 = checkout.objects()[STATE_KEY]
+    refused = checkout.run("state", "migrate", "--to", "s3")
+    assert refused.exit_code == 1 and "live copy of this state" in refused.stderr
+    assert checkout.objects()[STATE_KEY] == on_s3
 
 
 @pytest.mark.parametrize(

@@ -609,3 +609,40 @@ def test_a_body_over_1_mib_is_cut_and_reported_without_reading_the_rest(announce
     assert raised.value.code == "TOO_LARGE" and "larger than 1,048,576 bytes" in raised.value.describe()
     # 256 MiB were on offer; the client stopped reading at 1 MiB (plus what socket buffers held).
     assert server.sent < 32 * MAX_BODY_BYTES
+
+
+@respx.mock
+def test_a_message_echoing_the_key_is_redacted_before_it_is_cut_to_length(client, monkeypatch):
+    from reconciler import secrets
+
+    monkeypatch.delenv("KALEYRA_ENDPOINT", raising=False)
+    key = "SECRETKEY-0123456789abcdef"
+    secrets.remember(key)
+    message = "x" * (500 - len(key) // 2) + key  # the cut at 500 would fall inside the key
+    respx.put(target().url).respond(400, json=body("WA400", message))
+    with pytest.raises(KaleyraError) as raised:
+        client.update(target(), key, "+914846000101", {"about": "x"})
+    assert key[: len(key) // 2] not in raised.value.describe()
+
+
+@pytest.mark.parametrize(
+    ("data", "complaint"),
+    [
+        ({"profile_id": "cb-1", "status": True}, None),  # true is no status: not active
+        ({"profile_id": "another-id", "status": 1}, "WRONG_PROFILE"),
+    ],
+)
+@respx.mock
+def test_a_callback_profile_answer_must_be_about_the_id_asked_with_a_real_status(
+    client, monkeypatch, data, complaint
+):
+    monkeypatch.delenv("KALEYRA_ENDPOINT", raising=False)
+    respx.get(target().callback_profile_url("cb-1")).respond(
+        200, json={"code": "RBC024", "message": "Profile fetched successfully", "data": data}
+    )
+    if complaint:
+        with pytest.raises(KaleyraError, match=complaint):
+            client.callback_profile(target(), KEY, "cb-1")
+    else:
+        profile = client.callback_profile(target(), KEY, "cb-1")
+        assert profile.status is None and not profile.active

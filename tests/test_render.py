@@ -103,3 +103,12 @@ def test_markdown_cuts_a_key_before_escaping_it():
     secrets.remember(key)
     cell = md(f"server said {key}")
     assert "under" not in cell and "[redacted]" in cell.replace("&#91;", "[").replace("&#93;", "]")
+
+
+def test_joiners_that_scripts_and_emoji_need_stay_readable_and_stray_ones_show():
+    from reconciler.escape import escape, quote
+
+    family = "👨\u200d👩\u200d👧"
+    malayalam = "ന്\u200dറെ"  # a chillu form, written with a zero-width joiner
+    assert escape(family) == family and escape(malayalam) == malayalam
+    assert escape("Body\u200dcare") == "Body\\u200dcare" and quote("care\u200c") == '"care\\u200c"'

@@ -232,6 +232,32 @@ def test_defect_3_a_pull_request_editing_the_state_is_flagged_with_the_numbers(w
     assert "Hidden change" in body[body.index("###") :], "the plan still shows the change"
 
 
+def test_a_journal_or_lock_committed_in_a_pull_request_is_flagged_and_never_obeyed(world: World) -> None:
+    state = seed_applied(world)
+    # The journal claims the PR's change was already applied (one record after the state's serial),
+    # and a lock would stop every apply: neither ever belongs in git.
+    entry = dict(state["numbers"]["+914846000102"])
+    entry["fields"] = {**entry["fields"], "description": "Hidden change"}
+    record = {"lineage": state["lineage"], "serial": state["serial"] + 1, "phone_number": "+914846000102"}
+    lock = {"host": "elsewhere", "pid": 4242, "user": "mallory", "command": "apply", "since": "T"}
+    pull, _ = world.open_pr(
+        {
+            **edit(world, SUPPORT, "Order status and returns", "Hidden change"),
+            ".reconciler/state.json.journal": json.dumps({**record, "entry": entry}) + "\n",
+            ".reconciler/state.json.lock": json.dumps(lock),
+        }
+    )
+    body = plan_comment(world, pull["number"])["body"]
+    top = body[: body.index("###")]
+    assert "commits the state's journal" in top and "commits the state's lock" in top, body[:1200]
+    assert "Hidden change" in body[body.index("###") :], "the plan still shows the change"
+    world.merge(pull)
+    apply_run = world.runner.runs[-1]
+    assert apply_run.workflow == "reconciler apply" and apply_run.conclusion == "success", apply_run.job().log
+    assert world.kaleyra_numbers()["+914846000102"]["description"] == "Hidden change"
+    assert "was committed to git; removed it" in apply_run.job().log
+
+
 # --- merge and apply --------------------------------------------------------------------------------
 
 
@@ -860,3 +886,12 @@ def test_s3_a_role_given_to_the_plan_job_is_refused_before_anything_runs(s3_worl
     outcomes = {step.name: step.outcome for step in job.steps}
     assert outcomes["Assume the AWS role for the remote state"] == "skipped"
     assert outcomes["Validate and plan"] == "skipped"
+
+
+def test_the_action_runs_python_isolated_from_the_checked_out_tree() -> None:
+    """A merged pull request could add `pip/__main__.py` or `html.py`: with the workspace on sys.path,
+    it would run in a job holding the Kaleyra keys. Every Python the action runs is isolated (-I)."""
+    text = (PROJECT / "action.yml").read_text()
+    calls = re.findall(r"\bpython3? (?!-I\b)[-\w]", text)
+    assert calls == [], calls
+    assert '-c "$ACTION_PATH/constraints.txt"' in text  # and dependencies at the versions CI tested

@@ -158,6 +158,11 @@ class World:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(content.encode() if isinstance(content, str) else content)
         self._git("add", "-A")
+        # What a test names is committed even where .gitignore would leave it out (`git add -f`), as a
+        # determined pull request can.
+        named = [name for name, content in files.items() if content is not None]
+        if named:
+            self._git("add", "-f", "--", *named)
         self._git("commit", "-q", "--allow-empty", "-m", message)
         return self._git("rev-parse", "HEAD")
 

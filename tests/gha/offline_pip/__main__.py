@@ -59,7 +59,14 @@ def main() -> None:
     args = sys.argv[1:]
     if not args or args[0] != "install":
         sys.exit("emulated pip: only `pip install PATH` is supported")
-    sources = [a for a in args[1:] if not a.startswith("-")]
+    sources, rest = [], iter(args[1:])
+    for arg in rest:
+        if arg in ("-c", "--constraint"):  # pinned versions: the test environment's are what we run
+            constraints = Path(next(rest, ""))
+            if not constraints.is_file():
+                sys.exit(f"emulated pip: no constraints file {constraints}")
+        elif not arg.startswith("-"):
+            sources.append(arg)
     if not sources:
         sys.exit("emulated pip: nothing to install")
     for source in sources:
