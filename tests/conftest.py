@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -238,3 +241,66 @@ def s3_bucket(s3_endpoint: str) -> str:
 @pytest.fixture
 def s3_project(tmp_path: Path, sandbox: Any, s3_endpoint: str, s3_bucket: str) -> S3Project:
     return S3Project(tmp_path / "checkout", sandbox.url, s3_endpoint, s3_bucket)
+
+
+# --- a fleet on a sandbox, driven by real `reconciler` processes -------------------------------------
+# For the tests where the process itself must die, be interrupted or outlive a file: SIGKILL, signals,
+# a full stdout, a deleted state folder, two runs at once.
+
+FLEET = [f"+1650555{index:04d}" for index in range(300)]
+
+
+@pytest.fixture
+def fleet_sandbox() -> Iterator[Any]:
+    held = Sandbox(
+        [SandboxAccount(SID, WABA, {n: {} for n in FLEET}), SandboxAccount(OTHER_SID, OTHER_WABA, {})],
+        retry_after_s=0,
+        seed=7,
+    )
+    server = serve_in_thread(held)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def make_fleet(project: Project, count: int, about: str = "v1") -> list[str]:
+    numbers = FLEET[:count]
+    for number in numbers:
+        project.write_profile(number, about=f"{about} {number}", category="OTHER")
+    return numbers
+
+
+def run_reconciler(project: Project, *args: str, **popen: Any) -> subprocess.Popen:
+    """`python -m reconciler ARGS` in the project, with its environment; output captured as text."""
+    env = {**os.environ, **project.env}
+    env.pop("KALEYRA_ENDPOINT", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "reconciler", *args],
+        cwd=project.root,
+        env=env,
+        stdout=popen.pop("stdout", subprocess.PIPE),
+        stderr=popen.pop("stderr", subprocess.PIPE),
+        text=True,
+        **popen,
+    )
+
+
+def requests_seen(server: Any) -> int:
+    with server.sandbox.lock:
+        return len(server.sandbox.requests)
+
+
+def accepted_numbers(server: Any) -> set[str]:
+    """The numbers the sandbox answered WA200 for (after letting it log its last answers)."""
+    time.sleep(0.1)
+    with server.sandbox.lock:
+        return {r["body"]["phone_number"] for r in server.sandbox.requests if r["answer"] == "WA200"}
+
+
+def assert_state_is_true(project: Any, server: Any) -> dict[str, dict[str, str]]:
+    """The state loads, and every number it records is held by the sandbox with those values."""
+    recorded = project.applied()
+    for number, fields in recorded.items():
+        held = server.sandbox.number(number)
+        assert held is not None and {k: held.get(k) for k in fields} == fields, number
+    return recorded

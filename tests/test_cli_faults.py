@@ -8,67 +8,14 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from reconciler.sandbox import Sandbox, SandboxAccount, serve_in_thread
 from reconciler.state import StateStore
 
-from conftest import API_KEY, OTHER_SID, OTHER_WABA, SID, WABA, Project
-
-FLEET = [f"+1650555{index:04d}" for index in range(300)]
-
-
-@pytest.fixture
-def fleet_sandbox():
-    held = Sandbox(
-        [SandboxAccount(SID, WABA, {n: {} for n in FLEET}), SandboxAccount(OTHER_SID, OTHER_WABA, {})],
-        retry_after_s=0,
-        seed=7,
-    )
-    server = serve_in_thread(held)
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def make_fleet(project: Project, count: int, about: str = "v1") -> list[str]:
-    numbers = FLEET[:count]
-    for number in numbers:
-        project.write_profile(number, about=f"{about} {number}", category="OTHER")
-    return numbers
-
-
-def start_apply(project: Project, *args: str) -> subprocess.Popen:
-    env = {**os.environ, **project.env}
-    env.pop("KALEYRA_ENDPOINT", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "reconciler", "apply", "--auto-approve", *args],
-        cwd=project.root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def requests_seen(server) -> int:
-    with server.sandbox.lock:
-        return len(server.sandbox.requests)
-
-
-def assert_state_is_true(project: Project, server) -> dict[str, dict[str, str]]:
-    """The state loads, and every number it records is held by the sandbox with those values."""
-    recorded = project.applied()
-    for number, fields in recorded.items():
-        held = server.sandbox.number(number)
-        assert held is not None and {k: held.get(k) for k in fields} == fields, number
-    return recorded
+from conftest import API_KEY, Project, assert_state_is_true, make_fleet, requests_seen, run_reconciler
 
 
 @pytest.mark.parametrize("kill_after_requests", [0, 1, 4, 9, 17, 26, 35])
@@ -78,7 +25,7 @@ def test_sigkill_at_any_moment_leaves_a_true_state_and_apply_converges(
     project = Project(tmp_path, fleet_sandbox.url)
     numbers = make_fleet(project, 40)
     fleet_sandbox.sandbox.latency_ms = 25
-    process = start_apply(project, "--parallelism", "4")
+    process = run_reconciler(project, "apply", "--auto-approve", "--parallelism", "4")
     deadline = time.monotonic() + 20
     while requests_seen(fleet_sandbox) < kill_after_requests and process.poll() is None:
         assert time.monotonic() < deadline, "the apply never got going"
@@ -129,7 +76,7 @@ def test_ctrl_c_finishes_what_is_in_flight_records_it_and_exits_1(tmp_path, flee
     project = Project(tmp_path, fleet_sandbox.url)
     make_fleet(project, 60)
     fleet_sandbox.sandbox.latency_ms = 40
-    process = start_apply(project, "--parallelism", "4", "--format", "json")
+    process = run_reconciler(project, "apply", "--auto-approve", "--parallelism", "4", "--format", "json")
     while requests_seen(fleet_sandbox) < 8:
         time.sleep(0.002)
     process.send_signal(signal.SIGINT)
@@ -150,7 +97,7 @@ def test_sigterm_is_treated_like_ctrl_c(tmp_path, fleet_sandbox):
     project = Project(tmp_path, fleet_sandbox.url)
     make_fleet(project, 40)
     fleet_sandbox.sandbox.latency_ms = 40
-    process = start_apply(project, "--parallelism", "2")
+    process = run_reconciler(project, "apply", "--auto-approve", "--parallelism", "2")
     while requests_seen(fleet_sandbox) < 3:
         time.sleep(0.002)
     process.send_signal(signal.SIGTERM)
@@ -225,7 +172,7 @@ def test_apply_prints_a_line_per_number_and_a_progress_line_at_most_every_ten_se
 def test_key_is_never_in_the_process_output(tmp_path, fleet_sandbox):
     project = Project(tmp_path, fleet_sandbox.url)
     make_fleet(project, 3)
-    process = start_apply(project, "--verbose")
+    process = run_reconciler(project, "apply", "--auto-approve", "--verbose")
     stdout, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert "PUT http" in stderr and API_KEY not in stdout + stderr

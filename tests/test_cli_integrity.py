@@ -20,7 +20,16 @@ import pytest
 
 from reconciler.escape import UNSAFE
 
-from conftest import API_KEY, NUMBERS, Project, assert_clean_failure, put_bodies
+from conftest import (
+    API_KEY,
+    FLEET,
+    NUMBERS,
+    Project,
+    accepted_numbers,
+    assert_clean_failure,
+    put_bodies,
+    run_reconciler,
+)
 
 A, B, C = NUMBERS[0], NUMBERS[1], NUMBERS[2]
 
@@ -299,10 +308,8 @@ def test_a_journal_failing_mid_run_stops_sending_and_prints_what_was_sent_unreco
 
 
 def test_a_second_ctrl_c_still_records_every_accepted_result_and_prints_the_report(tmp_path):
-    import os
     import signal
     import subprocess
-    import sys
     import time
 
     from reconciler.sandbox import Sandbox, SandboxAccount, serve_in_thread
@@ -411,63 +418,29 @@ def test_a_key_echoed_by_the_server_is_redacted_everywhere_whatever_its_variable
 # --- found by a hostile review of the fixes above -------------------------------------------------
 
 
-def run_process(project: Project, *args: str, **popen: object) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "reconciler", *args],
-        cwd=project.root,
-        env={**os.environ, **project.env},
-        text=True,
-        **popen,
-    )
-
-
-@pytest.fixture
-def fleet_server():
-    from reconciler.sandbox import Sandbox, SandboxAccount, serve_in_thread
-
-    from conftest import OTHER_SID, OTHER_WABA, SID, WABA
-
-    fleet = [f"+1650555{index:04d}" for index in range(120)]
-    server = serve_in_thread(
-        Sandbox(
-            [SandboxAccount(SID, WABA, {n: {} for n in fleet}), SandboxAccount(OTHER_SID, OTHER_WABA, {})]
-        )
-    )
-    server.fleet = fleet
-    yield server
-    server.shutdown()
-    server.server_close()
-
-
-def accepted_numbers(server) -> set[str]:
-    time.sleep(0.1)  # let the sandbox log its last answers
-    with server.sandbox.lock:
-        return {r["body"]["phone_number"] for r in server.sandbox.requests if r["answer"] == "WA200"}
-
-
-def test_a_stdout_that_fails_mid_apply_stops_sending_and_loses_no_record(tmp_path, fleet_server):
-    project = Project(tmp_path, fleet_server.url)
-    for number in fleet_server.fleet:
+def test_a_stdout_that_fails_mid_apply_stops_sending_and_loses_no_record(tmp_path, fleet_sandbox):
+    project = Project(tmp_path, fleet_sandbox.url)
+    for number in FLEET[:120]:
         project.write_profile(number, about="x")
-    fleet_server.sandbox.latency_ms = 10
+    fleet_sandbox.sandbox.latency_ms = 10
     with open("/dev/full", "w") as full:
-        process = run_process(
+        process = run_reconciler(
             project, "apply", "--auto-approve", "--format", "jsonl", stdout=full, stderr=subprocess.PIPE
         )
         _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1
-    accepted = accepted_numbers(fleet_server)
-    assert len(accepted) < len(fleet_server.fleet), "sending went on with nowhere to report"
+    accepted = accepted_numbers(fleet_sandbox)
+    assert len(accepted) < len(FLEET[:120]), "sending went on with nowhere to report"
     assert set(project.applied()) == accepted
     assert "progress could not be shown" in stderr
 
 
-def test_a_storm_of_signals_still_prints_the_report_and_exits_1(tmp_path, fleet_server):
-    project = Project(tmp_path, fleet_server.url)
-    for number in fleet_server.fleet[:40]:
+def test_a_storm_of_signals_still_prints_the_report_and_exits_1(tmp_path, fleet_sandbox):
+    project = Project(tmp_path, fleet_sandbox.url)
+    for number in FLEET[:40]:
         project.write_profile(number, about="x")
-    fleet_server.sandbox.latency_ms = 200
-    process = run_process(
+    fleet_sandbox.sandbox.latency_ms = 200
+    process = run_reconciler(
         project,
         "apply",
         "--auto-approve",
@@ -477,7 +450,7 @@ def test_a_storm_of_signals_still_prints_the_report_and_exits_1(tmp_path, fleet_
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 20
-    while not fleet_server.sandbox.requests and time.monotonic() < deadline:
+    while not fleet_sandbox.sandbox.requests and time.monotonic() < deadline:
         time.sleep(0.01)
     time.sleep(0.3)
     while process.poll() is None:  # SIGINT and SIGTERM every few milliseconds until it exits
@@ -489,7 +462,7 @@ def test_a_storm_of_signals_still_prints_the_report_and_exits_1(tmp_path, fleet_
     assert process.returncode == 1, (process.returncode, stdout, stderr)
     assert "Interrupted" in stdout and "Applied" in stdout, (stdout, stderr)
     assert "Aborted: nothing was changed" not in stderr, (stdout, stderr)
-    assert set(project.applied()) == accepted_numbers(fleet_server)
+    assert set(project.applied()) == accepted_numbers(fleet_sandbox)
     assert not (project.root / ".reconciler" / "state.json.lock").exists()
 
 
@@ -689,14 +662,14 @@ def test_a_symlink_beside_the_state_is_refused_before_anything_is_read_or_writte
 
 
 @pytest.mark.parametrize("removed", ["the state folder", "the lock"])
-def test_losing_the_state_folder_or_the_lock_mid_run_stops_sending(tmp_path, fleet_server, removed):
+def test_losing_the_state_folder_or_the_lock_mid_run_stops_sending(tmp_path, fleet_sandbox, removed):
     import shutil
 
-    project = Project(tmp_path, fleet_server.url)
-    for number in fleet_server.fleet:
+    project = Project(tmp_path, fleet_sandbox.url)
+    for number in FLEET[:120]:
         project.write_profile(number, about="x")
-    fleet_server.sandbox.latency_ms = 30
-    process = run_process(
+    fleet_sandbox.sandbox.latency_ms = 30
+    process = run_reconciler(
         project,
         "apply",
         "--auto-approve",
@@ -706,7 +679,7 @@ def test_losing_the_state_folder_or_the_lock_mid_run_stops_sending(tmp_path, fle
         stderr=subprocess.PIPE,
     )
     deadline = time.monotonic() + 20
-    while len(fleet_server.sandbox.requests) < 6 and time.monotonic() < deadline:
+    while len(fleet_sandbox.sandbox.requests) < 6 and time.monotonic() < deadline:
         time.sleep(0.01)
     if removed == "the state folder":
         shutil.rmtree(project.root / ".reconciler")
@@ -715,7 +688,7 @@ def test_losing_the_state_folder_or_the_lock_mid_run_stops_sending(tmp_path, fle
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 1
     assert "during the run" in stderr
-    assert len(accepted_numbers(fleet_server)) < len(fleet_server.fleet)
+    assert len(accepted_numbers(fleet_sandbox)) < len(FLEET[:120])
 
 
 @pytest.mark.parametrize("name", ["state.json", "state.json.journal", "state.json.lock"])
@@ -746,16 +719,16 @@ def test_a_lock_with_a_nonsense_pid_is_reported_not_crashed_on(project, sandbox,
     assert project.run("state", "unlock", "--force").exit_code == 0
 
 
-def test_sigterm_before_the_first_put_releases_the_lock_and_exits_1(tmp_path, fleet_server):
-    project = Project(tmp_path, fleet_server.url)
-    for number in fleet_server.fleet:
+def test_sigterm_before_the_first_put_releases_the_lock_and_exits_1(tmp_path, fleet_sandbox):
+    project = Project(tmp_path, fleet_sandbox.url)
+    for number in FLEET[:120]:
         project.write_profile(number, about="x")
     lock = project.root / ".reconciler" / "state.json.lock"
     # A held lock makes the run wait (--lock-timeout) with its plan not made: the moment to cancel it.
     lock.parent.mkdir()
     holder = {"host": "elsewhere", "pid": 4242, "user": "ci", "command": "apply", "since": "T"}
     lock.write_text(json.dumps(holder))
-    process = run_process(
+    process = run_reconciler(
         project,
         "apply",
         "--auto-approve",
@@ -773,7 +746,7 @@ def test_sigterm_before_the_first_put_releases_the_lock_and_exits_1(tmp_path, fl
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 1, (process.returncode, stderr)
     assert not lock.exists(), "the lock outlived the run"
-    assert set(project.applied()) == accepted_numbers(fleet_server)
+    assert set(project.applied()) == accepted_numbers(fleet_sandbox)
 
 
 @pytest.mark.parametrize(

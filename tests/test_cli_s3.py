@@ -7,7 +7,6 @@ in this process on a real socket, and the S3 server in its own process (tests/s3
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -16,25 +15,21 @@ import time
 
 import pytest
 
-from reconciler.sandbox import Sandbox, SandboxAccount, serve_in_thread
+from conftest import (
+    API_KEY,
+    AWS_SECRET,
+    FLEET,
+    STATE_KEY,
+    S3Project,
+    accepted_numbers,
+    assert_state_is_true,
+    make_fleet,
+    requests_seen,
+    run_reconciler,
+    s3_client,
+)
 
-from conftest import API_KEY, AWS_SECRET, OTHER_SID, OTHER_WABA, SID, STATE_KEY, WABA, S3Project, s3_client
-
-FLEET = [f"+1650555{index:04d}" for index in range(60)]
 JOURNAL = STATE_KEY + ".journal/"
-
-
-@pytest.fixture
-def fleet_sandbox():
-    held = Sandbox(
-        [SandboxAccount(SID, WABA, {n: {} for n in FLEET}), SandboxAccount(OTHER_SID, OTHER_WABA, {})],
-        retry_after_s=0,
-        seed=7,
-    )
-    server = serve_in_thread(held)
-    yield server
-    server.shutdown()
-    server.server_close()
 
 
 @pytest.fixture
@@ -50,31 +45,6 @@ def second_checkout(tmp_path, first: S3Project) -> S3Project:
     return other
 
 
-def make_fleet(project: S3Project, count: int) -> list[str]:
-    numbers = FLEET[:count]
-    for number in numbers:
-        project.write_profile(number, about=f"v1 {number}", category="OTHER")
-    return numbers
-
-
-def start(project: S3Project, *args: str) -> subprocess.Popen:
-    env = {**os.environ, **project.env}
-    env.pop("KALEYRA_ENDPOINT", None)
-    return subprocess.Popen(
-        [sys.executable, "-m", "reconciler", *args],
-        cwd=project.root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-def requests_seen(server) -> int:
-    with server.sandbox.lock:
-        return len(server.sandbox.requests)
-
-
 def wait_for_requests(server, count: int, process: subprocess.Popen) -> None:
     deadline = time.monotonic() + 30
     while requests_seen(server) < count:
@@ -86,20 +56,6 @@ def wait_for_requests(server, count: int, process: subprocess.Popen) -> None:
 def sent_numbers(server, since: int = 0) -> list[str]:
     with server.sandbox.lock:
         return [r["body"]["phone_number"] for r in server.sandbox.requests[since:]]
-
-
-def accepted_numbers(server) -> set[str]:
-    with server.sandbox.lock:
-        return {r["body"]["phone_number"] for r in server.sandbox.requests if r["answer"] == "WA200"}
-
-
-def assert_state_is_true(project: S3Project, server) -> dict[str, dict[str, str]]:
-    """The state loads, and every number it records is held by the sandbox with those values."""
-    recorded = project.applied()
-    for number, fields in recorded.items():
-        held = server.sandbox.number(number)
-        assert held is not None and {k: held.get(k) for k in fields} == fields, number
-    return recorded
 
 
 def unrecorded_in(stderr: str) -> set[str]:
@@ -139,7 +95,7 @@ def test_two_applies_from_two_checkouts_one_runs_and_the_other_fails_at_once_nam
     numbers = make_fleet(checkout, 20)
     other = second_checkout(tmp_path, checkout)
     fleet_sandbox.sandbox.latency_ms = 300  # slow, so the first run surely holds the lock meanwhile
-    first = start(checkout, "apply", "--auto-approve", "--parallelism", "2")
+    first = run_reconciler(checkout, "apply", "--auto-approve", "--parallelism", "2")
     wait_for_requests(fleet_sandbox, 1, first)
 
     refused = other.run("apply", "--auto-approve")
@@ -160,9 +116,9 @@ def test_a_second_apply_waits_with_lock_timeout_then_plans_afresh_and_sends_noth
     numbers = make_fleet(checkout, 16)
     other = second_checkout(tmp_path, checkout)
     fleet_sandbox.sandbox.latency_ms = 300  # slow, until the second run is seen waiting
-    first = start(checkout, "apply", "--auto-approve", "--parallelism", "2")
+    first = run_reconciler(checkout, "apply", "--auto-approve", "--parallelism", "2")
     wait_for_requests(fleet_sandbox, 1, first)
-    second = start(other, "apply", "--auto-approve", "--lock-timeout", "2m")
+    second = run_reconciler(other, "apply", "--auto-approve", "--lock-timeout", "2m")
     waiting = second.stderr.readline() if second.stderr else ""
     fleet_sandbox.sandbox.latency_ms = 0
 
@@ -181,7 +137,7 @@ def test_sigkill_mid_apply_loses_no_success_and_a_second_run_converges(
 ):
     numbers = make_fleet(checkout, 30)
     fleet_sandbox.sandbox.latency_ms = 20
-    process = start(checkout, "apply", "--auto-approve", "--parallelism", "4")
+    process = run_reconciler(checkout, "apply", "--auto-approve", "--parallelism", "4")
     if kill_after_requests:
         wait_for_requests(fleet_sandbox, kill_after_requests, process)
     else:
@@ -210,7 +166,7 @@ def test_a_state_object_changed_during_a_run_is_not_overwritten_and_nothing_sent
 ):
     numbers = make_fleet(checkout, 24)
     fleet_sandbox.sandbox.latency_ms = 30
-    process = start(checkout, "apply", "--auto-approve", "--parallelism", "2")
+    process = run_reconciler(checkout, "apply", "--auto-approve", "--parallelism", "2")
     wait_for_requests(fleet_sandbox, 3, process)
     # Someone else rewrites the state object (same state, other bytes): its ETag changes.
     client = s3_client(checkout.s3_endpoint)
@@ -238,11 +194,11 @@ def test_a_forced_unlock_during_a_run_lets_a_second_run_in_and_no_success_is_los
     numbers = make_fleet(checkout, 40)
     other = second_checkout(tmp_path, checkout)
     fleet_sandbox.sandbox.latency_ms = 150  # the first run lasts about 3 s: the second starts within it
-    first = start(checkout, "apply", "--auto-approve", "--parallelism", "2")
+    first = run_reconciler(checkout, "apply", "--auto-approve", "--parallelism", "2")
     wait_for_requests(fleet_sandbox, 4, first)
     forced = other.run("state", "unlock", "--force")
     assert forced.exit_code == 0 and "removed the lock held by" in forced.output, forced.output
-    second = start(other, "apply", "--auto-approve", "--parallelism", "2")
+    second = run_reconciler(other, "apply", "--auto-approve", "--parallelism", "2")
 
     _, first_err = first.communicate(timeout=60)
     _, second_err = second.communicate(timeout=60)
