@@ -272,7 +272,8 @@ def apply_plan(
     not_sent = []
     while not todo.empty():
         not_sent.append(todo.get_nowait())
-    report.interrupted = stop.is_set() and report.recording_failure is None
+    # Stopped by a signal, not by a recording or output failure (those say so themselves).
+    report.interrupted = stop.is_set() and not (report.recording_failure or report.output_failure)
     if not_sent:
         reason = "not sent: recording failed" if report.recording_failure else "interrupted before sending"
         record([Outcome(change, NOT_ATTEMPTED, "-", reason) for change in not_sent])
