@@ -118,16 +118,21 @@ def fetch(branch: str, config: str | None) -> str:
     else:
         git("fetch", "-q", "--depth=1", "origin", f"refs/heads/{branch}", cwd=clone)
         git("checkout", "-q", "--detach", "FETCH_HEAD", cwd=clone)
-        for name in files:
-            target, source = Path(name), clone / name
-            target.unlink(missing_ok=True)
-            if source.is_file():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, target)
+        _copy_over(files, clone, Path("."))
         head = git("rev-parse", "--short=12", "HEAD", cwd=clone).stdout.strip()
         message = f"The applied state comes from {branch} at {head}."
     snapshot_file().write_text(json.dumps({name: _digest(Path(name)) for name in files}))
     return removed + message
+
+
+def _copy_over(names: list[str], source: Path, target: Path) -> None:
+    """Make each named file in `target` what it is in `source`: a copy, or absent when it is."""
+    for name in names:
+        copy_from, copy_to = source / name, target / name
+        copy_to.unlink(missing_ok=True)
+        if copy_from.is_file():
+            copy_to.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(copy_from, copy_to)
 
 
 def remove_stray_files(config: str | None) -> str:
@@ -180,12 +185,7 @@ def save(branch: str, config: str | None, message: str) -> str:
     clone = clone_dir()
     if not (clone / ".git").is_dir():
         raise StateBranchError("the state branch was never fetched in this job; run fetch first")
-    for name in files:
-        source, target = Path(name), clone / name
-        target.unlink(missing_ok=True)
-        if source.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
+    _copy_over(files, Path("."), clone)
     git("add", "-A", "--", *files, cwd=clone)
     git("commit", "-q", "-m", message, cwd=clone)
     problem = ""

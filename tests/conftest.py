@@ -304,3 +304,12 @@ def assert_state_is_true(project: Any, server: Any) -> dict[str, dict[str, str]]
         held = server.sandbox.number(number)
         assert held is not None and {k: held.get(k) for k in fields} == fields, number
     return recorded
+
+
+def wait_for_requests(server: Any, count: int, process: subprocess.Popen) -> None:
+    """Until the sandbox has logged `count` requests (answered ones), while `process` still runs."""
+    deadline = time.monotonic() + 30
+    while requests_seen(server) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the apply never got going"
+        time.sleep(0.002)

@@ -29,6 +29,7 @@ from conftest import (
     assert_clean_failure,
     put_bodies,
     run_reconciler,
+    wait_for_requests,
 )
 
 A, B, C = NUMBERS[0], NUMBERS[1], NUMBERS[2]
@@ -440,18 +441,8 @@ def test_a_storm_of_signals_still_prints_the_report_and_exits_1(tmp_path, fleet_
     for number in FLEET[:40]:
         project.write_profile(number, about="x")
     fleet_sandbox.sandbox.latency_ms = 200
-    process = run_reconciler(
-        project,
-        "apply",
-        "--auto-approve",
-        "--parallelism",
-        "4",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 20
-    while not fleet_sandbox.sandbox.requests and time.monotonic() < deadline:
-        time.sleep(0.01)
+    process = run_reconciler(project, "apply", "--auto-approve", "--parallelism", "4")
+    wait_for_requests(fleet_sandbox, 1, process)
     time.sleep(0.3)
     while process.poll() is None:  # SIGINT and SIGTERM every few milliseconds until it exits
         for number in (signal.SIGINT, signal.SIGTERM):
@@ -669,18 +660,8 @@ def test_losing_the_state_folder_or_the_lock_mid_run_stops_sending(tmp_path, fle
     for number in FLEET[:120]:
         project.write_profile(number, about="x")
     fleet_sandbox.sandbox.latency_ms = 30
-    process = run_reconciler(
-        project,
-        "apply",
-        "--auto-approve",
-        "--parallelism",
-        "2",
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 20
-    while len(fleet_sandbox.sandbox.requests) < 6 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    process = run_reconciler(project, "apply", "--auto-approve", "--parallelism", "2")
+    wait_for_requests(fleet_sandbox, 6, process)
     if removed == "the state folder":
         shutil.rmtree(project.root / ".reconciler")
     else:

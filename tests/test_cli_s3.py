@@ -27,6 +27,7 @@ from conftest import (
     requests_seen,
     run_reconciler,
     s3_client,
+    wait_for_requests,
 )
 
 JOURNAL = STATE_KEY + ".journal/"
@@ -43,14 +44,6 @@ def second_checkout(tmp_path, first: S3Project) -> S3Project:
     for path in (first.root / "profiles").glob("*.yaml"):
         (other.root / "profiles" / path.name).write_bytes(path.read_bytes())
     return other
-
-
-def wait_for_requests(server, count: int, process: subprocess.Popen) -> None:
-    deadline = time.monotonic() + 30
-    while requests_seen(server) < count:
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "the apply never got going"
-        time.sleep(0.002)
 
 
 def sent_numbers(server, since: int = 0) -> list[str]:
