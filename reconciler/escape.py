@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+from json.encoder import encode_basestring  # json.dumps(str, ensure_ascii=False), without its set-up
 from typing import Any
 
 from .secrets import redact
@@ -43,7 +44,8 @@ def _visible(match: re.Match[str]) -> str:
 def escape(text: str) -> str:
     """`text` with every unsafe character shown as a visible escape (`\\u202e`, `\\n`)."""
     if text.isascii():
-        return _ASCII_UNSAFE.sub(_visible, text)
+        # Printable ASCII (no C0, no DEL) is the common case and needs nothing.
+        return text if text.isprintable() else _ASCII_UNSAFE.sub(_visible, text)
     return _STRAY_JOINER.sub(_visible, UNSAFE.sub(_visible, text))
 
 
@@ -52,7 +54,9 @@ def quote(text: str | None, reveal: bool = False) -> str:
     `reveal` also shows the zero-width joiners (see `revealing`)."""
     if text is None:
         return "(not managed)"
-    quoted = _UNSAFE_IN_JSON.sub(_visible, json.dumps(text, ensure_ascii=False))
+    quoted = _json_safe(encode_basestring(text))
+    if quoted.isascii():  # no joiner to show
+        return quoted
     return (_JOINERS if reveal else _STRAY_JOINER).sub(_visible, quoted)
 
 

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+
 import click
+from hypothesis import given
+from hypothesis import strategies as st
 
 from reconciler.plan import Change, FieldChange, Plan
 from reconciler.render import md, plan_markdown, plan_text
@@ -112,3 +116,14 @@ def test_joiners_that_scripts_and_emoji_need_stay_readable_and_stray_ones_show()
     malayalam = "ന്\u200dറെ"  # a chillu form, written with a zero-width joiner
     assert escape(family) == family and escape(malayalam) == malayalam
     assert escape("Body\u200dcare") == "Body\\u200dcare" and quote("care\u200c") == '"care\\u200c"'
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=0x7F), max_size=40) | st.text(max_size=40))
+def test_the_fast_ascii_paths_of_escape_and_quote_change_nothing(text):
+    """escape and quote skip their regexes for plain ASCII: the result must be what the general
+    definitions give (every unsafe character escaped, stray joiners shown, JSON quoting)."""
+    from reconciler.escape import _STRAY_JOINER, _UNSAFE_IN_JSON, UNSAFE, _visible, escape, quote
+
+    assert escape(text) == _STRAY_JOINER.sub(_visible, UNSAFE.sub(_visible, text))
+    quoted = _UNSAFE_IN_JSON.sub(_visible, json.dumps(text, ensure_ascii=False))
+    assert quote(text) == _STRAY_JOINER.sub(_visible, quoted)
