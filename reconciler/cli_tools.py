@@ -63,7 +63,13 @@ def fmt_command(ctx: click.Context, check: bool, paths: tuple[str, ...]) -> int:
 @click.option(
     "--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0 picks a free port."
 )
-@click.option("--latency-ms", type=Finite(min=0, max=600_000), default=0, show_default=True)
+@click.option(
+    "--latency-ms",
+    type=Finite(min=0, max=600_000),
+    default=0,
+    show_default=True,
+    help="Answer each request this long after it arrives.",
+)
 @click.option("--fail-rate", type=Finite(0, 1), default=0, show_default=True, help="Share of failures.")
 @click.option(
     "--faults",

@@ -398,9 +398,22 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
     server: _Server
 
+    def parse_request(self) -> bool:
+        # The request line has just been read: the request has arrived.
+        self.arrived, self.arrived_at = time.monotonic(), time.time()
+        return super().parse_request()
+
+    def _wait_out_latency(self, sandbox: Sandbox) -> None:
+        """Answer `latency_ms` after the request arrived: reading its headers and body is part of
+        that time, as a real server's own work is part of the latency its clients see."""
+        if sandbox.latency_ms:
+            remaining = self.arrived + sandbox.latency_ms / 1000 - time.monotonic()
+            if remaining > 0:
+                time.sleep(remaining)
+
     def do_PUT(self) -> None:
         sandbox = self.server.sandbox
-        started = time.time()
+        started = self.arrived_at
         expected = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(expected)
         if len(raw) < expected:  # the client went away mid-request: nothing to answer or apply
@@ -409,8 +422,7 @@ class _Handler(BaseHTTPRequestHandler):
         route = ROUTE.match(self.path)
         # The limit is checked as the request arrives; the answer, 429 or not, comes after the latency.
         admitted = route is None or sandbox.admit(route["sid"])
-        if sandbox.latency_ms:
-            time.sleep(sandbox.latency_ms / 1000)
+        self._wait_out_latency(sandbox)
         if route is None:
             self._send(404, {"code": "404", "message": "Not Found", "data": {}, "error": {}})
             return
@@ -452,8 +464,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _callback_profile(self, sandbox: Sandbox, sid: str, profile_id: str) -> None:
         admitted = sandbox.admit(sid)
-        if sandbox.latency_ms:
-            time.sleep(sandbox.latency_ms / 1000)
+        self._wait_out_latency(sandbox)
         if not admitted:
             self._log_lookup(sandbox, "throttled")
             self._send(429, TOO_MANY, sandbox.retry_after_header())

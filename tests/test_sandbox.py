@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
+import time
 import types
 
 import httpx
@@ -96,6 +98,27 @@ def test_a_valid_update_succeeds_and_is_held(sandbox):
     assert sandbox.sandbox.number(A) == {"about": "Body care", "category": "OTHER"}
     held = httpx.get(sandbox.url + "/_sandbox/numbers").json()
     assert held["accounts"][0]["numbers"][A] == {"about": "Body care", "category": "OTHER"}
+
+
+def test_latency_runs_from_the_requests_arrival_not_from_its_last_byte(sandbox):
+    """--latency-ms is the time a client waits for its answer: the sandbox's own reading of the
+    request counts within it, as a real server's work does (bench/apply.py compares with it)."""
+    sandbox.sandbox.latency_ms = 400
+    body = json.dumps({"phone_number": A}).encode()
+    host, port = sandbox.server_address[:2]
+    with socket.create_connection((host, port)) as connection:
+        started = time.monotonic()
+        connection.sendall(
+            f"PUT {URL} HTTP/1.1\r\nHost: x\r\napi-key: k\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+        )
+        time.sleep(0.3)  # a slow client: the body comes 300 ms after the request line
+        connection.sendall(body)
+        answer = connection.recv(4096)
+        waited = time.monotonic() - started
+    assert answer.startswith(b"HTTP/1.1 200")
+    # From the last byte it would be 700 ms; from arrival, 400 (a slow machine only adds a little).
+    assert 0.39 <= waited < 0.6, waited
 
 
 def test_a_required_api_key_rejects_any_other(sandbox):
