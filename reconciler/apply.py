@@ -210,7 +210,12 @@ def apply_plan(
     results: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
     workers = min(parallelism, len(plan.puts))
 
+    ended = 0
+    ended_lock = threading.Lock()
+    every_worker_ended = threading.Event()
+
     def work() -> None:
+        nonlocal ended
         try:
             while not stop.is_set():
                 try:
@@ -220,18 +225,23 @@ def apply_plan(
                 results.put(send(change))
         finally:
             results.put(None)
+            with ended_lock:
+                ended += 1
+                if ended == workers:
+                    every_worker_ended.set()
 
     finished = 0
     batch: list[Outcome] = []
 
-    def gather(block: bool) -> None:
+    def gather(timeout: float) -> None:
+        """Wait up to `timeout` for a result (or a worker's end), then take whatever else has come."""
         nonlocal finished
         while True:
             try:
-                item = results.get(timeout=0.2) if block else results.get_nowait()
+                item = results.get(timeout=timeout) if timeout > 0 else results.get_nowait()
             except queue.Empty:
                 return
-            block = False
+            timeout = 0
             if item is None:
                 finished += 1
             else:
@@ -244,13 +254,14 @@ def apply_plan(
         nonlocal batch
         last_commit = 0.0
         while finished < workers:
-            gather(block=True)
+            gather(timeout=0.2)
             # Group commit: while more can arrive, let results gather for a moment between syncs.
-            # A result is reported only once synced, so this delays reports and loses nothing.
+            # A result is reported only once synced, so this delays reports and loses nothing. The
+            # last results are recorded the moment the last worker ends.
             pause = last_commit + commit_interval - time.monotonic()
             if batch and pause > 0 and finished < workers:
-                time.sleep(pause)
-                gather(block=False)
+                every_worker_ended.wait(pause)
+                gather(timeout=0)
             if batch:
                 taken, batch = batch, []
                 record(taken)

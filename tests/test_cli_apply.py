@@ -364,3 +364,23 @@ def test_phone_numbers_on_the_command_line_are_taken_as_people_type_them(project
     bad = project.run("plan", "--target", "call-me")
     assert_clean_failure(bad)
     assert "'call-me' is not a phone number" in bad.stderr
+
+
+def test_the_last_results_are_recorded_when_the_last_worker_ends_not_after_a_commit_pause(
+    project, sandbox, monkeypatch
+):
+    """Results that arrive close together are synced as one batch (group commit), but a run does
+    not sit out the rest of a commit interval once nothing more can come."""
+    import time
+
+    from reconciler import apply
+
+    monkeypatch.setattr(apply, "COMMIT_INTERVAL_S", 5.0)
+    for number in (A, B, C):
+        project.write_profile(number, about="Body care")
+    started = time.monotonic()
+    result = project.run("apply", "--auto-approve", "--parallelism", "1")
+    elapsed = time.monotonic() - started
+    assert result.exit_code == 0, result.output
+    assert set(project.applied()) == {A, B, C}
+    assert elapsed < 2.5, f"apply waited out the group-commit interval: {elapsed:.1f} s"
