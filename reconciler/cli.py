@@ -6,6 +6,7 @@ Exit codes, for every command: 0 success and nothing to do; 1 any error (usage e
 
 from __future__ import annotations
 
+import gc
 import io
 import math
 import os
@@ -398,7 +399,12 @@ def running_as_program() -> bool:
 def main() -> None:
     global _standalone
     _standalone = True
-    cli(prog_name="reconciler")
+    try:
+        cli(prog_name="reconciler")
+    finally:
+        # The process is ending and takes its memory with it: spare the interpreter's last garbage
+        # collection a walk over every object still alive (30 ms after an apply of 1,000 numbers).
+        gc.freeze()
 
 
 # The other commands live beside this module; importing them registers them on `cli`.
