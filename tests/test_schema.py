@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import jsonschema
 import pytest
 import regress
@@ -224,3 +226,18 @@ def test_if_the_describer_ever_found_nothing_the_file_is_still_refused(monkeypat
     assert [str(problem) for problem in schema.check("profile", document)] == [
         "f.yaml:1:1: does not satisfy the profile schema"
     ]
+
+
+@pytest.mark.parametrize("kind", ["profile", "config"])
+def test_the_shipped_validators_were_generated_from_the_current_schemas(kind):
+    """reconciler/compiled/ is fastjsonschema's code for the schemas, shipped to spare every command
+    generating it; a schema change without `python -m reconciler.schema` must fail here."""
+    import importlib
+
+    import fastjsonschema
+
+    compiled = importlib.import_module(f"reconciler.compiled.{kind}")
+    assert schema.schema_digest(kind) == compiled.SCHEMA_SHA256, "run `python -m reconciler.schema`"
+    if compiled.VERSION == fastjsonschema.VERSION:  # the same generator must give the same code
+        shipped = Path(compiled.__file__).read_text()
+        assert shipped == schema.compiled_source(kind), "run `python -m reconciler.schema`"

@@ -1,0 +1,1 @@
+"""The schemas' validators as fastjsonschema generates them (see `schema.compiled_source`)."""
