@@ -78,10 +78,14 @@ def json_text(document: Any, *, indent: int | None = None, sort_keys: bool = Fal
     return redact(_json_safe(text))
 
 
+# What json.dumps(..., ensure_ascii=False, sort_keys=True, separators=(",", ":")) builds afresh on every
+# call: one encoder for the records written per number (two per success).
+_LINE_ENCODER = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
 def json_line(document: Any) -> str:
     """One compact, sorted JSON Lines record (journal, audit log, jsonl events)."""
-    text = json.dumps(document, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return redact(_json_safe(text)) + "\n"
+    return redact(_json_safe(_LINE_ENCODER.encode(document))) + "\n"
 
 
 def _json_safe(text: str) -> str:
