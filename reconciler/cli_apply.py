@@ -125,9 +125,10 @@ def apply(
                 _confirm("Apply these changes?")
             guard.activate()
             # What is alive now (config, profiles, plan, state: often 100,000s of objects) lives until
-            # the run ends: spare the collector walking it in a full collection mid-send (20 ms, all
-            # workers stalled, at 1,000 numbers).
-            gc.freeze()
+            # the program ends: spare the collector walking it in a full collection mid-send (20 ms,
+            # all workers stalled, at 1,000 numbers). Not when driven in-process, as by tests.
+            if running_as_program():
+                gc.freeze()
             report = _send(ctx, the_plan, config, store, state, keys, parallelism, max_rps, output, stop)
         _show_report(report, the_plan, output)
     return 0 if report.ok else 1
