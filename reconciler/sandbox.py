@@ -61,6 +61,7 @@ PAYLOAD = {
     "error": {"payload": "Incorrect payload format"},
 }
 SUCCESS = {"code": "WA200", "message": "Request Processed Successfully", "data": 1, "error": {}}
+MAX_REQUEST_BYTES = 1 << 20  # a profile update is a few hundred bytes
 # HTTP statuses are not in the reference; these are the sandbox's choice (clients go by `code`).
 STATUS = {
     "WA200": 200,
@@ -414,7 +415,12 @@ class _Handler(BaseHTTPRequestHandler):
     def do_PUT(self) -> None:
         sandbox = self.server.sandbox
         started = self.arrived_at
-        expected = int(self.headers.get("Content-Length") or 0)
+        length = self.headers.get("Content-Length") or "0"
+        if not (length.isascii() and length.isdigit()) or int(length) > MAX_REQUEST_BYTES:
+            self.close_connection = True  # where the body ends is unknown: the connection cannot go on
+            self._send(400, PAYLOAD)
+            return
+        expected = int(length)
         raw = self.rfile.read(expected)
         if len(raw) < expected:  # the client went away mid-request: nothing to answer or apply
             self.close_connection = True

@@ -421,3 +421,18 @@ def test_the_sandbox_refuses_a_trailing_newline_as_kaleyra_would(tmp_path):
     for body in ({"phone_number": "+14155550100\n"}, {"phone_number": "+14155550100", "email": "a@b.co\n"}):
         answer = held.update("HX1", "1", "some-key-123", "application/json", json.dumps(body).encode())
         assert answer["code"] == "WA400", body
+
+
+@pytest.mark.parametrize("length", ["abc", "-1", "1e3", "²", str(2 << 20)])
+def test_a_content_length_that_is_not_a_sane_size_is_a_payload_error_not_a_crash(sandbox, length):
+    host, port = sandbox.server_address[:2]
+    with socket.create_connection((host, port), timeout=5) as connection:
+        connection.sendall(
+            f"PUT {URL} HTTP/1.1\r\nHost: x\r\napi-key: k\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {length}\r\n\r\n".encode()
+        )
+        answer = b""
+        while chunk := connection.recv(4096):  # the sandbox closes the connection after answering
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400"), answer
+    assert b'"WA400"' in answer
