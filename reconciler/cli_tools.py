@@ -68,7 +68,7 @@ def fmt_command(ctx: click.Context, check: bool, paths: tuple[str, ...]) -> int:
     type=Finite(min=0, max=600_000),
     default=0,
     show_default=True,
-    help="Answer each request this long after it arrives.",
+    help="Answer each API request this long after it arrives.",
 )
 @click.option("--fail-rate", type=Finite(0, 1), default=0, show_default=True, help="Share of failures.")
 @click.option(

@@ -301,7 +301,7 @@ def compiled_source(kind: str) -> str:
     """The source of reconciler/compiled/<kind>.py: fastjsonschema's code for the schema of `kind`.
 
     Shipped generated, as the JSON files in schemas/ are, because generating it costs every command
-    15 ms at start-up (both schemas) and a module's bytecode is cached. It records the digest of the
+    18-21 ms at start-up (both schemas) and a module's bytecode is cached. It records the digest of the
     schema it was made from, so tests/test_schema.py fails until it is regenerated after a schema
     change: `python -m reconciler.schema`.
     """
