@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -30,6 +31,18 @@ import httpx
 from fleet import API_KEYS, make_project, run_process, start_sandbox
 from reconciler.config import load_config
 from reconciler.profiles import load_profiles
+
+
+def timed_phases(root: Path, env: dict[str, str], argv: list[str], count: int) -> list[str]:
+    """The phase lines of one more apply of a fresh fleet, run through phases.py."""
+    with tempfile.TemporaryDirectory(prefix="bench-phases-") as folder:
+        fresh = Path(folder)
+        make_project(fresh, count)  # the same numbers and accounts, which the sandbox holds
+        command = [sys.executable, str(Path(__file__).with_name("phases.py")), *argv[3:]]
+        ran = subprocess.run(command, cwd=fresh, env=env, capture_output=True, text=True)
+    if ran.returncode != 0:
+        raise SystemExit(f"phases.py exited {ran.returncode}: {ran.stderr[-2000:]}")
+    return [line.removeprefix("phase ") for line in ran.stderr.splitlines() if line.startswith("phase ")]
 
 
 def bare_httpx(root: Path, url: str, parallelism: int) -> float:
@@ -67,6 +80,9 @@ def main() -> None:
     parser.add_argument("count", type=int, nargs="?", default=1_000)
     parser.add_argument("--latency-ms", type=float, default=50)
     parser.add_argument("--parallelism", type=int, default=16)
+    parser.add_argument(
+        "--phases", action="store_true", help="apply once more, printing when each phase ended (phases.py)"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bench-apply-") as folder:
         root = Path(folder)
@@ -85,6 +101,7 @@ def main() -> None:
             ]
             wall, peak_mb = run_process(argv, root, env)
             bare = bare_httpx(root, url, args.parallelism)
+            phases = timed_phases(root, env, argv, args.count) if args.phases else []
         finally:
             sandbox.terminate()
             sandbox.wait()
@@ -98,6 +115,9 @@ def main() -> None:
     print(f"overhead per change: {(wall - floor) / args.count * 1000:.2f} ms")
     print(f"bare httpx, {args.parallelism} threads, same PUTs:  {bare:8.3f} s", end="")
     print(f" = {bare / floor:.2f}x the floor (the HTTP stack and the sandbox alone)" if floor else "")
+    if phases:
+        print("phases of one more apply of a fresh fleet (ms since phases.py began, after Python's start):")
+        print("\n".join(f"  {line}" for line in phases))
 
 
 if __name__ == "__main__":
