@@ -20,6 +20,14 @@ URL = f"/v2/{SID}/whatsapp/{WABA}/number/update"
 A = NUMBERS[0]
 
 
+def put_head(length: object) -> bytes:
+    """The request line and headers of an update PUT, for tests that write to the socket themselves."""
+    return (
+        f"PUT {URL} HTTP/1.1\r\nHost: x\r\napi-key: k\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
 def put(server, path=URL, body=None, key="k", content_type="application/json", raw=None):
     headers = {"Content-Type": content_type}
     if key is not None:
@@ -108,10 +116,7 @@ def test_latency_runs_from_the_requests_arrival_not_from_its_last_byte(sandbox):
     host, port = sandbox.server_address[:2]
     with socket.create_connection((host, port)) as connection:
         started = time.monotonic()
-        connection.sendall(
-            f"PUT {URL} HTTP/1.1\r\nHost: x\r\napi-key: k\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n".encode()
-        )
+        connection.sendall(put_head(len(body)))
         time.sleep(0.3)  # a slow client: the body comes 300 ms after the request line
         connection.sendall(body)
         answer = connection.recv(4096)
@@ -427,10 +432,7 @@ def test_the_sandbox_refuses_a_trailing_newline_as_kaleyra_would(tmp_path):
 def test_a_content_length_that_is_not_a_sane_size_is_a_payload_error_not_a_crash(sandbox, length):
     host, port = sandbox.server_address[:2]
     with socket.create_connection((host, port), timeout=5) as connection:
-        connection.sendall(
-            f"PUT {URL} HTTP/1.1\r\nHost: x\r\napi-key: k\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {length}\r\n\r\n".encode()
-        )
+        connection.sendall(put_head(length))
         answer = b""
         while chunk := connection.recv(4096):  # the sandbox closes the connection after answering
             answer += chunk
