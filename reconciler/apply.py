@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import audit, secrets
-from .config import Config
+from .config import Config, resolve_keys
 from .errors import ReconcilerError
 from .kaleyra import ACCOUNT_FATAL, AccountThrottling, KaleyraClient, KaleyraError
 from .plan import Change, Plan
@@ -104,7 +104,7 @@ def check_safety(plan: Plan, state: State, max_changes: int | None, force: bool)
 
 def api_keys(plan: Plan, config: Config) -> dict[str, str]:
     """The API key of every account the plan sends to; any missing or malformed one stops the run."""
-    keys = secrets.resolve_keys(config, {change.account for change in plan.puts})
+    keys = resolve_keys(config, {change.account for change in plan.puts})
     refuse_key_leaks(plan.changes)
     return keys
 

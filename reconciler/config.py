@@ -5,13 +5,14 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from . import schema, secrets
-from .errors import Problem, ReconcilerError, ValidationFailed
-from .kaleyra import RetryPolicy, Target, pod_base_url
+from .errors import MissingApiKey, Problem, ReconcilerError, ValidationFailed
+from .targets import RetryPolicy, Target, pod_base_url
 from .yamlfile import MAX_CONFIG_NODES, Document, load_mapping
 
 DEFAULT_CONFIG = "reconciler.yaml"
@@ -125,7 +126,7 @@ def load_config(explicit: str | None = None) -> Config:
         retry=RetryPolicy(**(data.get("retry") or {})),
         document=document,
     )
-    secrets.remember_configured_keys(config)
+    remember_configured_keys(config)
     return config
 
 
@@ -261,3 +262,39 @@ def _state_problems(document: Document) -> list[Problem]:
     if problem:
         problems.append(document.problem(("state", "endpoint_url"), f"state.endpoint_url: {problem}"))
     return problems
+
+
+def remember_configured_keys(config: Config) -> None:
+    """Every key the configuration names and the environment holds is redacted, even in commands
+    that never send (history, state show): what one run wrote must not leak through another."""
+    secrets.remember_named_secrets()
+    for account in config.accounts.values():
+        value = os.environ.get(account.api_key_env)
+        if value:
+            secrets.remember(value)
+
+
+def resolve_keys(config: Config, account_names: Iterable[str]) -> dict[str, str]:
+    """The API key of each named account, from its environment variable.
+
+    Every missing or malformed key is reported at once, naming the variable and never the value, so a
+    run is refused before any request rather than one account at a time.
+    """
+    keys: dict[str, str] = {}
+    problems: list[str] = []
+    for name in sorted(set(account_names)):
+        account = config.accounts.get(name)
+        if account is None:
+            problems.append(f"account '{name}' is not in {config.path.name} any more")
+            continue
+        value = os.environ.get(account.api_key_env)
+        if value:
+            secrets.remember(value)
+        problem = secrets.key_problem(value)
+        if problem is None:
+            keys[name] = value  # type: ignore[assignment]  (key_problem rejects None)
+        else:
+            problems.append(f"account '{name}': the environment variable {account.api_key_env} {problem}")
+    if problems:
+        raise MissingApiKey(problems)
+    return keys

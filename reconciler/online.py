@@ -11,8 +11,7 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from . import secrets
-from .config import Config
+from .config import Config, resolve_keys
 from .errors import Problem, ValidationFailed
 from .kaleyra import PROFILE_NOT_FOUND, CallbackProfile, KaleyraClient, KaleyraError
 from .plan import Plan
@@ -65,7 +64,7 @@ def check(
     wanted = sorted({(reference.account, reference.profile_id) for reference in references})
     if not wanted:
         return 0
-    keys = secrets.resolve_keys(config, {account for account, _ in wanted})  # all missing ones at once
+    keys = resolve_keys(config, {account for account, _ in wanted})  # all missing ones at once
     owned = client is None
     client = client or KaleyraClient(config.retry, max_connections=PARALLELISM, log=log)
 

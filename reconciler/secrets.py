@@ -11,13 +11,6 @@ import json
 import os
 import re
 import threading
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-from .errors import MissingApiKey
-
-if TYPE_CHECKING:
-    from .config import Config
 
 REDACTED = "[redacted]"
 # A key travels in an HTTP header: printable ASCII without spaces. Anything else is a paste accident
@@ -73,16 +66,6 @@ def holds_key(text: str) -> bool:
     return pattern is not None and pattern.search(text) is not None
 
 
-def remember_configured_keys(config: Config) -> None:
-    """Every key the configuration names and the environment holds is redacted, even in commands
-    that never send (history, state show): what one run wrote must not leak through another."""
-    remember_named_secrets()
-    for account in config.accounts.values():
-        value = os.environ.get(account.api_key_env)
-        if value:
-            remember(value)
-
-
 def key_problem(value: str | None) -> str | None:
     """Why an environment value cannot be an API key, or None when it can. Never quotes the value."""
     if not value:
@@ -92,29 +75,3 @@ def key_problem(value: str | None) -> str | None:
     if len(value) < MIN_KEY_LENGTH:
         return f"is shorter than {MIN_KEY_LENGTH} characters, so it cannot be an API key"
     return None
-
-
-def resolve_keys(config: Config, account_names: Iterable[str]) -> dict[str, str]:
-    """The API key of each named account, from its environment variable.
-
-    Every missing or malformed key is reported at once, naming the variable and never the value, so a
-    run is refused before any request rather than one account at a time.
-    """
-    keys: dict[str, str] = {}
-    problems: list[str] = []
-    for name in sorted(set(account_names)):
-        account = config.accounts.get(name)
-        if account is None:
-            problems.append(f"account '{name}' is not in {config.path.name} any more")
-            continue
-        value = os.environ.get(account.api_key_env)
-        if value:
-            remember(value)
-        problem = key_problem(value)
-        if problem is None:
-            keys[name] = value  # type: ignore[assignment]  (key_problem rejects None)
-        else:
-            problems.append(f"account '{name}': the environment variable {account.api_key_env} {problem}")
-    if problems:
-        raise MissingApiKey(problems)
-    return keys

@@ -19,7 +19,8 @@ import pytest
 import respx
 
 from reconciler.config import Account
-from reconciler.kaleyra import MAX_BODY_BYTES, KaleyraClient, KaleyraError, RetryPolicy, Target
+from reconciler.kaleyra import MAX_BODY_BYTES, KaleyraClient, KaleyraError
+from reconciler.targets import RetryPolicy, Target
 
 KEY = "sEcReT-kEy-1234567"
 POLICY = RetryPolicy(attempts=4, backoff_base_s=0.001, backoff_max_s=0.002, deadline_s=5)
