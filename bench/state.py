@@ -31,7 +31,7 @@ from fleet import API_KEYS, make_project, start_sandbox
 from reconciler import audit
 from reconciler.apply import api_keys, apply_plan
 from reconciler.config import load_config
-from reconciler.kaleyra import KaleyraClient
+from reconciler.kaleyra.client import KaleyraClient
 from reconciler.plan import compute_plan
 from reconciler.profiles import load_profiles
 from reconciler.state import Journal, open_store

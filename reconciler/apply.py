@@ -22,7 +22,8 @@ from typing import Any
 from . import audit, secrets
 from .config import Config, resolve_keys
 from .errors import ReconcilerError
-from .kaleyra import ACCOUNT_FATAL, AccountThrottling, KaleyraClient, KaleyraError
+from .kaleyra.client import AccountThrottling, KaleyraClient, KaleyraError
+from .kaleyra.codes import ACCOUNT_FATAL
 from .plan import Change, Plan
 from .state import Entry, Recorder, RecordingFailed, State, now
 

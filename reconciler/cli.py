@@ -312,7 +312,7 @@ def validate(ctx: click.Context, online: bool) -> int:
     """
     config, profiles = load_desired(ctx)
     if online:
-        from . import online as checks
+        from .kaleyra import online as checks
 
         checked = checks.check(config, checks.in_profiles(profiles), request_log(ctx))
     echo(
@@ -356,7 +356,7 @@ def plan(
     state = load_state(config)
     the_plan = compute_plan(profiles, state, selection_of(config, targets, excludes), config.waba_keys())
     if online:
-        from . import online as checks
+        from .kaleyra import online as checks
 
         checks.check(config, checks.in_plan(the_plan, profiles), request_log(ctx))
     _show_plan(the_plan, output)

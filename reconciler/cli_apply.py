@@ -46,7 +46,7 @@ from .cli import (
 from .config import Config
 from .errors import ReconcilerError, StalePlan
 from .escape import escape
-from .kaleyra import KaleyraClient
+from .kaleyra.client import KaleyraClient
 from .plan import Change, Plan, compute_plan, differences
 from .profiles import Profile
 from .state import Entry, RecordingFailed, State, Store, locked, open_store

@@ -131,7 +131,7 @@ def sandbox(
       reconciler sandbox --port 8080 &
       KALEYRA_ENDPOINT=http://127.0.0.1:8080 KALEYRA_API_KEY=demo-key-123 reconciler apply --auto-approve
     """
-    from . import sandbox as emulator
+    from .kaleyra import sandbox as emulator
 
     kinds = tuple(kind.strip() for kind in faults.split(",") if kind.strip())
     unknown = [kind for kind in kinds if kind not in emulator.FAULTS]

@@ -10,7 +10,7 @@ import click
 
 from .apply import APPLIED, FAILED, NOT_ATTEMPTED, RECORDED, ApplyReport, Outcome
 from .escape import escape, escape_all, json_line, json_text, quote, revealing
-from .kaleyra import throttling_summary
+from .kaleyra.client import throttling_summary
 from .plan import FORMAT_VERSION, Change, Plan
 from .secrets import redact
 from .state import Entry, State

@@ -16,7 +16,7 @@ import yaml
 from click.testing import CliRunner, Result
 
 from reconciler.cli import cli
-from reconciler.sandbox import Sandbox, SandboxAccount, serve_in_thread
+from reconciler.kaleyra.sandbox import Sandbox, SandboxAccount, serve_in_thread
 from reconciler.state import StateStore
 
 API_KEY = "tEsT-KeY-9f8e7d6c5b4a"  # distinctive, so a leak anywhere is found by a plain search

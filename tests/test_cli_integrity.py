@@ -313,7 +313,7 @@ def test_a_second_ctrl_c_still_records_every_accepted_result_and_prints_the_repo
     import subprocess
     import time
 
-    from reconciler.sandbox import Sandbox, SandboxAccount, serve_in_thread
+    from reconciler.kaleyra.sandbox import Sandbox, SandboxAccount, serve_in_thread
 
     from conftest import OTHER_SID, OTHER_WABA, SID, WABA
 

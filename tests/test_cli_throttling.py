@@ -12,7 +12,7 @@ import sys
 import httpx
 import pytest
 
-from reconciler.sandbox import Sandbox, SandboxAccount, serve_in_thread
+from reconciler.kaleyra.sandbox import Sandbox, SandboxAccount, serve_in_thread
 
 from conftest import API_KEY, OTHER_SID, OTHER_WABA, SID, WABA, Project
 from conftest import NUMBERS as PROVISIONED

@@ -19,7 +19,7 @@ import pytest
 import respx
 
 from reconciler.config import Account
-from reconciler.kaleyra import MAX_BODY_BYTES, KaleyraClient, KaleyraError
+from reconciler.kaleyra.client import MAX_BODY_BYTES, KaleyraClient, KaleyraError
 from reconciler.targets import RetryPolicy, Target
 
 KEY = "sEcReT-kEy-1234567"
@@ -657,7 +657,7 @@ def test_building_a_client_leaves_httpxs_own_command_line_and_its_imports_alone(
 
     probe = (
         "import sys\n"
-        "from reconciler.kaleyra import KaleyraClient\n"
+        "from reconciler.kaleyra.client import KaleyraClient\n"
         "KaleyraClient().close()\n"
         "print(sorted(name for name in ('httpx._main', 'pygments', 'rich') if sys.modules.get(name)))\n"
     )

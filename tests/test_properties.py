@@ -8,7 +8,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.sandbox import Sandbox, SandboxAccount, serve_in_thread
+from reconciler.kaleyra.sandbox import Sandbox, SandboxAccount, serve_in_thread
 from reconciler.schema import CATEGORIES
 
 from conftest import NUMBERS, SID, WABA, Project

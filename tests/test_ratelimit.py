@@ -13,8 +13,8 @@ import random
 
 import pytest
 
-from reconciler import ratelimit
-from reconciler.ratelimit import BETA, MIN_RATE, AdaptiveRate, Ceiling
+from reconciler.kaleyra import ratelimit
+from reconciler.kaleyra.ratelimit import BETA, MIN_RATE, AdaptiveRate, Ceiling
 
 
 class Clock:

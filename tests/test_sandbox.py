@@ -12,7 +12,7 @@ import types
 import httpx
 import pytest
 
-from reconciler.sandbox import Sandbox, SandboxAccount, TokenBucket, serve_in_thread
+from reconciler.kaleyra.sandbox import Sandbox, SandboxAccount, TokenBucket, serve_in_thread
 
 from conftest import NUMBERS, OTHER_SID, OTHER_WABA, SID, WABA
 
@@ -173,8 +173,8 @@ def test_data_file_is_loaded_and_persisted(tmp_path):
 def test_the_sandbox_command_provisions_from_the_project(project, monkeypatch):
     """`reconciler sandbox` with no --data holds every account and profile number of the project."""
     from reconciler.config import load_config
+    from reconciler.kaleyra.sandbox import provision
     from reconciler.profiles import load_profiles
-    from reconciler.sandbox import provision
 
     project.write_profile(A, about="x")
     project.write_profile(NUMBERS[1], account="legacy", about="y")
@@ -218,8 +218,8 @@ def test_a_malformed_data_file_is_a_clear_error(project):
 
 def test_two_account_names_on_one_waba_are_provisioned_as_one(project, monkeypatch):
     from reconciler.config import load_config
+    from reconciler.kaleyra.sandbox import provision
     from reconciler.profiles import load_profiles
-    from reconciler.sandbox import provision
 
     project.write_config(
         accounts={
@@ -420,7 +420,7 @@ def test_the_sandbox_only_listens_on_loopback(tmp_path, monkeypatch):
 
 
 def test_the_sandbox_refuses_a_trailing_newline_as_kaleyra_would(tmp_path):
-    from reconciler.sandbox import Sandbox, SandboxAccount
+    from reconciler.kaleyra.sandbox import Sandbox, SandboxAccount
 
     held = Sandbox([SandboxAccount("HX1", "1", {"+14155550100": {}})])
     for body in ({"phone_number": "+14155550100\n"}, {"phone_number": "+14155550100", "email": "a@b.co\n"}):

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from reconciler.config import load_config
+from reconciler.kaleyra.sandbox import Sandbox, SandboxAccount, provision, serve_in_thread
 from reconciler.profiles import load_profiles
-from reconciler.sandbox import Sandbox, SandboxAccount, provision, serve_in_thread
 
 from .fakegithub import FakeGitHub, git
 from .runner import Run, Runner

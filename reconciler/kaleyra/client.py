@@ -19,28 +19,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..secrets import redact
+from ..targets import RetryPolicy, Target
+from .codes import BUSY_CODES, HINTS, NEVER_RETRY, NOT_SENT, PROFILE_FETCHED, SUCCESS
 from .ratelimit import AdaptiveRate, Ceiling, RateChange
-from .secrets import redact
-from .targets import RetryPolicy, Target
 
 if TYPE_CHECKING:
     import httpx
 
-SUCCESS = "WA200"
-PROFILE_FETCHED = "RBC024"  # "Get a Callback Profile by ID" succeeded
-PROFILE_NOT_FOUND = "RBC302"  # "No profile exists with this id"
-NOT_SENT = "NOT_SENT"  # the run was stopped before this request's first attempt
-# Codes that mean "the request is wrong": sending it again cannot help.
-NEVER_RETRY = frozenset({"WA400", "WA401", "RBC001", "E112", PROFILE_NOT_FOUND})
-# Codes that condemn every request of the account (its key, SID or WABA), not just one number.
-ACCOUNT_FATAL = frozenset({"RBC001", "WA401"})
-# Kaleyra's own "busy" codes, handled like HTTP 429. None is documented yet; add one here if it appears.
-BUSY_CODES: frozenset[str] = frozenset()
-HINTS = {
-    "RBC001": "check the account's sid and the API key in its environment variable",
-    "WA401": "the account's waba_id is not on this Kaleyra account",
-    "E112": "this phone number is not registered on the account's WABA",
-}
 MAX_BODY_BYTES = 1 << 20  # no Kaleyra answer is near this; a bigger one is cut and reported
 MAX_MESSAGE_CHARS = 500  # of a server's message echoed in reports
 
@@ -471,13 +457,6 @@ def _retry_after(value: str | None) -> float | None:
         except (TypeError, ValueError):
             return None
     return seconds if 0 < seconds < float("inf") else None
-
-
-# --- a whole-request deadline ------------------------------------------------------------------------
-# httpx bounds each socket operation, not a request: a server dripping a byte a second within the read
-# timeout holds a request for ever. Every read and write (and connect, TLS handshake) of a request is
-# given only the time left until the request's deadline, so the request as a whole is bounded. The
-# deadline is per thread: a pooled connection serves one request at a time, in its caller's thread.
 
 
 class _Deadline(threading.local):

@@ -11,12 +11,13 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from .config import Config, resolve_keys
-from .errors import Problem, ValidationFailed
-from .kaleyra import PROFILE_NOT_FOUND, CallbackProfile, KaleyraClient, KaleyraError
-from .plan import Plan
-from .profiles import Profile
-from .yamlfile import Document, load_mapping
+from ..config import Config, resolve_keys
+from ..errors import Problem, ValidationFailed
+from ..plan import Plan
+from ..profiles import Profile
+from ..yamlfile import Document, load_mapping
+from .client import CallbackProfile, KaleyraClient, KaleyraError
+from .codes import PROFILE_NOT_FOUND
 
 CALLBACK_FIELDS = ("callback_profile_id", "outgoing_callback_profile_id")
 PARALLELISM = 8
