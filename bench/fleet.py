@@ -14,7 +14,8 @@ from pathlib import Path
 import reconciler
 from reconciler.config import load_config
 from reconciler.profiles import load_profiles
-from reconciler.state import Entry, State, StateStore
+from reconciler.state.local import LocalStateStore
+from reconciler.state.model import Entry, State
 
 ACCOUNTS = ["in-retail", "ap-care", "eu-sales", "na-support"]
 API_KEYS = {f"KALEYRA_API_KEY_{name.upper().replace('-', '_')}": "bench-key" for name in ACCOUNTS}
@@ -84,7 +85,7 @@ def write_state(root: Path, changed_share: float) -> None:
         entries[number] = Entry(
             profile.account, config.accounts[profile.account].waba_key, fields, "T", digest
         )
-    StateStore(config.state_path).write_state_file(State("bench-lineage", 1, entries))
+    LocalStateStore(config.state_path).write_state_file(State("bench-lineage", 1, entries))
 
 
 def run_process(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, int]:

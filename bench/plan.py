@@ -22,7 +22,7 @@ from reconciler import render
 from reconciler.config import load_config
 from reconciler.plan import compute_plan
 from reconciler.profiles import load_profiles, profile_files
-from reconciler.state import StateStore
+from reconciler.state.local import LocalStateStore
 from reconciler.yamlfile import load_mapping
 
 FLOOR = """
@@ -48,7 +48,7 @@ def breakdown(root: Path) -> dict[str, float]:
         profiles = load_profiles(config)  # loads again, then validates
         phases["validate"] = time.perf_counter() - started - phases["load (read + parse)"]
         started = time.perf_counter()
-        state = StateStore(config.state_path).load()
+        state = LocalStateStore(config.state_path).load()
         plan = compute_plan(profiles, state, account_targets=config.waba_keys())
         phases["state + diff"] = time.perf_counter() - started
         started = time.perf_counter()

@@ -28,13 +28,14 @@ from typing import Any
 from unittest import mock
 
 from fleet import API_KEYS, make_project, start_sandbox
-from reconciler import audit
 from reconciler.apply import api_keys, apply_plan
 from reconciler.config import load_config
 from reconciler.kaleyra.client import KaleyraClient
 from reconciler.plan import compute_plan
 from reconciler.profiles import load_profiles
-from reconciler.state import Journal, open_store
+from reconciler.state import audit
+from reconciler.state.backends import open_store
+from reconciler.state.local import Journal
 
 S3_SERVER = Path(__file__).resolve().parent.parent / "tests" / "s3server.py"
 AWS_ENV = {
@@ -112,7 +113,7 @@ def apply_once(count: int, parallelism: int, bookkeeping: bool, s3_url: str | No
             audit_log = audit.open_audit(config)
             journal_class, audit_class = Journal, audit.AuditLog
             if s3_url:
-                from reconciler.s3state import S3Journal
+                from reconciler.state.s3 import S3Journal
 
                 journal_class, audit_class = S3Journal, audit.S3AuditLog
             patches = contextlib.ExitStack()

@@ -19,13 +19,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import audit, secrets
+from . import secrets
 from .config import Config, resolve_keys
 from .errors import ReconcilerError
 from .kaleyra.client import AccountThrottling, KaleyraClient, KaleyraError
 from .kaleyra.codes import ACCOUNT_FATAL
-from .plan import Change, Plan
-from .state import Entry, Recorder, RecordingFailed, State, now
+from .plan import Change, Plan, audit_record
+from .state import audit
+from .state.model import Entry, RecordingFailed, State, now
+from .state.store import Recorder
 
 APPLIED, RECORDED, FAILED, NOT_ATTEMPTED = "applied", "recorded", "failed", "not attempted"
 STATUSES = (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)
@@ -169,7 +171,7 @@ def apply_plan(
             stop.set()
         report.outcomes.extend(outcomes)
         try:
-            audit_log.append(audit.record(o.change, o.code, o.message, actor) for o in outcomes)
+            audit_log.append(audit_record(o.change, o.code, o.message, actor) for o in outcomes)
         except RecordingFailed as failure:
             report.recording_failure = report.recording_failure or str(failure)
             note_unaudited(report, audit_log.unwritten_numbers())

@@ -27,7 +27,10 @@ from .plan import Plan, compute_plan, unknown_accounts
 from .profiles import Profile, load_profiles
 from .secrets import redact
 from .selection import Selection, normalise_phone
-from .state import State, Store, atomic_write, open_store
+from .state.backends import open_store
+from .state.files import atomic_write
+from .state.model import State
+from .state.store import StateStore
 
 FORMATS = click.Choice(["text", "json", "markdown"])
 APPLY_FORMATS = click.Choice(["text", "json", "jsonl", "markdown"])
@@ -241,7 +244,7 @@ def load_desired(ctx: click.Context) -> tuple[Config, dict[str, Profile]]:
     return config, load_profiles(config)
 
 
-def load_state(config: Config, store: Store | None = None) -> State:
+def load_state(config: Config, store: StateStore | None = None) -> State:
     """The applied state; entries for accounts reconciler.yaml no longer has are named in a warning."""
     store = store or open_store(config)
     state = store.load()

@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from . import audit, render
+from . import render
 from .apply import (
     ApplyReport,
     SignalGuard,
@@ -47,9 +47,13 @@ from .config import Config
 from .errors import ReconcilerError, StalePlan
 from .escape import escape
 from .kaleyra.client import KaleyraClient
-from .plan import Change, Plan, compute_plan, differences
+from .plan import Change, Plan, audit_record, compute_plan, differences
 from .profiles import Profile
-from .state import Entry, RecordingFailed, State, Store, locked, open_store
+from .state import audit
+from .state.backends import open_store
+from .state.lock import locked
+from .state.model import Entry, RecordingFailed, State
+from .state.store import StateStore
 
 
 @cli.command()
@@ -138,7 +142,7 @@ def _send(
     ctx: click.Context,
     the_plan: Plan,
     config: Config,
-    store: Store,
+    store: StateStore,
     state: State,
     keys: dict[str, str],
     parallelism: int,
@@ -300,7 +304,7 @@ def import_(
             store,
             state,
             [(change.phone_number, entry_after(change, state)) for change in adopted],
-            [audit.record(change, "IMPORTED", message, actor) for change in adopted],
+            [audit_record(change, "IMPORTED", message, actor) for change in adopted],
         )
     echo(f"Imported {len(adopted)} number(s); nothing was sent.\n")
     return 0
@@ -308,7 +312,7 @@ def import_(
 
 def record_locally(
     config: Config,
-    store: Store,
+    store: StateStore,
     state: State,
     entries: list[tuple[str, Entry | None]],
     audit_records: list[dict[str, Any]],

@@ -11,14 +11,18 @@ from collections.abc import Callable
 
 import click
 
-from . import audit, render, stateedit
+from . import render
 from .apply import SignalGuard
 from .cli import PHONE, cli, config_of, echo, lock_timeout_option, notify, verbose_option
 from .cli_apply import record_locally
 from .config import Config
 from .errors import ReconcilerError
 from .escape import escape, json_text
-from .state import State, locked, open_store, unlock
+from .state import audit
+from .state import edits as stateedit
+from .state.backends import open_store
+from .state.lock import locked, unlock
+from .state.model import State
 
 
 @cli.group()
@@ -170,7 +174,7 @@ def state_migrate(ctx: click.Context, to: str, lock_timeout: float) -> int:
     Example (moving to S3; then set `state.backend: s3`):
       reconciler state migrate --to s3
     """
-    from .migrate import migrate
+    from .state.migrate import migrate
 
     with SignalGuard(threading.Event()):
         echo(migrate(config_of(ctx), to, lock_timeout, notify) + "\n")

@@ -26,7 +26,7 @@ from . import schema
 from .config import display_path
 from .errors import Problem, ValidationFailed
 from .profiles import profile_files
-from .state import atomic_write
+from .state.files import atomic_write
 from .yamlfile import SafeLoader, parse_mapping, read_source
 
 KEY_ORDER = ("phone_number", "account", *schema.FIELDS)

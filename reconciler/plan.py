@@ -18,7 +18,8 @@ from typing import Any
 from .errors import ReconcilerError
 from .profiles import Profile
 from .selection import Selection
-from .state import Entry, State
+from .state import audit
+from .state.model import Entry, State
 
 FORMAT_VERSION = "1.0"
 ACTIONS = ("create", "update", "unmanage", "forget", "no-op")
@@ -321,3 +322,9 @@ def _changed_names(applied: dict[str, str], desired: dict[str, str]) -> set[str]
     replaced and names no keys, which turned real changes into no-ops.)
     """
     return {name for name in applied.keys() | desired.keys() if applied.get(name) != desired.get(name)}
+
+
+def audit_record(change: Change, result: str, message: str, actor: dict[str, str]) -> dict[str, Any]:
+    """The audit record of one change's result."""
+    fields = {name: (field.before, field.after) for name, field in change.fields.items()}
+    return audit.entry(change.phone_number, change.account, change.action, fields, result, message, actor)

@@ -13,7 +13,7 @@ from .escape import escape, escape_all, json_line, json_text, quote, revealing
 from .kaleyra.client import throttling_summary
 from .plan import FORMAT_VERSION, Change, Plan
 from .secrets import redact
-from .state import Entry, State
+from .state.model import Entry, State
 
 # In UTF-8 bytes: GitHub refuses comments over 65,536 characters, and a byte budget under that holds
 # for every script (a Hindi plan has three bytes per character), leaving room for a flag and errors.

@@ -17,7 +17,7 @@ from click.testing import CliRunner, Result
 
 from reconciler.cli import cli
 from reconciler.kaleyra.sandbox import Sandbox, SandboxAccount, serve_in_thread
-from reconciler.state import StateStore
+from reconciler.state.local import LocalStateStore
 
 API_KEY = "tEsT-KeY-9f8e7d6c5b4a"  # distinctive, so a leak anywhere is found by a plain search
 SID, WABA = "HXTEST0000000001", "766000000000001"
@@ -93,7 +93,7 @@ class Project:
 
     def applied(self) -> dict[str, dict[str, str]]:
         """Fields the state records per number (journal replayed)."""
-        state = StateStore(self.state_path).load()
+        state = LocalStateStore(self.state_path).load()
         return {phone: dict(entry.fields) for phone, entry in state.entries.items()}
 
     def audit(self) -> list[dict[str, Any]]:
@@ -200,8 +200,8 @@ class S3Project(Project):
 
     def store(self) -> Any:
         from reconciler.config import S3Location
-        from reconciler.s3 import ObjectStore
-        from reconciler.s3state import S3StateStore
+        from reconciler.state.s3 import S3StateStore
+        from reconciler.state.s3objects import ObjectStore
 
         location = S3Location(self.bucket, STATE_KEY, endpoint_url=self.s3_endpoint)
         return S3StateStore(location, ObjectStore(location, s3_client(self.s3_endpoint)))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reconciler import audit
+from reconciler.state import audit
 
 GITHUB = {
     "GITHUB_ACTOR": "octocat",
@@ -58,8 +58,8 @@ def test_pre_commit_hooks_run_validate_and_fmt():
 def test_a_remote_audit_log_that_fails_names_every_record_it_had_not_written(monkeypatch):
     """S3 cannot append: records wait for the next flush, and a failed flush loses all of them, not
     only the last batch; apply must list every such number as unaudited."""
-    from reconciler.audit import S3AuditLog
-    from reconciler.state import RecordingFailed
+    from reconciler.state.audit import S3AuditLog
+    from reconciler.state.model import RecordingFailed
 
     log = S3AuditLog.__new__(S3AuditLog)
     puts: list[bytes] = []
@@ -67,7 +67,7 @@ def test_a_remote_audit_log_that_fails_names_every_record_it_had_not_written(mon
     class Objects:
         def put(self, key, data, if_absent=False):
             if puts:
-                from reconciler.s3 import RemoteStateError
+                from reconciler.state.s3objects import RemoteStateError
 
                 raise RemoteStateError("503 Slow Down")
             puts.append(data)

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from reconciler.state import StateStore
+from reconciler.state.local import LocalStateStore
 
 from conftest import API_KEY, Project, assert_state_is_true, make_fleet, requests_seen, run_reconciler
 
@@ -89,7 +89,7 @@ def test_ctrl_c_finishes_what_is_in_flight_records_it_and_exits_1(tmp_path, flee
     succeeded = {r["body"]["phone_number"] for r in fleet_sandbox.sandbox.requests if r["answer"] == "WA200"}
     recorded = assert_state_is_true(project, fleet_sandbox)
     assert set(recorded) == succeeded, "every answered request was recorded, nothing else"
-    store = StateStore(project.state_path)
+    store = LocalStateStore(project.state_path)
     assert not store.lock_path.exists() and not store.journal_path.exists()
 
 
@@ -104,7 +104,7 @@ def test_sigterm_is_treated_like_ctrl_c(tmp_path, fleet_sandbox):
     stdout, _ = process.communicate(timeout=30)
     assert process.returncode == 1
     assert "Interrupted" in stdout and "not attempted" in stdout
-    assert not StateStore(project.state_path).lock_path.exists()
+    assert not LocalStateStore(project.state_path).lock_path.exists()
 
 
 def test_parallelism_is_respected_and_no_number_has_two_requests_at_once(tmp_path, fleet_sandbox):

@@ -276,7 +276,7 @@ def test_an_audit_log_that_cannot_be_written_stops_the_run_before_any_put(projec
 def test_a_journal_failing_mid_run_stops_sending_and_prints_what_was_sent_unrecorded(
     project, sandbox, monkeypatch
 ):
-    from reconciler import state as state_module
+    from reconciler.state import local as state_module
 
     for number in NUMBERS[:16]:
         project.write_profile(number, about=f"value {number}")
@@ -528,8 +528,8 @@ def test_a_hand_edited_state_cannot_reach_the_terminal_raw(project, sandbox):
 
 
 def test_state_rm_says_the_state_changed_when_only_the_audit_log_failed(project, sandbox, monkeypatch):
-    from reconciler import audit
-    from reconciler.state import RecordingFailed
+    from reconciler.state import audit
+    from reconciler.state.model import RecordingFailed
 
     project.write_profile(A, about="x")
     assert project.run("apply", "--auto-approve").exit_code == 0

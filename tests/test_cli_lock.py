@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from reconciler.state import StateStore
+from reconciler.state.local import LocalStateStore
 
 from conftest import NUMBERS, Project, assert_clean_failure, put_bodies
 
@@ -29,7 +29,7 @@ def hold_lock(project: Project, command: str = "apply") -> None:
         "command": command,
         "since": "now",
     }
-    lock = StateStore(project.state_path).lock_path
+    lock = LocalStateStore(project.state_path).lock_path
     lock.parent.mkdir(parents=True, exist_ok=True)
     lock.write_text(json.dumps(holder))
 
@@ -48,7 +48,7 @@ def start_apply(project: Project, *args: str) -> subprocess.Popen:
 def release_when(seen: threading.Event, project: Project) -> threading.Thread:
     def release() -> None:
         seen.wait(30)
-        StateStore(project.state_path).lock_path.unlink()
+        LocalStateStore(project.state_path).lock_path.unlink()
 
     thread = threading.Thread(target=release)
     thread.start()
@@ -106,7 +106,7 @@ def test_import_waits_for_the_lock_or_fails_once_the_timeout_is_over(project, sa
     assert waited.exit_code == 0, waited.output + waited.stderr
     assert "waiting up to 30 s" in waited.stderr and "Imported 1 number(s)" in waited.output
     assert project.applied() == {NUMBERS[1]: {"about": "live already"}}
-    assert not StateStore(project.state_path).lock_path.exists()
+    assert not LocalStateStore(project.state_path).lock_path.exists()
 
 
 @pytest.mark.parametrize("value", ["", "soon", "-5", "5x", "2d", "nan"])

@@ -7,7 +7,7 @@ import json
 
 from reconciler.plan import Plan, compute_plan
 from reconciler.profiles import Profile, profile_digest
-from reconciler.state import Entry, State
+from reconciler.state.model import Entry, State
 
 TARGETS = {"main": "HX/1", "other": "HX/2"}
 

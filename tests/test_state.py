@@ -9,7 +9,9 @@ import socket
 import pytest
 
 from reconciler.errors import LockHeld, StateCorrupt
-from reconciler.state import Entry, StateStore, locked, unlock
+from reconciler.state.local import LocalStateStore
+from reconciler.state.lock import locked, unlock
+from reconciler.state.model import Entry
 
 
 def entry(about: str) -> Entry:
@@ -17,7 +19,7 @@ def entry(about: str) -> Entry:
 
 
 def test_a_fresh_store_loads_empty_and_writing_nothing_creates_nothing(tmp_path):
-    store = StateStore(tmp_path / "state.json")
+    store = LocalStateStore(tmp_path / "state.json")
     state = store.load()
     assert (state.lineage, state.serial, state.entries) == (None, 0, {})
     with store.writer(state):
@@ -26,7 +28,7 @@ def test_a_fresh_store_loads_empty_and_writing_nothing_creates_nothing(tmp_path)
 
 
 def test_records_are_compacted_into_the_state_file_and_the_journal_removed(tmp_path):
-    store = StateStore(tmp_path / "state.json")
+    store = LocalStateStore(tmp_path / "state.json")
     state = store.load()
     with store.writer(state) as journal:
         journal.record([("+1", entry("a"))])
@@ -41,20 +43,20 @@ def test_records_are_compacted_into_the_state_file_and_the_journal_removed(tmp_p
 
 
 def test_a_crash_before_compaction_is_recovered_from_the_journal(tmp_path):
-    store = StateStore(tmp_path / "state.json")
+    store = LocalStateStore(tmp_path / "state.json")
     state = store.load()
     journal = store.writer(state).__enter__()  # never exited: as if the process died here
     journal.record([("+1", entry("a"))])
     journal.record([("+2", entry("b"))])
     journal.record([("+2", None)])
     assert not store.path.exists()
-    recovered = StateStore(store.path).load()
+    recovered = LocalStateStore(store.path).load()
     assert recovered.serial == 3 and set(recovered.entries) == {"+1"}
     assert recovered.lineage == state.lineage
 
 
 def test_a_torn_last_journal_record_is_ignored(tmp_path):
-    store = StateStore(tmp_path / "state.json")
+    store = LocalStateStore(tmp_path / "state.json")
     state = store.load()
     journal = store.writer(state).__enter__()
     journal.record([("+1", entry("a"))])
@@ -65,7 +67,7 @@ def test_a_torn_last_journal_record_is_ignored(tmp_path):
 
 
 def test_a_journal_already_compacted_is_not_applied_twice(tmp_path):
-    store = StateStore(tmp_path / "state.json")
+    store = LocalStateStore(tmp_path / "state.json")
     state = store.load()
     journal = store.writer(state).__enter__()
     journal.record([("+1", entry("a")), ("+2", entry("b"))])
@@ -79,18 +81,18 @@ def test_a_corrupt_state_file_is_a_clear_error(tmp_path):
     path = tmp_path / "state.json"
     path.write_text("{not json")
     with pytest.raises(StateCorrupt, match="is not a valid state file"):
-        StateStore(path).load()
+        LocalStateStore(path).load()
 
 
 def test_the_lock_is_exclusive_and_released(tmp_path):
-    store = StateStore(tmp_path / "state.json")
+    store = LocalStateStore(tmp_path / "state.json")
     with locked(store, "apply"), pytest.raises(LockHeld, match=f"pid {os.getpid()}"), locked(store, "apply"):
         pass
     assert not store.lock_path.exists()
 
 
 def test_a_lock_whose_process_is_gone_is_stale_and_can_be_cleared(tmp_path):
-    store = StateStore(tmp_path / "state.json")
+    store = LocalStateStore(tmp_path / "state.json")
     dead = {"host": socket.gethostname(), "pid": 2**22 + 17, "user": "ci", "command": "apply", "since": "T"}
     store.lock_path.write_text(json.dumps(dead))
     with pytest.raises(LockHeld, match="stale"), locked(store, "apply"):
@@ -121,7 +123,7 @@ def test_a_state_file_of_the_wrong_shape_is_a_clear_error_naming_the_file(tmp_pa
     path = tmp_path / "state.json"
     path.write_text(content)
     with pytest.raises(StateCorrupt) as raised:
-        StateStore(path).load()
+        LocalStateStore(path).load()
     assert str(path) in str(raised.value) and complaint in str(raised.value)
 
 
@@ -135,7 +137,7 @@ def test_a_state_file_of_the_wrong_shape_is_a_clear_error_naming_the_file(tmp_pa
     ],
 )
 def test_a_journal_record_of_the_wrong_shape_is_a_clear_error_naming_the_line(tmp_path, record, complaint):
-    store = StateStore(tmp_path / "state.json")
+    store = LocalStateStore(tmp_path / "state.json")
     store.journal_path.write_text(record + "\n" + '{"lineage": "x"}\n')
     with pytest.raises(StateCorrupt) as raised:
         store.load()
@@ -143,10 +145,10 @@ def test_a_journal_record_of_the_wrong_shape_is_a_clear_error_naming_the_line(tm
 
 
 def test_a_failed_journal_write_is_cut_back_and_refuses_further_records(tmp_path, monkeypatch):
-    from reconciler import state as state_module
-    from reconciler.state import RecordingFailed
+    from reconciler.state import local as state_module
+    from reconciler.state.model import RecordingFailed
 
-    store = StateStore(tmp_path / "state.json")
+    store = LocalStateStore(tmp_path / "state.json")
     state = store.load()
     journal = store.writer(state).__enter__()
     journal.record([("+1", entry("a"))])
@@ -162,14 +164,14 @@ def test_a_failed_journal_write_is_cut_back_and_refuses_further_records(tmp_path
     with pytest.raises(RecordingFailed):
         journal.record([("+3", entry("c"))])
     # The file ends on a whole record: it loads, with exactly what was durable.
-    assert set(StateStore(store.path).load().entries) == {"+1"}
+    assert set(LocalStateStore(store.path).load().entries) == {"+1"}
     journal.close()
-    assert set(StateStore(store.path).load().entries) == {"+1"}
+    assert set(LocalStateStore(store.path).load().entries) == {"+1"}
     assert store.journal_path.exists()  # kept after a failure; replaying it is harmless
 
 
 def test_a_failed_compaction_leaves_no_temporary_file_and_loses_nothing(tmp_path, monkeypatch):
-    store = StateStore(tmp_path / "state.json")
+    store = LocalStateStore(tmp_path / "state.json")
     state = store.load()
     journal = store.writer(state).__enter__()
     journal.record([("+1", entry("a"))])
@@ -182,4 +184,4 @@ def test_a_failed_compaction_leaves_no_temporary_file_and_loses_nothing(tmp_path
         journal.close()
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
-    assert set(StateStore(store.path).load().entries) == {"+1"}  # the journal still holds it
+    assert set(LocalStateStore(store.path).load().entries) == {"+1"}  # the journal still holds it

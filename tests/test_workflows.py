@@ -22,7 +22,7 @@ import yaml
 from click.testing import CliRunner
 
 from reconciler.cli import cli
-from reconciler.lock import locked
+from reconciler.state.lock import locked
 
 from conftest import AWS_ENV
 from gha.fakegithub import git

@@ -26,7 +26,7 @@ from ..config import Config
 from ..errors import ReconcilerError
 from ..profiles import Profile
 from ..schema import CATEGORIES, E164, EMAIL, FIELDS
-from ..state import atomic_write
+from ..state.files import atomic_write
 
 CALLBACK_FIELDS = ("callback_profile_id", "outgoing_callback_profile_id")
 ROUTE = re.compile(r"^/v2/(?P<sid>[^/]+)/whatsapp/(?P<waba_id>[^/]+)/number/update/?$")

@@ -355,8 +355,8 @@ class World:
     def s3_store(self) -> Any:
         """The state on S3 as the reconciler reads it, with the test's own credentials."""
         from reconciler.config import S3Location
-        from reconciler.s3 import ObjectStore
-        from reconciler.s3state import S3StateStore
+        from reconciler.state.s3 import S3StateStore
+        from reconciler.state.s3objects import ObjectStore
 
         assert self.s3 is not None
         location = S3Location(self.s3.bucket, self.s3.key, self.s3.region, self.s3.endpoint)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from .errors import LockHeld, ReconcilerError
+from ..errors import LockHeld, ReconcilerError
 
 # Polling a held lock: start quickly (runs are often short), then back off to this.
 POLL_MAX_S = 2.0
@@ -101,8 +101,8 @@ UNKNOWN = LockInfo(host="", pid=0, user="", command="", since="")
 
 def stderr(text: str) -> None:
     """The default way to tell the user about a lock: one escaped, redacted line on stderr."""
-    from .escape import escape
-    from .secrets import redact
+    from ..escape import escape
+    from ..secrets import redact
 
     sys.stderr.write(redact(escape(text)) + "\n")
     sys.stderr.flush()

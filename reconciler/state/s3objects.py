@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .config import S3Location
-from .errors import ReconcilerError
+from ..config import S3Location
+from ..errors import ReconcilerError
 
 INSTALL_HINT = "pip install 'kaleyra-reconciler[s3]'"
 # S3 deletes at most this many keys per DeleteObjects request.

@@ -15,14 +15,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ReconcilerError
-from .escape import json_line
+from ..errors import ReconcilerError
+from ..escape import json_line
+from .files import drop_torn_tail, open_appending, sync_appended, write_all
 from .lock import github_run_url
-from .plan import Change
-from .state import RecordingFailed, drop_torn_tail, now, open_appending, sync_appended, write_all
+from .model import RecordingFailed, now
 
 if TYPE_CHECKING:
-    from .config import Config, S3Location
+    from ..config import Config, S3Location
 
 
 def who(cwd: Path | None = None) -> dict[str, str]:
@@ -36,11 +36,6 @@ def who(cwd: Path | None = None) -> dict[str, str]:
         "ci_run": github_run_url(),
     }
     return {key: value for key, value in found.items() if value}
-
-
-def record(change: Change, result: str, message: str, actor: dict[str, str]) -> dict[str, Any]:
-    fields = {name: (field.before, field.after) for name, field in change.fields.items()}
-    return entry(change.phone_number, change.account, change.action, fields, result, message, actor)
 
 
 def entry(
@@ -161,7 +156,7 @@ class S3AuditLog:
     FLUSH_INTERVAL_S = 1.0
 
     def __init__(self, location: S3Location):
-        from .s3 import ObjectStore
+        from .s3objects import ObjectStore
 
         self.location = location
         self.objects = ObjectStore(location)
@@ -175,7 +170,7 @@ class S3AuditLog:
         """Prove, before anything is sent, that this run's audit object can be written."""
         if self.key is not None:
             return
-        from .s3 import RemoteStateError
+        from .s3objects import RemoteStateError
 
         started = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
         key = f"{self.prefix}{started}-{uuid.uuid4().hex[:12]}.jsonl"
@@ -209,7 +204,7 @@ class S3AuditLog:
         }
 
     def _flush(self) -> None:
-        from .s3 import RemoteStateError
+        from .s3objects import RemoteStateError
 
         count = len(self.lines)
         try:

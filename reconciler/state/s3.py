@@ -22,22 +22,13 @@ import re
 import uuid
 from collections.abc import Iterable, Iterator
 
-from .config import S3Location
-from .errors import StateCorrupt
-from .escape import json_text
+from ..config import S3Location
+from ..errors import StateCorrupt
+from ..escape import json_text
+from .journal import journal_lines, journal_records, remember_batch, replay
 from .lock import UNKNOWN, LockInfo
-from .s3 import ObjectStore, PreconditionFailed, RemoteStateError
-from .state import (
-    Entry,
-    RecordingFailed,
-    State,
-    journal_lines,
-    journal_records,
-    parse_state,
-    remember_batch,
-    replay,
-    state_bytes,
-)
+from .model import Entry, RecordingFailed, State, parse_state, state_bytes
+from .s3objects import ObjectStore, PreconditionFailed, RemoteStateError
 
 SEGMENT = re.compile(r"[0-9]{12}\.jsonl")
 PROBE_PREFIX = "probe-"

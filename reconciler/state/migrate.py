@@ -12,13 +12,13 @@ import contextlib
 import dataclasses
 from collections.abc import Callable
 
+from ..config import Config
+from ..errors import ReconcilerError
+from ..escape import json_line
 from .audit import AuditLog, S3AuditLog
-from .config import Config
-from .errors import ReconcilerError
-from .escape import json_line
+from .local import LocalStateStore
 from .lock import locked, stderr
-from .s3state import S3StateStore
-from .state import StateStore
+from .s3 import S3StateStore
 
 
 def migrate(
@@ -31,7 +31,7 @@ def migrate(
             f"{config.path.name}: state migrate needs state.bucket and state.key (the S3 object to copy "
             "to or from), even while state.backend is local"
         )
-    local, remote = StateStore(config.state_path), S3StateStore(config.s3)
+    local, remote = LocalStateStore(config.state_path), S3StateStore(config.s3)
     local_audit, remote_audit = AuditLog(config.audit_path), S3AuditLog(config.s3)
     if to == "s3":
         source, target, source_audit, target_audit = local, remote, local_audit, remote_audit

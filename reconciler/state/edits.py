@@ -9,9 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from .config import Config
-from .errors import ReconcilerError
-from .state import Entry, State
+from ..config import Config
+from ..errors import ReconcilerError
+from .model import Entry, State
 
 
 @dataclass(frozen=True)
