@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.config import load_config
-from reconciler.github import (
+from reconciler.github.comment import (
     BODY_BYTES,
     PLAN_MARKER,
     assemble,

@@ -8,7 +8,7 @@ only seeds a branch that does not exist yet); `save` commits what apply changed 
 on races, or fails loudly and leaves the files for an artifact. A remote backend (issue 13) keeps no
 state in git: `state_files` then lists nothing and both commands do nothing.
 
-Run as `python -I -m reconciler.statebranch fetch|save` inside the action. Git is authenticated with
+Run as `python -I -m reconciler.github.statebranch fetch|save` inside the action. Git is authenticated with
 GH_TOKEN through GIT_CONFIG_* variables, so the token is in neither argv nor .git/config.
 """
 
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from .github import state_backend, state_files, stray_state_files
+from .comment import state_backend, state_files, stray_state_files
 
 BOT_NAME = "github-actions[bot]"
 BOT_EMAIL = "41898282+github-actions[bot]@users.noreply.github.com"
@@ -213,7 +213,7 @@ def save(branch: str, config: str | None, message: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m reconciler.statebranch", description=__doc__.split("\n")[0]
+        prog="python -m reconciler.github.statebranch", description=__doc__.split("\n")[0]
     )
     parser.add_argument("command", choices=["fetch", "save"])
     parser.add_argument("--branch", default="reconciler-state", help="'' when the state is not kept in git")

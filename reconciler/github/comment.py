@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .render import md
+from ..render import md
 
 PLAN_MARKER = "<!-- kaleyra-reconciler-plan -->"
 DRIFT_MARKER = "<!-- kaleyra-reconciler-drift -->"
@@ -204,8 +204,8 @@ def state_location_flag(before: Any, after: Any, config_name: str = "reconciler.
 
 def _state_section(path: str | None) -> tuple[bool, Any]:
     """(loaded, its `state:` section) of a reconciler.yaml read as data; an absent file has none."""
-    from .errors import ReconcilerError
-    from .yamlfile import MAX_CONFIG_NODES, load_mapping
+    from ..errors import ReconcilerError
+    from ..yamlfile import MAX_CONFIG_NODES, load_mapping
 
     if not path or not Path(path).is_file():
         return True, None
@@ -220,7 +220,7 @@ def pin_state_location(config: str, base_section: Any) -> bool:
     made against the state where the default branch keeps it. True if the file was rewritten."""
     import yaml
 
-    from .yamlfile import MAX_CONFIG_NODES, load_mapping
+    from ..yamlfile import MAX_CONFIG_NODES, load_mapping
 
     data = dict(load_mapping(config, config, max_nodes=MAX_CONFIG_NODES).data)
     if state_location(data.get("state")) == state_location(base_section):
@@ -275,8 +275,8 @@ def reviewed_checksum(comment: dict[str, Any] | None) -> str | None:
 def state_backend(config_file: str | None) -> str:
     """`local` or `s3`: what state.backend in reconciler.yaml says (`local` when it does not load;
     validate then says why)."""
-    from .config import load_config
-    from .errors import ReconcilerError
+    from ..config import load_config
+    from ..errors import ReconcilerError
 
     try:
         return load_config(config_file).state_backend
@@ -301,8 +301,8 @@ def state_files(config_file: str | None, quiet: bool = False) -> list[str]:
     Hook for remote state (issue 13): a config whose state is not a local file lists nothing, so the
     action neither fetches nor commits anything.
     """
-    from .config import load_config
-    from .errors import ReconcilerError
+    from ..config import load_config
+    from ..errors import ReconcilerError
 
     try:
         config = load_config(config_file)
