@@ -25,7 +25,10 @@ def mark(name: str) -> None:
 
 
 import reconciler.cli as cli  # noqa: E402
-from reconciler import cli_apply, kaleyra, render, state  # noqa: E402
+from reconciler import render  # noqa: E402
+from reconciler.cli import apply as cli_apply  # noqa: E402
+from reconciler.kaleyra import client as kaleyra  # noqa: E402
+from reconciler.state import local as state  # noqa: E402
 
 mark("imports")
 

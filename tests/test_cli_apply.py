@@ -333,9 +333,9 @@ def test_every_command_help_shows_an_example():
 
 
 def test_apply_asks_on_a_terminal_and_sends_nothing_when_refused(project, sandbox, monkeypatch):
-    import reconciler.cli_apply
+    import reconciler.cli.apply
 
-    monkeypatch.setattr(reconciler.cli_apply, "_interactive", lambda: True)
+    monkeypatch.setattr(reconciler.cli.apply, "_interactive", lambda: True)
     project.write_profile(A, about="x")
     refused = project.run("apply", input="n\n")
     assert refused.exit_code == 1 and "Aborted" in refused.stderr

@@ -501,9 +501,9 @@ def test_a_saved_plan_with_extra_entries_is_refused(project, sandbox, tamper):
 
 
 def test_a_prompt_always_shows_the_plan_first_whatever_the_format(project, sandbox, monkeypatch):
-    import reconciler.cli_apply
+    import reconciler.cli.apply
 
-    monkeypatch.setattr(reconciler.cli_apply, "_interactive", lambda: True)
+    monkeypatch.setattr(reconciler.cli.apply, "_interactive", lambda: True)
     project.write_profile(A, about="shown before asking")
     result = project.run("apply", "--format", "json", input="n\n")
     assert_clean_failure(result)

@@ -97,10 +97,10 @@ def test_import_waits_for_the_lock_or_fails_once_the_timeout_is_over(project, sa
     releaser = release_when(seen, project)
     with pytest.MonkeyPatch.context() as patch:
         # The waiting message is the moment the holder may go: release the lock then.
-        import reconciler.cli_apply
+        import reconciler.cli.apply
 
-        original = reconciler.cli_apply.notify
-        patch.setattr(reconciler.cli_apply, "notify", lambda text: (original(text), seen.set()))
+        original = reconciler.cli.apply.notify
+        patch.setattr(reconciler.cli.apply, "notify", lambda text: (original(text), seen.set()))
         waited = project.run("import", "--auto-approve", "--lock-timeout", "30")
     releaser.join()
     assert waited.exit_code == 0, waited.output + waited.stderr

@@ -53,12 +53,12 @@ def test_a_key_embedded_in_an_error_message_is_redacted(project, monkeypatch):
 
 
 def test_an_unexpected_error_is_one_redacted_line_not_a_traceback(project, monkeypatch):
-    import reconciler.cli
+    import reconciler.cli.common
 
     def explode(*args, **kwargs):
         raise RuntimeError(f"boom with {API_KEY} inside")
 
-    monkeypatch.setattr(reconciler.cli, "load_profiles", explode)
+    monkeypatch.setattr(reconciler.cli.common, "load_profiles", explode)
     result = project.run("plan")
     assert result.exit_code == 1
     assert "internal error: RuntimeError: boom with [redacted] inside" in result.stderr

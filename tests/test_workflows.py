@@ -411,15 +411,16 @@ def test_defect_6_a_crashed_drift_check_fails_and_leaves_the_issue_alone(world: 
     [issue] = drift_issues(world)
     body = issue["body"]
     # The drift check is killed (exit 137, as by the OOM killer).
-    cli_source = (world.clone / "reconciler" / "cli.py").read_text()
+    cli_source = (world.clone / "reconciler" / "cli" / "__init__.py").read_text()
     # The entry point every way of running the reconciler goes through; only `drift` is killed.
     crash = cli_source.replace(
-        '    cli(prog_name="reconciler")\n',
-        '    if "drift" in sys.argv:\n        os.kill(os.getpid(), 9)\n    cli(prog_name="reconciler")\n',
+        '        cli(prog_name="reconciler")\n',
+        '        import os, sys\n\n        if "drift" in sys.argv:\n            os.kill(os.getpid(), 9)\n'
+        '        cli(prog_name="reconciler")\n',
     )
     assert crash != cli_source
     world.push_main(
-        {**edit(world, SUPPORT, "Drifted", "Order status and returns"), "reconciler/cli.py": crash}
+        {**edit(world, SUPPORT, "Drifted", "Order status and returns"), "reconciler/cli/__init__.py": crash}
     )
     requests = len(world.hub.requests)
     run = only(world.schedule(), "reconciler drift")
@@ -479,7 +480,7 @@ def test_defect_8_rerunning_the_plan_job_works(world: World) -> None:
     plan = only(runs, "reconciler plan")
     again = world.runner.rerun(plan)
     assert again.attempt == 2 and again.conclusion == "success", again.job().log
-    github_section = (PROJECT / "README.md").read_text().split("## Using it in GitHub")[1].split("\n## ")[0]
+    github_section = (PROJECT / "docs" / "how-to" / "github.md").read_text()
     assert "re-run the job" not in github_section.lower()
     assert "push" in github_section
 
@@ -546,9 +547,10 @@ CHECKOUT = "actions/checkout@fbc6f3992d24b796d5a048ff273f7fcc4a7b6c09 # v5.1.0"
 
 
 def readme_s3_section() -> str:
-    text = (PROJECT / "README.md").read_text()
-    start = text.index("### GitHub: OIDC roles, no stored AWS keys, nothing committed back")
-    return text[start : text.index("\n## ", start)]
+    text = (PROJECT / "docs" / "how-to" / "remote-state-s3.md").read_text()
+    start = text.index("## GitHub: OIDC roles, no stored AWS keys, nothing committed back")
+    end = text.find("\n# ", start)
+    return text[start : end if end >= 0 else len(text)]
 
 
 def readme_trust() -> dict[str, list[str]]:

@@ -1,17 +1,21 @@
 """Edits of the applied state by hand, `state rm` and `state mv`: nothing is sent to Kaleyra.
 
-Each edit is worked out here without I/O, as the list of state entries to record; the CLI records
-them through the journal and the audit log under the lock, like any apply.
+Each edit is worked out here without I/O, as the list of state entries to record; `record_locally`
+records them (and `import`'s) through the journal and the audit log under the lock, like any apply.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from ..config import Config
 from ..errors import ReconcilerError
-from .model import Entry, State
+from . import audit
+from .model import Entry, RecordingFailed, State
+from .store import StateStore
 
 
 @dataclass(frozen=True)
@@ -72,3 +76,32 @@ def rename_account(state: State, old: str, new: str, config: Config) -> list[Edi
         )
         for number in numbers
     ]
+
+
+def record_locally(
+    config: Config,
+    store: StateStore,
+    state: State,
+    entries: list[tuple[str, Entry | None]],
+    audit_records: list[dict[str, Any]],
+) -> None:
+    """Record changes that send nothing (import, state rm/mv): both files proven writable first, then
+    the state, then the audit log. If only the audit log fails, say plainly that the state changed."""
+    audit_log = audit.open_audit(config)
+    try:
+        with store.writer(state) as journal:
+            journal.open()
+            audit_log.open()
+            journal.record(entries)
+            try:
+                audit_log.append(audit_records)
+            except RecordingFailed as failure:
+                raise ReconcilerError(
+                    f"the state WAS changed ({len(entries)} number(s)), but the audit log could not "
+                    f"record it: {failure}"
+                ) from None
+    except BaseException:
+        with contextlib.suppress(RecordingFailed):
+            audit_log.close()
+        raise
+    audit_log.close()

@@ -6,18 +6,16 @@ every error becomes a message and exit code 1 in `cli.ReconcilerGroup.main`.
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import sys
 import threading
 from pathlib import Path
-from typing import Any
 
 import click
 
-from . import render
-from .apply import (
+from .. import render
+from ..apply import (
     ApplyReport,
     SignalGuard,
     api_keys,
@@ -27,11 +25,22 @@ from .apply import (
     note_unaudited,
     refuse_key_leaks,
 )
-from .cli import (
+from ..config import Config
+from ..errors import ReconcilerError, StalePlan
+from ..escape import escape
+from ..kaleyra.client import KaleyraClient
+from ..plan import Change, Plan, audit_record, compute_plan, differences
+from ..profiles import Profile
+from ..state import audit
+from ..state.backends import open_store
+from ..state.edits import record_locally
+from ..state.lock import locked
+from ..state.model import RecordingFailed, State
+from ..state.store import StateStore
+from .common import (
     APPLY_FORMATS,
     Checksum,
     Rate,
-    cli,
     echo,
     load_desired,
     load_state,
@@ -43,20 +52,9 @@ from .cli import (
     selection_options,
     verbose_option,
 )
-from .config import Config
-from .errors import ReconcilerError, StalePlan
-from .escape import escape
-from .kaleyra.client import KaleyraClient
-from .plan import Change, Plan, audit_record, compute_plan, differences
-from .profiles import Profile
-from .state import audit
-from .state.backends import open_store
-from .state.lock import locked
-from .state.model import Entry, RecordingFailed, State
-from .state.store import StateStore
 
 
-@cli.command()
+@click.command()
 @click.argument("plan_file", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @selection_options
@@ -256,7 +254,7 @@ def _confirm(question: str) -> None:
         raise click.exceptions.Abort()
 
 
-@cli.command(name="import")
+@click.command(name="import")
 @selection_options
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @lock_timeout_option
@@ -308,35 +306,6 @@ def import_(
         )
     echo(f"Imported {len(adopted)} number(s); nothing was sent.\n")
     return 0
-
-
-def record_locally(
-    config: Config,
-    store: StateStore,
-    state: State,
-    entries: list[tuple[str, Entry | None]],
-    audit_records: list[dict[str, Any]],
-) -> None:
-    """Record changes that send nothing (import, state rm/mv): both files proven writable first, then
-    the state, then the audit log. If only the audit log fails, say plainly that the state changed."""
-    audit_log = audit.open_audit(config)
-    try:
-        with store.writer(state) as journal:
-            journal.open()
-            audit_log.open()
-            journal.record(entries)
-            try:
-                audit_log.append(audit_records)
-            except RecordingFailed as failure:
-                raise ReconcilerError(
-                    f"the state WAS changed ({len(entries)} number(s)), but the audit log could not "
-                    f"record it: {failure}"
-                ) from None
-    except BaseException:
-        with contextlib.suppress(RecordingFailed):
-            audit_log.close()
-        raise
-    audit_log.close()
 
 
 def _why_skipped(change: Change) -> str:

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import click
 
-from . import schema
-from .cli import Finite, cli, config_of, echo, load_desired, verbose_option
-from .errors import ReconcilerError
-from .escape import escape
+from .. import schema
+from ..errors import ReconcilerError
+from ..escape import escape
+from .common import Finite, config_of, echo, load_desired, verbose_option
 
 
-@cli.command(name="schema")
+@click.command(name="schema")
 @click.argument("kind", type=click.Choice(sorted(schema.SCHEMAS)), default="profile")
 def schema_command(kind: str) -> int:
     """Print a JSON Schema (profile or config).
@@ -27,7 +27,7 @@ def schema_command(kind: str) -> int:
     return 0
 
 
-@cli.command(name="fmt")
+@click.command(name="fmt")
 @click.option(
     "--check", is_flag=True, help="Rewrite nothing; list the files that would change, exit 1 if any."
 )
@@ -43,7 +43,7 @@ def fmt_command(ctx: click.Context, check: bool, paths: tuple[str, ...]) -> int:
       reconciler fmt
       reconciler fmt --check profiles/acme-in
     """
-    from . import fmt
+    from .. import fmt
 
     report = fmt.run(paths, None if paths else config_of(ctx).profiles_dir, check=check)
     for line in report.summary(check):
@@ -56,7 +56,7 @@ def fmt_command(ctx: click.Context, check: bool, paths: tuple[str, ...]) -> int:
 # --- sandbox --------------------------------------------------------------------------------------
 
 
-@cli.command()
+@click.command()
 @click.option(
     "--host", default="127.0.0.1", show_default=True, help="A loopback address: the sandbox accepts any key."
 )
@@ -131,7 +131,7 @@ def sandbox(
       reconciler sandbox --port 8080 &
       KALEYRA_ENDPOINT=http://127.0.0.1:8080 KALEYRA_API_KEY=demo-key-123 reconciler apply --auto-approve
     """
-    from .kaleyra import sandbox as emulator
+    from ..kaleyra import sandbox as emulator
 
     kinds = tuple(kind.strip() for kind in faults.split(",") if kind.strip())
     unknown = [kind for kind in kinds if kind not in emulator.FAULTS]

@@ -11,21 +11,21 @@ from collections.abc import Callable
 
 import click
 
-from . import render
-from .apply import SignalGuard
-from .cli import PHONE, cli, config_of, echo, lock_timeout_option, notify, verbose_option
-from .cli_apply import record_locally
-from .config import Config
-from .errors import ReconcilerError
-from .escape import escape, json_text
-from .state import audit
-from .state import edits as stateedit
-from .state.backends import open_store
-from .state.lock import locked, unlock
-from .state.model import State
+from .. import render
+from ..apply import SignalGuard
+from ..config import Config
+from ..errors import ReconcilerError
+from ..escape import escape, json_text
+from ..state import audit
+from ..state import edits as stateedit
+from ..state.backends import open_store
+from ..state.edits import record_locally
+from ..state.lock import locked, unlock
+from ..state.model import State
+from .common import PHONE, config_of, echo, lock_timeout_option, notify, verbose_option
 
 
-@cli.group()
+@click.group()
 def state() -> None:
     """Inspect and maintain the applied state: list, show, rm, mv, unlock.
 
@@ -174,14 +174,14 @@ def state_migrate(ctx: click.Context, to: str, lock_timeout: float) -> int:
     Example (moving to S3; then set `state.backend: s3`):
       reconciler state migrate --to s3
     """
-    from .state.migrate import migrate
+    from ..state.migrate import migrate
 
     with SignalGuard(threading.Event()):
         echo(migrate(config_of(ctx), to, lock_timeout, notify) + "\n")
     return 0
 
 
-@cli.command()
+@click.command()
 @click.argument("phone_number", required=False, type=PHONE)
 @click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
 @verbose_option

@@ -1,4 +1,4 @@
-"""The `reconciler` command line: thin click commands that parse flags and call the rest.
+"""What the commands share: parameter types, options, the root group's error mapping, loading helpers.
 
 Exit codes, for every command: 0 success and nothing to do; 1 any error (usage errors included);
 2 success with changes present. Errors are mapped to messages and codes in `ReconcilerGroup.main`.
@@ -6,7 +6,6 @@ Exit codes, for every command: 0 success and nothing to do; 1 any error (usage e
 
 from __future__ import annotations
 
-import gc
 import io
 import math
 import os
@@ -14,23 +13,21 @@ import re
 import sys
 import traceback
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 
-from . import render, secrets
-from .config import Config, load_config
-from .errors import ReconcilerError
-from .escape import escape, json_text
-from .plan import Plan, compute_plan, unknown_accounts
-from .profiles import Profile, load_profiles
-from .secrets import redact
-from .selection import Selection, normalise_phone
-from .state.backends import open_store
-from .state.files import atomic_write
-from .state.model import State
-from .state.store import StateStore
+from .. import render, secrets
+from ..config import Config, load_config
+from ..errors import ReconcilerError
+from ..escape import escape
+from ..plan import Plan, unknown_accounts
+from ..profiles import Profile, load_profiles
+from ..secrets import redact
+from ..selection import Selection, normalise_phone
+from ..state.backends import open_store
+from ..state.model import State
+from ..state.store import StateStore
 
 FORMATS = click.Choice(["text", "json", "markdown"])
 APPLY_FORMATS = click.Choice(["text", "json", "jsonl", "markdown"])
@@ -215,26 +212,6 @@ def verbose_option(function: Any) -> Any:
     )(function)
 
 
-@click.group(cls=ReconcilerGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--config", "config_file", metavar="PATH", help="reconciler.yaml to use (or RECONCILER_CONFIG)."
-)
-@verbose_option
-@click.version_option(package_name="kaleyra-reconciler")
-@click.pass_context
-def cli(ctx: click.Context, config_file: str | None) -> None:
-    """Config-as-code for Kaleyra WhatsApp Business phone-number profiles.
-
-    \b
-    Typical flow:
-      reconciler validate            # check reconciler.yaml and every profile
-      reconciler plan                # what would change, field by field
-      reconciler apply               # send exactly that, record each success
-      reconciler drift               # where desired and applied state differ (exit 2)
-    """
-    ctx.ensure_object(dict)["config_file"] = config_file
-
-
 def config_of(ctx: click.Context) -> Config:
     return load_config(ctx.obj.get("config_file"))
 
@@ -286,109 +263,13 @@ def request_log(ctx: click.Context) -> Callable[[str], None] | None:
     return (lambda line: echo(escape(line) + "\n", err=True)) if ctx.obj.get("verbose") else None
 
 
-def _show_plan(plan: Plan, output: str, title: str = "Plan") -> None:
+def show_plan(plan: Plan, output: str, title: str = "Plan") -> None:
     if output == "json":
         echo(render.plan_json(plan))
     elif output == "markdown":
         echo(render.plan_markdown(plan, title=f"Kaleyra profile {title.lower()}"))
     else:
         echo(render.plan_text(plan, title))
-
-
-# --- validate, plan, drift ------------------------------------------------------------------------
-
-
-ONLINE_HELP = "Also check on Kaleyra that the callback profile ids {} exist and are active (needs API keys)."
-
-
-@cli.command()
-@click.option("--online", is_flag=True, help=ONLINE_HELP.format("every profile names"))
-@verbose_option
-@click.pass_context
-def validate(ctx: click.Context, online: bool) -> int:
-    """Check reconciler.yaml and every profile against the schemas and rules. No network, unless --online.
-
-    \b
-    Examples:
-      reconciler validate && echo "all good"
-      reconciler validate --online
-    """
-    config, profiles = load_desired(ctx)
-    if online:
-        from .kaleyra import online as checks
-
-        checked = checks.check(config, checks.in_profiles(profiles), request_log(ctx))
-    echo(
-        f"Valid: {config.path.name} with {len(config.accounts)} account(s) and {len(profiles)} profile(s).\n"
-    )
-    if online:
-        echo(f"Online: {checked} callback profile id(s) checked on Kaleyra; each exists and is active.\n")
-    return 0
-
-
-@cli.command()
-@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Save the plan for `apply FILE`.")
-@selection_options
-@click.option("--format", "output", type=FORMATS, default="text", show_default=True)
-@click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes, 0 when none.")
-@click.option("--online", is_flag=True, help=ONLINE_HELP.format("the changes send"))
-@verbose_option
-@click.pass_context
-def plan(
-    ctx: click.Context,
-    out_file: str | None,
-    targets: tuple[str, ...],
-    excludes: tuple[str, ...],
-    output: str,
-    detailed_exitcode: bool,
-    online: bool,
-) -> int:
-    """Show what apply would change, field by field. Reads files only (no credentials) unless --online.
-
-    \b
-    Examples:
-      reconciler plan
-      reconciler plan --target +14155550100 --format json
-      reconciler plan --target acme-in --exclude '+9199*'
-      reconciler plan --out plan.json && reconciler apply plan.json
-      reconciler plan --online       # also check the callback profile ids it sends, on Kaleyra
-    """
-    config, profiles = load_desired(ctx)
-    if out_file:
-        refuse_as_plan_file(out_file, config)
-    state = load_state(config)
-    the_plan = compute_plan(profiles, state, selection_of(config, targets, excludes), config.waba_keys())
-    if online:
-        from .kaleyra import online as checks
-
-        checks.check(config, checks.in_plan(the_plan, profiles), request_log(ctx))
-    _show_plan(the_plan, output)
-    if out_file:
-        atomic_write(Path(out_file), (json_text(the_plan.to_saved(), indent=2) + "\n").encode())
-        echo(f"Saved the plan to {out_file} (checksum {the_plan.checksum}).\n", err=True)
-    return 2 if detailed_exitcode and the_plan.changes else 0
-
-
-@cli.command()
-@selection_options
-@click.option("--format", "output", type=FORMATS, default="text", show_default=True)
-@verbose_option
-@click.pass_context
-def drift(ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...], output: str) -> int:
-    """Report where the profiles and the applied state differ: exit 2 when they do, 0 when not.
-
-    \b
-    Example (a scheduled audit):
-      reconciler drift --format markdown >> "$GITHUB_STEP_SUMMARY"
-    """
-    config, profiles = load_desired(ctx)
-    state = load_state(config)
-    the_plan = compute_plan(profiles, state, selection_of(config, targets, excludes), config.waba_keys())
-    if output == "text" and not the_plan.changes:
-        echo(f"No drift: all {the_plan.unchanged} number(s) match the applied state.\n")
-    else:
-        _show_plan(the_plan, output, "Drift")
-    return 2 if the_plan.changes else 0
 
 
 # True when running as the `reconciler` program (not driven in-process, as tests do).
@@ -399,16 +280,6 @@ def running_as_program() -> bool:
     return _standalone
 
 
-def main() -> None:
+def mark_running_as_program() -> None:
     global _standalone
     _standalone = True
-    try:
-        cli(prog_name="reconciler")
-    finally:
-        # The process is ending and takes its memory with it: spare the interpreter's last garbage
-        # collection a walk over every object still alive (30 ms after an apply of 1,000 numbers).
-        gc.freeze()
-
-
-# The other commands live beside this module; importing them registers them on `cli`.
-from . import cli_apply, cli_state, cli_tools  # noqa: E402, F401

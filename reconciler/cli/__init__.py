@@ -1,0 +1,58 @@
+"""The `reconciler` command line: the root group, and the registration of every command.
+
+Each command group lives in its own module (`review`, `apply`, `state`, `tools`) and imports what it
+shares from `common`; this module only builds the root group and registers them.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import click
+
+from . import apply, common, review, state, tools
+
+
+@click.group(cls=common.ReconcilerGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config", "config_file", metavar="PATH", help="reconciler.yaml to use (or RECONCILER_CONFIG)."
+)
+@common.verbose_option
+@click.version_option(package_name="kaleyra-reconciler")
+@click.pass_context
+def cli(ctx: click.Context, config_file: str | None) -> None:
+    """Config-as-code for Kaleyra WhatsApp Business phone-number profiles.
+
+    \b
+    Typical flow:
+      reconciler validate            # check reconciler.yaml and every profile
+      reconciler plan                # what would change, field by field
+      reconciler apply               # send exactly that, record each success
+      reconciler drift               # where desired and applied state differ (exit 2)
+    """
+    ctx.ensure_object(dict)["config_file"] = config_file
+
+
+for command in (
+    review.validate,
+    review.plan,
+    review.drift,
+    apply.apply,
+    apply.import_,
+    state.state,
+    state.history,
+    tools.schema_command,
+    tools.fmt_command,
+    tools.sandbox,
+):
+    cli.add_command(command)
+
+
+def main() -> None:
+    common.mark_running_as_program()
+    try:
+        cli(prog_name="reconciler")
+    finally:
+        # The process is ending and takes its memory with it: spare the interpreter's last garbage
+        # collection a walk over every object still alive (30 ms after an apply of 1,000 numbers).
+        gc.freeze()

@@ -1,0 +1,115 @@
+"""`reconciler validate`, `plan` and `drift`: the commands that read and compare, never send."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..escape import json_text
+from ..plan import compute_plan
+from ..state.files import atomic_write
+from .common import (
+    FORMATS,
+    echo,
+    load_desired,
+    load_state,
+    refuse_as_plan_file,
+    request_log,
+    selection_of,
+    selection_options,
+    show_plan,
+    verbose_option,
+)
+
+ONLINE_HELP = "Also check on Kaleyra that the callback profile ids {} exist and are active (needs API keys)."
+
+
+@click.command()
+@click.option("--online", is_flag=True, help=ONLINE_HELP.format("every profile names"))
+@verbose_option
+@click.pass_context
+def validate(ctx: click.Context, online: bool) -> int:
+    """Check reconciler.yaml and every profile against the schemas and rules. No network, unless --online.
+
+    \b
+    Examples:
+      reconciler validate && echo "all good"
+      reconciler validate --online
+    """
+    config, profiles = load_desired(ctx)
+    if online:
+        from ..kaleyra import online as checks
+
+        checked = checks.check(config, checks.in_profiles(profiles), request_log(ctx))
+    echo(
+        f"Valid: {config.path.name} with {len(config.accounts)} account(s) and {len(profiles)} profile(s).\n"
+    )
+    if online:
+        echo(f"Online: {checked} callback profile id(s) checked on Kaleyra; each exists and is active.\n")
+    return 0
+
+
+@click.command()
+@click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Save the plan for `apply FILE`.")
+@selection_options
+@click.option("--format", "output", type=FORMATS, default="text", show_default=True)
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes, 0 when none.")
+@click.option("--online", is_flag=True, help=ONLINE_HELP.format("the changes send"))
+@verbose_option
+@click.pass_context
+def plan(
+    ctx: click.Context,
+    out_file: str | None,
+    targets: tuple[str, ...],
+    excludes: tuple[str, ...],
+    output: str,
+    detailed_exitcode: bool,
+    online: bool,
+) -> int:
+    """Show what apply would change, field by field. Reads files only (no credentials) unless --online.
+
+    \b
+    Examples:
+      reconciler plan
+      reconciler plan --target +14155550100 --format json
+      reconciler plan --target acme-in --exclude '+9199*'
+      reconciler plan --out plan.json && reconciler apply plan.json
+      reconciler plan --online       # also check the callback profile ids it sends, on Kaleyra
+    """
+    config, profiles = load_desired(ctx)
+    if out_file:
+        refuse_as_plan_file(out_file, config)
+    state = load_state(config)
+    the_plan = compute_plan(profiles, state, selection_of(config, targets, excludes), config.waba_keys())
+    if online:
+        from ..kaleyra import online as checks
+
+        checks.check(config, checks.in_plan(the_plan, profiles), request_log(ctx))
+    show_plan(the_plan, output)
+    if out_file:
+        atomic_write(Path(out_file), (json_text(the_plan.to_saved(), indent=2) + "\n").encode())
+        echo(f"Saved the plan to {out_file} (checksum {the_plan.checksum}).\n", err=True)
+    return 2 if detailed_exitcode and the_plan.changes else 0
+
+
+@click.command()
+@selection_options
+@click.option("--format", "output", type=FORMATS, default="text", show_default=True)
+@verbose_option
+@click.pass_context
+def drift(ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...], output: str) -> int:
+    """Report where the profiles and the applied state differ: exit 2 when they do, 0 when not.
+
+    \b
+    Example (a scheduled audit):
+      reconciler drift --format markdown >> "$GITHUB_STEP_SUMMARY"
+    """
+    config, profiles = load_desired(ctx)
+    state = load_state(config)
+    the_plan = compute_plan(profiles, state, selection_of(config, targets, excludes), config.waba_keys())
+    if output == "text" and not the_plan.changes:
+        echo(f"No drift: all {the_plan.unchanged} number(s) match the applied state.\n")
+    else:
+        show_plan(the_plan, output, "Drift")
+    return 2 if the_plan.changes else 0
