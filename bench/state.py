@@ -110,8 +110,8 @@ def apply_once(count: int, parallelism: int, bookkeeping: bool, s3_url: str | No
             store = open_store(config)
             state = store.load()
             plan = compute_plan(profiles, state, account_targets=config.waba_keys())
-            audit_log = audit.open_audit(config)
-            journal_class, audit_class = Journal, audit.AuditLog
+            audit_log = store.audit_log()
+            journal_class, audit_class = Journal, audit.LocalAuditLog
             if s3_url:
                 from reconciler.state.s3 import S3Journal
 

@@ -27,7 +27,7 @@ from .kaleyra.codes import ACCOUNT_FATAL
 from .plan import Change, Plan, audit_record
 from .state import audit
 from .state.model import Entry, RecordingFailed, State, now
-from .state.store import Recorder
+from .state.store import AuditLog, Recorder
 
 APPLIED, RECORDED, FAILED, NOT_ATTEMPTED = "applied", "recorded", "failed", "not attempted"
 STATUSES = (APPLIED, RECORDED, FAILED, NOT_ATTEMPTED)
@@ -129,7 +129,7 @@ def apply_plan(
     config: Config,
     state: State,
     journal: Recorder,
-    audit_log: audit.AuditLog | audit.S3AuditLog,
+    audit_log: AuditLog,
     client: KaleyraClient,
     keys: dict[str, str],
     *,

@@ -537,7 +537,7 @@ def test_state_rm_says_the_state_changed_when_only_the_audit_log_failed(project,
     def full(self, records):
         raise RecordingFailed("audit.jsonl: cannot append (File too large)")
 
-    monkeypatch.setattr(audit.AuditLog, "append", full)
+    monkeypatch.setattr(audit.LocalAuditLog, "append", full)
     result = project.run("state", "rm", A)
     assert_clean_failure(result)
     assert "the state WAS changed (1 number(s)), but the audit log could not record it" in result.stderr

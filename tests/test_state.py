@@ -185,3 +185,39 @@ def test_a_failed_compaction_leaves_no_temporary_file_and_loses_nothing(tmp_path
     monkeypatch.undo()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
     assert set(LocalStateStore(store.path).load().entries) == {"+1"}  # the journal still holds it
+
+
+def test_every_backend_implements_the_whole_state_store_protocol():
+    """Local and S3 stores (and their journals and audit logs) have every method the protocols name,
+    with the same parameters, so code written against StateStore runs on either."""
+    import inspect
+
+    from reconciler.state import audit, local, s3, store
+
+    def methods(protocol: type) -> dict[str, inspect.Signature]:
+        names = {
+            name
+            for klass in protocol.__mro__
+            if klass not in (object,) and getattr(klass, "_is_protocol", False)
+            for name, value in vars(klass).items()
+            if callable(value) and not name.startswith("_")
+        }
+        return {name: inspect.signature(getattr(protocol, name)) for name in names}
+
+    pairs = [
+        (store.StateStore, local.LocalStateStore),
+        (store.StateStore, s3.S3StateStore),
+        (store.Recorder, local.Journal),
+        (store.Recorder, s3.S3Journal),
+        (store.AuditLog, audit.LocalAuditLog),
+        (store.AuditLog, audit.S3AuditLog),
+    ]
+    for protocol, backend in pairs:
+        wanted = methods(protocol)
+        assert {"load", "writer", "replace", "audit_log", "create_lock", "remove_lock"} <= set(
+            methods(store.StateStore)
+        )
+        for name, signature in wanted.items():
+            assert hasattr(backend, name), f"{backend.__name__} lacks {name}"
+            found = inspect.signature(getattr(backend, name))
+            assert list(found.parameters) == list(signature.parameters), f"{backend.__name__}.{name}"

@@ -149,7 +149,7 @@ def _send(
     stop: threading.Event,
 ) -> ApplyReport:
     """Run the plan; every result Kaleyra accepted is recorded, or printed as unrecorded."""
-    audit_log = audit.open_audit(config)
+    audit_log = store.audit_log()
     progress = render.ApplyProgress(len(the_plan.changes), output, echo)
     report: ApplyReport | None = None
     try:
@@ -298,7 +298,6 @@ def import_(
         actor = audit.who(config.path.parent)
         message = "imported: recorded as applied, nothing sent"
         record_locally(
-            config,
             store,
             state,
             [(change.phone_number, entry_after(change, state)) for change in adopted],

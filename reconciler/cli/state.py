@@ -1,6 +1,6 @@
 """`reconciler state ...` and `reconciler history`: inspect and maintain the applied state.
 
-Hand edits (`state rm`, `state mv`) are worked out in `stateedit` and recorded like an apply: under
+Hand edits (`state rm`, `state mv`) are worked out in `state.edits` and recorded like an apply: under
 the lock, journaled and audited.
 """
 
@@ -16,8 +16,7 @@ from ..apply import SignalGuard
 from ..config import Config
 from ..errors import ReconcilerError
 from ..escape import escape, json_text
-from ..state import audit
-from ..state import edits as stateedit
+from ..state import audit, edits
 from ..state.backends import open_store
 from ..state.edits import record_locally
 from ..state.lock import locked, unlock
@@ -93,7 +92,7 @@ def state_rm(ctx: click.Context, phone_numbers: tuple[str, ...]) -> int:
     Example:
       reconciler state rm +14155550100 +14155550101
     """
-    return _edit_state(ctx, "state rm", lambda state, config: stateedit.remove(state, list(phone_numbers)))
+    return _edit_state(ctx, "state rm", lambda state, config: edits.remove(state, list(phone_numbers)))
 
 
 @state.command(name="mv")
@@ -111,13 +110,11 @@ def state_mv(ctx: click.Context, old: str, new: str) -> int:
     Example (acme-in was renamed acme-india in reconciler.yaml):
       reconciler state mv acme-in acme-india
     """
-    return _edit_state(
-        ctx, "state mv", lambda state, config: stateedit.rename_account(state, old, new, config)
-    )
+    return _edit_state(ctx, "state mv", lambda state, config: edits.rename_account(state, old, new, config))
 
 
 def _edit_state(
-    ctx: click.Context, command: str, work_out: Callable[[State, Config], list[stateedit.Edit]]
+    ctx: click.Context, command: str, work_out: Callable[[State, Config], list[edits.Edit]]
 ) -> int:
     """Record a hand edit of the state like an apply: under the lock, journaled, audited."""
     config = config_of(ctx)
@@ -128,7 +125,6 @@ def _edit_state(
         edits = work_out(state, config)
         actor = audit.who(config.path.parent)
         record_locally(
-            config,
             store,
             state,
             [(edit.phone_number, edit.entry) for edit in edits],
@@ -194,6 +190,6 @@ def history(ctx: click.Context, phone_number: str | None, output: str) -> int:
       reconciler history
       reconciler history +14155550100
     """
-    records = list(audit.open_audit(config_of(ctx)).read(phone_number))
+    records = list(open_store(config_of(ctx)).audit_log().read(phone_number))
     echo(json_text(records, indent=2) + "\n" if output == "json" else render.history_text(records))
     return 0

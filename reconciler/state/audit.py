@@ -22,7 +22,7 @@ from .lock import github_run_url
 from .model import RecordingFailed, now
 
 if TYPE_CHECKING:
-    from ..config import Config, S3Location
+    from ..config import S3Location
 
 
 def who(cwd: Path | None = None) -> dict[str, str]:
@@ -60,7 +60,7 @@ def entry(
     }
 
 
-class AuditLog:
+class LocalAuditLog:
     """Append-only JSON Lines. Every batch is written and flushed at once, so a crash of the process
     loses nothing; it is synced to disk at most every SYNC_INTERVAL_S and on close, so a power cut can
     lose its last second. (The state, which must never lose a success, is synced with every batch.)
@@ -220,13 +220,6 @@ class S3AuditLog:
             found = self.objects.get(key)
             if found is not None:
                 yield from audit_records(found[0], self.location.url(key), phone_number)
-
-
-def open_audit(config: Config) -> AuditLog | S3AuditLog:
-    """The audit log beside the state `state.backend` names: every command builds its log here."""
-    if config.s3 is not None and config.state_backend == "s3":
-        return S3AuditLog(config.s3)
-    return AuditLog(config.audit_path)
 
 
 def audit_records(data: bytes, where: str, phone_number: str | None) -> Iterator[dict[str, Any]]:

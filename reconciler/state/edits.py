@@ -13,7 +13,6 @@ from typing import Any
 
 from ..config import Config
 from ..errors import ReconcilerError
-from . import audit
 from .model import Entry, RecordingFailed, State
 from .store import StateStore
 
@@ -79,7 +78,6 @@ def rename_account(state: State, old: str, new: str, config: Config) -> list[Edi
 
 
 def record_locally(
-    config: Config,
     store: StateStore,
     state: State,
     entries: list[tuple[str, Entry | None]],
@@ -87,7 +85,7 @@ def record_locally(
 ) -> None:
     """Record changes that send nothing (import, state rm/mv): both files proven writable first, then
     the state, then the audit log. If only the audit log fails, say plainly that the state changed."""
-    audit_log = audit.open_audit(config)
+    audit_log = store.audit_log()
     try:
         with store.writer(state) as journal:
             journal.open()

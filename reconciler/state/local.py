@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StateCorrupt
+from .audit import LocalAuditLog
 from .files import _fsync_dir, atomic_write, drop_torn_tail, open_appending, sync_appended, write_all
 from .journal import journal_lines, journal_records, remember_batch, replay
 from .lock import UNKNOWN, LockInfo
@@ -41,6 +42,9 @@ class LocalStateStore:
 
     def journal_where(self) -> str:
         return self.journal_path.name
+
+    def audit_log(self) -> LocalAuditLog:
+        return LocalAuditLog(self.path.with_name("audit.jsonl"))
 
     def load(self) -> State:
         """The state file with the journal of an unfinished (or crashed) run replayed on top."""

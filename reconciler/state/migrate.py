@@ -15,10 +15,10 @@ from collections.abc import Callable
 from ..config import Config
 from ..errors import ReconcilerError
 from ..escape import json_line
-from .audit import AuditLog, S3AuditLog
 from .local import LocalStateStore
 from .lock import locked, stderr
 from .s3 import S3StateStore
+from .store import AuditLog
 
 
 def migrate(
@@ -32,7 +32,7 @@ def migrate(
             "to or from), even while state.backend is local"
         )
     local, remote = LocalStateStore(config.state_path), S3StateStore(config.s3)
-    local_audit, remote_audit = AuditLog(config.audit_path), S3AuditLog(config.s3)
+    local_audit, remote_audit = local.audit_log(), remote.audit_log()
     if to == "s3":
         source, target, source_audit, target_audit = local, remote, local_audit, remote_audit
     else:
@@ -75,7 +75,7 @@ def migrate(
     return summary
 
 
-def _copy_audit(source: AuditLog | S3AuditLog, target: AuditLog | S3AuditLog) -> int:
+def _copy_audit(source: AuditLog, target: AuditLog) -> int:
     """Append to `target` the records of `source` it does not hold yet (so migrating back and forth
     never doubles a record); return how many were copied."""
     held = {json_line(record) for record in target.read()}

@@ -25,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from ..config import S3Location
 from ..errors import StateCorrupt
 from ..escape import json_text
+from .audit import S3AuditLog
 from .journal import journal_lines, journal_records, remember_batch, replay
 from .lock import UNKNOWN, LockInfo
 from .model import Entry, RecordingFailed, State, parse_state, state_bytes
@@ -56,6 +57,9 @@ class S3StateStore:
 
     def journal_where(self) -> str:
         return self.location.url(self.journal_prefix)
+
+    def audit_log(self) -> S3AuditLog:
+        return S3AuditLog(self.location)
 
     def load(self) -> State:
         """The state object with the journal segments of an unfinished (or crashed) run replayed."""
