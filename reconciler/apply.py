@@ -142,157 +142,180 @@ def apply_plan(
     `progress` is called with each outcome once it is recorded, and with None about every 0.2 s
     while waiting, so callers can print progress. Setting `stop` stops the run as Ctrl-C does.
     """
-    actor = audit.who(config.path.parent)
-    report = ApplyReport()
-    stop = stop or threading.Event()
+    run = _Run(plan, config, state, journal, audit_log, client, keys, stop or threading.Event(), progress)
+    return run.execute(parallelism)
 
-    def show(outcome: Outcome | None) -> None:
-        nonlocal progress
-        if progress is None:
+
+class _Run:
+    """One execution of a plan. Workers take the next change themselves, send it, and hand the result
+    back through a queue, so they never wait for the calling thread. The calling thread only records:
+    it takes whatever has arrived as one batch (one sync), so batches grow when disks are slow (group
+    commit) and the cost stays linear."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        config: Config,
+        state: State,
+        journal: Recorder,
+        audit_log: AuditLog,
+        client: KaleyraClient,
+        keys: dict[str, str],
+        stop: threading.Event,
+        progress: Callable[[Outcome | None], None] | None,
+    ):
+        self.plan, self.config, self.state = plan, config, state
+        self.journal, self.audit_log, self.client, self.keys = journal, audit_log, client, keys
+        self.stop, self.progress = stop, progress
+        self.actor = audit.who(config.path.parent)
+        self.report = ApplyReport()
+        # One RBC001 or WA401 condemns the account's key, SID or WABA: its other numbers are failed at
+        # once instead of sending N identical doomed requests.
+        self.condemned: dict[str, KaleyraError] = {}
+        self.todo: queue.SimpleQueue[Change] = queue.SimpleQueue()
+        # Outcomes, and one None per worker as it finishes (so the end is seen at once, with no polling).
+        self.results: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
+        self.workers = 0
+        self.ended = 0  # workers that have ended, counted by the workers themselves
+        self.ended_lock = threading.Lock()
+        self.every_worker_ended = threading.Event()
+        self.finished = 0  # workers whose end marker the recorder has taken
+        self.batch: list[Outcome] = []
+        # A remote journal pays a round trip per commit: it may ask for fewer, larger commits.
+        self.commit_interval = max(COMMIT_INTERVAL_S, getattr(journal, "commit_interval_s", 0.0))
+
+    def execute(self, parallelism: int) -> ApplyReport:
+        # Prove the run can record before it sends anything.
+        self.journal.open()
+        self.audit_log.open()
+        local = [change for change in self.plan.changes if not change.needs_put]
+        self.record([Outcome(change, RECORDED, "-", _local_message(change)) for change in local])
+
+        for change in self.plan.puts:
+            self.todo.put(change)
+        self.workers = min(parallelism, len(self.plan.puts))
+        with ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="put") as executor:
+            for _ in range(self.workers):
+                executor.submit(self.work)
+            try:
+                self.record_until_workers_end()
+            except BaseException:
+                # Whatever went wrong here, nothing new is sent, and what the requests in flight bring
+                # back is still recorded before the error goes on.
+                self.stop.set()
+                self.record_until_workers_end()
+                raise
+        self.record_not_sent()
+        self.report.throttling = self.client.throttling()
+        return self.report
+
+    def show(self, outcome: Outcome | None) -> None:
+        if self.progress is None:
             return
         try:
-            progress(outcome)
+            self.progress(outcome)
         except Exception as error:  # stdout closed or full: stop sending, but keep recording
-            progress = None
-            report.output_failure = f"progress could not be shown ({type(error).__name__}: {error})"
-            stop.set()
+            self.progress = None
+            self.report.output_failure = f"progress could not be shown ({type(error).__name__}: {error})"
+            self.stop.set()
 
-    # Prove the run can record before it sends anything.
-    journal.open()
-    audit_log.open()
-
-    def record(outcomes: list[Outcome]) -> None:
+    def record(self, outcomes: list[Outcome]) -> None:
+        report = self.report
         successes = [outcome for outcome in outcomes if outcome.status in (APPLIED, RECORDED)]
         try:
-            journal.record((o.change.phone_number, entry_after(o.change, state)) for o in successes)
+            self.journal.record((o.change.phone_number, entry_after(o.change, self.state)) for o in successes)
         except RecordingFailed as failure:
             report.recording_failure = report.recording_failure or str(failure)
             report.unrecorded.extend(o for o in successes if o.status == APPLIED)
-            stop.set()
+            self.stop.set()
         report.outcomes.extend(outcomes)
         try:
-            audit_log.append(audit_record(o.change, o.code, o.message, actor) for o in outcomes)
+            self.audit_log.append(audit_record(o.change, o.code, o.message, self.actor) for o in outcomes)
         except RecordingFailed as failure:
             report.recording_failure = report.recording_failure or str(failure)
-            note_unaudited(report, audit_log.unwritten_numbers())
-            stop.set()
+            note_unaudited(report, self.audit_log.unwritten_numbers())
+            self.stop.set()
         for outcome in outcomes:
-            show(outcome)
+            self.show(outcome)
 
-    local = [change for change in plan.changes if not change.needs_put]
-    record([Outcome(change, RECORDED, "-", _local_message(change)) for change in local])
-
-    # One RBC001 or WA401 condemns the account's key, SID or WABA: its other numbers are failed at once
-    # instead of sending N identical doomed requests.
-    condemned: dict[str, KaleyraError] = {}
-
-    def send(change: Change) -> Outcome:
-        account = config.accounts[change.account]
-        fatal = condemned.get(change.account)
+    def send(self, change: Change) -> Outcome:
+        account = self.config.accounts[change.account]
+        fatal = self.condemned.get(change.account)
         if fatal is not None:
             return Outcome(change, FAILED, fatal.code, f"not sent: {fatal.detail()}")
         try:
-            success = client.update(account.target(), keys[change.account], change.phone_number, change.sends)
+            success = self.client.update(
+                account.target(), self.keys[change.account], change.phone_number, change.sends
+            )
         except KaleyraError as error:
             if error.attempts == 0:  # the stop came before the first attempt: nothing was sent
                 return Outcome(change, NOT_ATTEMPTED, "-", "interrupted before sending")
             if error.code in ACCOUNT_FATAL:
-                condemned.setdefault(change.account, error)
+                self.condemned.setdefault(change.account, error)
             return Outcome(change, FAILED, error.code, error.detail())
         except Exception as error:  # a bug must not lose track of the other numbers
             return Outcome(change, FAILED, "ERROR", f"{type(error).__name__}: {error}")
         return Outcome(change, APPLIED, success.code, success.message)
 
-    # Workers take the next change themselves and hand results back through a queue, so they never wait
-    # for the main thread. The main thread only records: it takes whatever has arrived as one batch
-    # (one sync), so batches grow when disks are slow (group commit) and the cost stays linear.
-    todo: queue.SimpleQueue[Change] = queue.SimpleQueue()
-    for change in plan.puts:
-        todo.put(change)
-    # Outcomes, and one None per worker as it finishes (so the end is seen at once, with no polling).
-    results: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
-    workers = min(parallelism, len(plan.puts))
-
-    ended = 0
-    ended_lock = threading.Lock()
-    every_worker_ended = threading.Event()
-
-    def work() -> None:
-        nonlocal ended
+    def work(self) -> None:
+        """A worker: send changes until none is left or the run stops."""
         try:
-            while not stop.is_set():
+            while not self.stop.is_set():
                 try:
-                    change = todo.get_nowait()
+                    change = self.todo.get_nowait()
                 except queue.Empty:
                     return
-                results.put(send(change))
+                self.results.put(self.send(change))
         finally:
-            results.put(None)
-            with ended_lock:
-                ended += 1
-                if ended == workers:
-                    every_worker_ended.set()
+            self.results.put(None)
+            with self.ended_lock:
+                self.ended += 1
+                if self.ended == self.workers:
+                    self.every_worker_ended.set()
 
-    finished = 0
-    batch: list[Outcome] = []
-
-    def gather(timeout: float) -> None:
+    def gather(self, timeout: float) -> None:
         """Wait up to `timeout` for a result (or a worker's end), then take whatever else has come."""
-        nonlocal finished
         while True:
             try:
-                item = results.get(timeout=timeout) if timeout > 0 else results.get_nowait()
+                item = self.results.get(timeout=timeout) if timeout > 0 else self.results.get_nowait()
             except queue.Empty:
                 return
             timeout = 0
             if item is None:
-                finished += 1
+                self.finished += 1
             else:
-                batch.append(item)
+                self.batch.append(item)
 
-    # A remote journal pays a round trip per commit: it may ask for fewer, larger commits.
-    commit_interval = max(COMMIT_INTERVAL_S, getattr(journal, "commit_interval_s", 0.0))
-
-    def record_until_workers_end() -> None:
-        nonlocal batch
+    def record_until_workers_end(self) -> None:
         last_commit = 0.0
-        while finished < workers:
-            gather(timeout=0.2)
+        while self.finished < self.workers:
+            self.gather(timeout=0.2)
             # Group commit: while more can arrive, let results gather for a moment between syncs.
             # A result is reported only once synced, so this delays reports and loses nothing. The
             # last results are recorded the moment the last worker ends.
-            pause = last_commit + commit_interval - time.monotonic()
-            if batch and pause > 0 and finished < workers:
-                every_worker_ended.wait(pause)
-                gather(timeout=0)
-            if batch:
-                taken, batch = batch, []
-                record(taken)
+            pause = last_commit + self.commit_interval - time.monotonic()
+            if self.batch and pause > 0 and self.finished < self.workers:
+                self.every_worker_ended.wait(pause)
+                self.gather(timeout=0)
+            if self.batch:
+                taken, self.batch = self.batch, []
+                self.record(taken)
                 last_commit = time.monotonic()
             else:
-                show(None)
+                self.show(None)
 
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="put") as executor:
-        for _ in range(workers):
-            executor.submit(work)
-        try:
-            record_until_workers_end()
-        except BaseException:
-            # Whatever went wrong here, nothing new is sent, and what the requests in flight bring
-            # back is still recorded before the error goes on.
-            stop.set()
-            record_until_workers_end()
-            raise
-    not_sent = []
-    while not todo.empty():
-        not_sent.append(todo.get_nowait())
-    # Stopped by a signal, not by a recording or output failure (those say so themselves).
-    report.interrupted = stop.is_set() and not (report.recording_failure or report.output_failure)
-    if not_sent:
-        reason = "not sent: recording failed" if report.recording_failure else "interrupted before sending"
-        record([Outcome(change, NOT_ATTEMPTED, "-", reason) for change in not_sent])
-    report.throttling = client.throttling()
-    return report
+    def record_not_sent(self) -> None:
+        not_sent = []
+        while not self.todo.empty():
+            not_sent.append(self.todo.get_nowait())
+        report = self.report
+        # Stopped by a signal, not by a recording or output failure (those say so themselves).
+        report.interrupted = self.stop.is_set() and not (report.recording_failure or report.output_failure)
+        if not_sent:
+            reason = (
+                "not sent: recording failed" if report.recording_failure else "interrupted before sending"
+            )
+            self.record([Outcome(change, NOT_ATTEMPTED, "-", reason) for change in not_sent])
 
 
 def note_unaudited(report: ApplyReport, numbers: set[str]) -> None:
