@@ -51,6 +51,8 @@ SORT_KEYS = {
 }
 # Beyond this many days, the chart counts per month: a bar per day would be thinner than a pixel.
 MAX_DAYS = 180
+# The chart's months end at the newest record: a hand-edited year 0001 must not make 24,000 bars.
+MAX_MONTHS = 120
 _DAY = re.compile(r"(\d{4})-(\d{2})-(\d{2})")
 
 
@@ -215,7 +217,7 @@ def _counts(rows: list[NumberRow]) -> tuple[AccountCounts, ...]:
 
 def _periods(per_day: dict[str, list[int]]) -> tuple[str, tuple[Period, ...]]:
     """Every day from the first record's to the last's (empty days included), or every month when
-    that is more than MAX_DAYS."""
+    that is more than MAX_DAYS (the last MAX_MONTHS at most)."""
     days = {}
     for text, counts in per_day.items():
         try:
@@ -229,16 +231,16 @@ def _periods(per_day: dict[str, list[int]]) -> tuple[str, tuple[Period, ...]]:
         labels = [(first + timedelta(days=offset)).isoformat() for offset in range((last - first).days + 1)]
         unit, key = "day", date.isoformat
     else:
-        months = (last.year - first.year) * 12 + last.month - first.month
-        labels = [
-            f"{first.year + (first.month - 1 + offset) // 12:04d}-{(first.month - 1 + offset) % 12 + 1:02d}"
-            for offset in range(months + 1)
-        ]
+        end = last.year * 12 + last.month - 1
+        start = max(first.year * 12 + first.month - 1, end - MAX_MONTHS + 1)
+        labels = [f"{month // 12:04d}-{month % 12 + 1:02d}" for month in range(start, end + 1)]
         unit, key = "month", lambda day: day.isoformat()[:7]
     totals = {label: [0, 0, 0] for label in labels}
     for day, counts in days.items():
-        for index, count in enumerate(counts):
-            totals[key(day)][index] += count
+        period = totals.get(key(day))
+        if period is not None:
+            for index, count in enumerate(counts):
+                period[index] += count
     return unit, tuple(Period(label, *counts) for label, counts in totals.items())
 
 

@@ -208,6 +208,17 @@ def test_a_long_history_is_counted_per_month():
     assert sum(p.applied for p in report.periods) == 3
 
 
+def test_a_chart_of_months_ends_at_the_newest_record_and_holds_ten_years_at_most():
+    records = [
+        record(A, "create", "WA200", "0001-01-01T00:00:00Z"),  # hand-edited
+        record(A, "update", "WA200", "2026-06-15T00:00:00Z"),
+    ]
+    report = report_of({}, {}, records)
+    assert len(report.periods) == 120
+    assert (report.periods[0].label, report.periods[-1].label) == ("2016-07", "2026-06")
+    assert sum(p.applied for p in report.periods) == 1
+
+
 # --- escaping ------------------------------------------------------------------------------------
 
 
