@@ -384,6 +384,9 @@ def test_drift_opens_updates_and_closes_one_issue(world: World) -> None:
     assert run.conclusion == "failure"
     mine = [i for i in drift_issues(world) if i["number"] != decoy["number"]]
     assert len(mine) == 1 and "Drifted once" in mine[0]["body"]
+    # The run keeps the fleet report, which shows the pending change, though the job failed on drift.
+    page = world.runner.artifacts[(run.id, "reconciler-report")]["index.html"].decode()
+    assert "Drifted once" in page and '<span class="s s-pending">pending</span>' in page
 
     world.push_main(edit(world, SALON, "Book a slot in seconds", "Drifted twice"))
     only(world.schedule(), "reconciler drift")

@@ -1,6 +1,6 @@
 """The `reconciler` command line: the root group, and the registration of every command.
 
-Each command group lives in its own module (`review`, `apply`, `state`, `tools`) and imports what it
+Each command group lives in its own module (`review`, `apply`, `state`, `report`, `tools`) and imports what it
 shares from `common`; this module only builds the root group and registers them.
 """
 
@@ -10,7 +10,7 @@ import gc
 
 import click
 
-from . import apply, common, review, state, tools
+from . import apply, common, report, review, state, tools
 
 
 @click.group(cls=common.ReconcilerGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,6 +41,7 @@ for command in (
     apply.import_,
     state.state,
     state.history,
+    report.report,
     tools.schema_command,
     tools.fmt_command,
     tools.sandbox,
