@@ -260,10 +260,11 @@ table{border-collapse:collapse}
 th,td{border:1px solid #d0d7de;padding:.3em .5em;vertical-align:top;text-align:left}
 th{background:#f6f8fa}td.n{text-align:right}
 #numbers td{overflow-wrap:anywhere;max-width:32em}
+#numbers td:first-child{white-space:nowrap}
 .v{display:inline-block;max-height:8em;overflow:auto;white-space:pre-wrap;vertical-align:top}
 .k{font-weight:600}.k::after{content:":"}.none{color:#6e7781}
 .s{display:inline-block;border-radius:1em;padding:0 .5em;margin:0 .2em .2em 0;font-size:.85em}
-.s{background:#eaeef2}
+.s{background:#eaeef2;white-space:nowrap}
 .s-pending{background:#fff1c2}.s-unverified{background:#ddf4ff}
 .s-failed{background:#ffd8d3}.s-in-sync{background:#dafbe1}
 .note{color:#57606a}
