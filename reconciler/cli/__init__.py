@@ -10,7 +10,7 @@ import gc
 
 import click
 
-from . import apply, common, review, state, tools
+from . import apply, common, init, review, state, tools
 
 
 @click.group(cls=common.ReconcilerGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -34,6 +34,7 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
 
 
 for command in (
+    init.init,
     review.validate,
     review.plan,
     review.drift,
