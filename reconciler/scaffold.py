@@ -176,13 +176,14 @@ def scaffold(root: Path, accounts: list[NewAccount] | None, action: str | None) 
 
     `accounts` None means nobody gave any: reconciler.yaml gets one example account to fill in.
     """
+    _refuse_blocked_paths(root)
     done = Scaffold()
     example = accounts is None
     accounts = [EXAMPLE_ACCOUNT] if accounts is None else accounts
     key_variables = sorted({account.api_key_env for account in accounts})
 
     config = root / CONFIG_FILE
-    if config.exists():
+    if config.exists() or config.is_symlink():
         done.existing.append(CONFIG_FILE)
         found = existing_key_variables(root)
         if found is None:
@@ -219,6 +220,17 @@ def scaffold(root: Path, accounts: list[NewAccount] | None, action: str | None) 
             f"in GitHub, add the secret(s) {secrets}, then set the variable RECONCILER_LIVE=true"
         )
     return done
+
+
+def _refuse_blocked_paths(root: Path) -> None:
+    """A file where init needs a folder (or the reverse) stops it before anything is written."""
+    for folder in (PROFILES_DIR, ".github", ".github/workflows"):
+        path = root / folder
+        if (path.exists() or path.is_symlink()) and not path.is_dir():
+            raise ReconcilerError(f"{path}: exists and is not a folder; nothing was written")
+    for file in (CONFIG_FILE, ".gitignore", ".pre-commit-config.yaml"):
+        if (root / file).is_dir():
+            raise ReconcilerError(f"{root / file}: is a folder, not a file; nothing was written")
 
 
 def _write_new(done: Scaffold, root: Path, relative: str, text: str) -> None:

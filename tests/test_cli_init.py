@@ -164,6 +164,18 @@ def test_bad_flags_are_one_clear_error_and_nothing_is_written(tmp_path, args, sa
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.parametrize("blocked", [".github", "profiles", ".gitignore/"])
+def test_a_file_where_a_folder_is_needed_stops_init_before_anything_is_written(tmp_path, blocked):
+    if blocked.endswith("/"):
+        (tmp_path / blocked).mkdir()
+    else:
+        (tmp_path / blocked).write_text("x\n")
+    result = run(tmp_path, "init")
+    assert_clean_failure(result)
+    assert blocked.rstrip("/") in result.stderr and "nothing was written" in result.stderr
+    assert [path.name for path in tmp_path.iterdir()] == [blocked.rstrip("/")]
+
+
 def test_on_a_terminal_init_asks_for_the_accounts(tmp_path, monkeypatch):
     monkeypatch.setattr(init_command, "_interactive", lambda: True)
     answers = [
