@@ -13,6 +13,7 @@ rewritten when it passes the per-file checks of `validate` and its new text load
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import stat
@@ -196,6 +197,7 @@ class Report:
     changed: list[str] = field(default_factory=list)
     unchanged: int = 0
     problems: list[Problem] = field(default_factory=list)
+    diffs: list[str] = field(default_factory=list)  # with `diff`: a unified diff per changed file
 
     def summary(self, check: bool) -> list[str]:
         verb = "would reformat" if check else "reformatted"
@@ -217,14 +219,15 @@ class Report:
         return 1 if self.problems or (check and self.changed) else 0
 
 
-def run(paths: Sequence[str], profiles_dir: Path | None, *, check: bool) -> Report:
-    """Format the files and folders in `paths`, or, without any, every profile under `profiles_dir`."""
+def run(paths: Sequence[str], profiles_dir: Path | None, *, check: bool, diff: bool = False) -> Report:
+    """Format the files and folders in `paths`, or, without any, every profile under `profiles_dir`.
+    With `check` nothing is written; with `diff` (which implies it) each change is also a unified diff."""
     problems: list[Problem] = []
     if paths:
         files = files_to_format(paths, problems)
     else:
         files = profile_files(profiles_dir, problems) if profiles_dir is not None else []
-    return format_files(files, check=check, problems=problems)
+    return format_files(files, check=check or diff, problems=problems, diff=diff)
 
 
 def files_to_format(paths: Sequence[str], problems: list[Problem]) -> list[str]:
@@ -240,7 +243,9 @@ def files_to_format(paths: Sequence[str], problems: list[Problem]) -> list[str]:
     return list(dict.fromkeys(files))
 
 
-def format_files(files: Sequence[str], *, check: bool, problems: Sequence[Problem] = ()) -> Report:
+def format_files(
+    files: Sequence[str], *, check: bool, problems: Sequence[Problem] = (), diff: bool = False
+) -> Report:
     """Rewrite each file in canonical form (with `check`, only find those that would change)."""
     report = Report(problems=list(problems))
     for file in files:
@@ -255,6 +260,14 @@ def format_files(files: Sequence[str], *, check: bool, problems: Sequence[Proble
             report.unchanged += 1
             continue
         report.changed.append(display)
+        if diff:
+            lines = difflib.unified_diff(
+                text.splitlines(keepends=True),
+                formatted.decode().splitlines(keepends=True),
+                fromfile=f"a/{display}",
+                tofile=f"b/{display}",
+            )
+            report.diffs.append("".join(line if line.endswith("\n") else line + "\n" for line in lines))
         if not check:
             target = Path(os.path.realpath(file))  # a symlink stays a link; its target is rewritten
             mode = stat.S_IMODE(target.stat().st_mode)

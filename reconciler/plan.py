@@ -168,6 +168,7 @@ class Plan:
         try:
             plan = cls(
                 changes=tuple(Change.from_json(entry) for entry in data["changes"]),
+                unchanged=int((data.get("summary") or {}).get("no-op", 0)),
                 lineage=data.get("lineage"),
                 serial=int(data["serial"]),
                 profiles_digest=str(data["profiles_digest"]),

@@ -378,13 +378,14 @@ def _describe(error: jsonschema.ValidationError, document: Document, path: tuple
     if kind == "maxLength":
         limit = error.validator_value
         message = f"{name}: {len(value)} characters, the limit is {limit}"
+    elif name == "api_version" and kind in ("enum", "type"):
+        # `api_version: 1` fails both the type and the enum: one message for both, and for "1".
+        shown = document.raw_text.get(path) or str(value)
+        message = f"api_version: {shown} is not an API version; write v1 or v2"
     elif kind == "enum":
         allowed = [str(option) for option in error.validator_value if option != ""]
         message = f"{name}: '{value}' is not one of the allowed values{did_you_mean(str(value), allowed)}"
-        if len(allowed) > 5:
-            message += "; see `reconciler schema profile` for the list"
-        else:
-            message += f": {', '.join(allowed)}"
+        message += f": {', '.join(allowed)}"
     elif kind == "pattern":
         message = _not_one_line(name, value) or (
             f"{name}: '{value}' {PATTERN_MESSAGES.get(name, 'has the wrong form')}"

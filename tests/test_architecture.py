@@ -24,7 +24,16 @@ LAYERS = [
         ],
     ),
     ("state", ["reconciler.state"]),
-    ("desired", ["reconciler.profiles", "reconciler.selection", "reconciler.plan", "reconciler.fmt"]),
+    (
+        "desired",
+        [
+            "reconciler.profiles",
+            "reconciler.selection",
+            "reconciler.plan",
+            "reconciler.fmt",
+            "reconciler.scaffold",
+        ],
+    ),
     ("kaleyra", ["reconciler.kaleyra"]),
     ("run", ["reconciler.apply", "reconciler.render", "reconciler.report", "reconciler.reassert"]),
     ("github", ["reconciler.github"]),

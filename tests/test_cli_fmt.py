@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import stat
+import subprocess
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -117,3 +118,33 @@ def test_the_shipped_profiles_are_canonical():
     profiles = Path(__file__).resolve().parent.parent / "profiles"
     result = CliRunner().invoke(cli, ["fmt", "--check", str(profiles)])
     assert result.exit_code == 0, result.output
+
+
+def test_diff_prints_a_patch_of_what_would_change_exits_1_and_rewrites_nothing(project):
+    messy = project.write_raw(f"{A}.yaml", MESSY)
+    project.write_raw(f"{B}.yaml", TIDY)
+    result = project.run("fmt", "--diff")
+    assert result.exit_code == 1, result.output
+    assert result.stdout == (
+        f"--- a/profiles/{A}.yaml\n+++ b/profiles/{A}.yaml\n@@ -1,3 +1,3 @@\n"
+        "-about: 'Body care'   # shown on the profile\n"
+        f' phone_number: "{A}"\n account: main\n'
+        "+about: Body care  # shown on the profile\n"
+    )
+    assert "1 file(s) would be reformatted, 1 already canonical." in result.stderr
+    assert messy.read_text() == MESSY
+    subprocess.run(["git", "apply", "-p1"], input=result.stdout, text=True, cwd=project.root, check=True)
+    assert messy.read_text() == CANONICAL  # the patch is exactly what fmt writes
+    clean = project.run("fmt", "--diff")
+    assert clean.exit_code == 0 and clean.stdout == ""
+
+
+def test_the_documented_profile_example_is_what_fmt_writes():
+    """docs/reference/configuration.md shows a profile as fmt writes it: modeline first, fields in
+    fmt's order, quoted only where needed."""
+    from reconciler.fmt import format_text
+
+    page = (Path(__file__).resolve().parent.parent / "docs" / "reference" / "configuration.md").read_text()
+    example = page.split("## Profiles", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert example.startswith("# yaml-language-server: $schema=")
+    assert format_text(example, "configuration.md") == example

@@ -10,7 +10,7 @@ import gc
 
 import click
 
-from . import apply, common, report, review, state, tools
+from . import apply, common, init, report, review, state, tools
 
 
 @click.group(cls=common.ReconcilerGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -18,9 +18,10 @@ from . import apply, common, report, review, state, tools
     "--config", "config_file", metavar="PATH", help="reconciler.yaml to use (or RECONCILER_CONFIG)."
 )
 @common.verbose_option
+@click.option("--no-color", is_flag=True, help="No colour in the output (also NO_COLOR); given anywhere.")
 @click.version_option(package_name="kaleyra-reconciler")
 @click.pass_context
-def cli(ctx: click.Context, config_file: str | None) -> None:
+def cli(ctx: click.Context, config_file: str | None, no_color: bool) -> None:
     """Config-as-code for Kaleyra WhatsApp Business phone-number profiles.
 
     \b
@@ -31,11 +32,14 @@ def cli(ctx: click.Context, config_file: str | None) -> None:
       reconciler drift               # where desired and applied state differ (exit 2)
     """
     ctx.ensure_object(dict)["config_file"] = config_file
+    common.refuse_verbose_where_nothing_is_sent(ctx)
 
 
 for command in (
+    init.init,
     review.validate,
     review.plan,
+    review.show,
     review.drift,
     apply.apply,
     apply.import_,

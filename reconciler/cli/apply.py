@@ -7,10 +7,8 @@ every error becomes a message and exit code 1 in `cli.ReconcilerGroup.main`.
 from __future__ import annotations
 
 import gc
-import json
 import sys
 import threading
-from pathlib import Path
 
 import click
 
@@ -46,6 +44,7 @@ from .common import (
     load_state,
     lock_timeout_option,
     notify,
+    read_saved_plan,
     request_log,
     running_as_program,
     selection_of,
@@ -211,14 +210,7 @@ def _reviewed_plan(plan_file: str, profiles: dict[str, Profile], state: State, c
     The file's own checksum proves nothing (anyone can recompute a sha256), so the file is only a
     statement of what was reviewed; what is sent is computed now, and must match it exactly.
     """
-    try:
-        document = json.loads(Path(plan_file).read_bytes())
-    except (OSError, ValueError, RecursionError) as error:
-        raise ReconcilerError(f"{plan_file}: not a readable saved plan ({error})") from None
-    try:
-        saved = Plan.from_saved(document)
-    except ReconcilerError as error:
-        raise ReconcilerError(f"{plan_file}: {error}") from None
+    saved = read_saved_plan(plan_file)
     if (saved.lineage, saved.serial) != (state.lineage, state.serial):
         raise StalePlan(
             f"stale plan: {plan_file} was made against state serial {saved.serial} "
@@ -258,7 +250,6 @@ def _confirm(question: str) -> None:
 @selection_options
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @lock_timeout_option
-@verbose_option
 @click.pass_context
 def import_(
     ctx: click.Context,

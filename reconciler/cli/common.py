@@ -6,13 +6,16 @@ Exit codes, for every command: 0 success and nothing to do; 1 any error (usage e
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import math
 import os
 import re
 import sys
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -22,7 +25,7 @@ from ..config import Config, load_config
 from ..errors import ReconcilerError
 from ..escape import escape
 from ..plan import Plan, unknown_accounts
-from ..profiles import Profile, load_profiles
+from ..profiles import Profile, load_profiles, profile_files
 from ..secrets import redact
 from ..selection import Selection, normalise_phone
 from ..state.backends import open_store
@@ -47,6 +50,46 @@ class PhoneNumber(click.ParamType):
                 ctx,
             )
         return number
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        from click.shell_completion import CompletionItem
+
+        return [CompletionItem(number) for number in complete_phone(ctx, param, incomplete)]
+
+
+def _known_to_this_repository(ctx: click.Context) -> tuple[list[str], list[str]]:
+    """Account names and phone numbers for shell completion, read quietly: a config or profile that
+    does not load gives fewer candidates, never an error on the user's prompt."""
+    try:
+        config = load_config(ctx.find_root().params.get("config_file"))
+    except Exception:
+        return [], []
+    numbers: set[str] = set()
+    try:
+        numbers.update(load_profiles(config))
+    except Exception:  # an invalid profile: fall back to the numbers the files are named for
+        numbers.update(
+            number
+            for file in profile_files(config.profiles_dir, [])
+            if (number := normalise_phone(os.path.basename(file).rsplit(".", 1)[0]))
+        )
+    if config.state_backend == "local":  # never a network call from a shell's prompt
+        with contextlib.suppress(Exception):
+            numbers.update(open_store(config).load().entries)
+    return sorted(config.accounts), sorted(numbers)
+
+
+def complete_phone(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    _accounts, numbers = _known_to_this_repository(ctx)
+    return [number for number in numbers if number.lstrip("+").startswith(incomplete.lstrip("+"))]
+
+
+def complete_selection(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    accounts, numbers = _known_to_this_repository(ctx)
+    typed = incomplete.lstrip("+")
+    return [name for name in accounts if name.startswith(incomplete)] + [
+        number for number in numbers if number.lstrip("+").startswith(typed)
+    ]
 
 
 PHONE = PhoneNumber()
@@ -129,8 +172,19 @@ class ReconcilerGroup(click.Group):
     def main(self, args: Any = None, prog_name: str | None = None, **extra: Any) -> NoReturn:  # type: ignore[override]
         extra.pop("standalone_mode", None)
         secrets.remember_named_secrets()  # so even an error before the config loads is redacted
+        args = _global_flags_first(list(sys.argv[1:] if args is None else args))
         try:
             code = super().main(args, prog_name, standalone_mode=False, **extra)
+        except _NO_ARGS_IS_HELP as asked:  # `reconciler` (or `reconciler state`) alone: its help, exit 0
+            click.echo(asked.ctx.get_help() if asked.ctx else "")
+            sys.exit(0)
+        except click.NoSuchOption as error:
+            hint = _single_dash_hint(error, args)
+            if hint is None:
+                _show_usage_error(error)
+            else:
+                click.echo(redact(escape(hint)), err=True)
+            sys.exit(1)
         except ReconcilerError as error:
             lines = error.lines()
             for line in lines:
@@ -140,11 +194,7 @@ class ReconcilerGroup(click.Group):
             click.echo("Aborted: nothing was changed.", err=True)
             sys.exit(1)
         except click.ClickException as error:
-            # Usage errors quote what was typed: shown escaped, like any text from outside.
-            shown = io.StringIO()
-            error.show(file=shown)
-            lines = shown.getvalue().splitlines()
-            click.echo(redact("".join(escape(line) + "\n" for line in lines)), err=True, nl=False)
+            _show_usage_error(error)
             sys.exit(1)  # usage errors are 1, not click's 2: 2 always means "changes present"
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
@@ -169,8 +219,58 @@ class ReconcilerGroup(click.Group):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+def _show_usage_error(error: click.ClickException) -> None:
+    # Usage errors quote what was typed: shown escaped, like any text from outside.
+    shown = io.StringIO()
+    error.show(file=shown)
+    lines = shown.getvalue().splitlines()
+    click.echo(redact("".join(escape(line) + "\n" for line in lines)), err=True, nl=False)
+
+
+_NO_ARGS_IS_HELP: Any = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+# Flags of the root group that people also type after the command (`reconciler plan --no-color`).
+GLOBAL_FLAGS = ("--no-color",)
+
+
+def _global_flags_first(args: list[str]) -> list[str]:
+    end = args.index("--") if "--" in args else len(args)
+    found = [arg for arg in args[:end] if arg in GLOBAL_FLAGS]
+    if not found:
+        return args
+    rest = [arg for arg in args[:end] if arg not in GLOBAL_FLAGS]
+    return list(dict.fromkeys(found)) + rest + args[end:]
+
+
+def _single_dash_hint(error: click.NoSuchOption, args: list[str]) -> str | None:
+    """Terraform's habits (`-out=plan.json`, `-target=+1415...`) and `-o`: say which option was meant.
+
+    click reads `-target=x` as the short options -t, -a, ...; the word typed is found in `args`."""
+    command = error.ctx.command if error.ctx else None
+    if command is None:
+        return None
+    options = {name for param in command.params for name in getattr(param, "opts", ())}
+    end = args.index("--") if "--" in args else len(args)
+    for arg in args[:end]:
+        word = arg.split("=", 1)[0]
+        if not re.fullmatch(r"-[A-Za-z][A-Za-z-]*", word) or not word.startswith(error.option_name):
+            continue
+        meant = "--out" if word == "-o" else "-" + word
+        if meant in options:
+            return f"error: no such option {word}; did you mean {meant}? Options take two dashes."
+    return None
+
+
 def echo(text: str, err: bool = False) -> None:
-    click.echo(redact(text), err=err, nl=False, color=False if os.environ.get("NO_COLOR") else None)
+    click.echo(redact(text), err=err, nl=False, color=False if colour_off() else None)
+
+
+def colour_off() -> bool:
+    """No colour with --no-color, or NO_COLOR set to anything (https://no-color.org); else only on a
+    terminal (click strips the styles when the output is not one)."""
+    if os.environ.get("NO_COLOR"):
+        return True
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("no_color"))
 
 
 def selection_options(function: Any) -> Any:
@@ -180,6 +280,7 @@ def selection_options(function: Any) -> Any:
         "excludes",
         multiple=True,
         metavar="SEL",
+        shell_complete=complete_selection,
         help="Leave out this number, account or glob (repeatable).",
     )(function)
     return click.option(
@@ -187,6 +288,7 @@ def selection_options(function: Any) -> Any:
         "targets",
         multiple=True,
         metavar="SEL",
+        shell_complete=complete_selection,
         help="Only this number, account name or glob like '+9199*' (repeatable).",
     )(function)
 
@@ -210,6 +312,20 @@ def verbose_option(function: Any) -> Any:
         is_eager=True,
         help="Log each request (method, URL, status, code, duration, attempt) on stderr; keys redacted.",
     )(function)
+
+
+def refuse_verbose_where_nothing_is_sent(ctx: click.Context) -> None:
+    """`reconciler --verbose CMD` works for the commands that take --verbose (those that send or serve
+    requests); for any other it is a usage error rather than a flag that silently does nothing."""
+    name = ctx.invoked_subcommand
+    if not (ctx.obj.get("verbose") and name) or ctx.resilient_parsing:
+        return
+    command = ctx.command.get_command(ctx, name) if isinstance(ctx.command, click.Group) else None
+    if command is not None and not any(param.name == "verbose" for param in command.params):
+        raise click.UsageError(
+            f"--verbose logs requests, and `{ctx.info_name} {name}` sends none; it is for validate "
+            "--online, plan --online, apply and sandbox"
+        )
 
 
 def config_of(ctx: click.Context) -> Config:
@@ -261,6 +377,22 @@ def refuse_as_plan_file(out_file: str, config: Config) -> None:
 
 def request_log(ctx: click.Context) -> Callable[[str], None] | None:
     return (lambda line: echo(escape(line) + "\n", err=True)) if ctx.obj.get("verbose") else None
+
+
+def read_saved_plan(plan_file: str) -> Plan:
+    """The plan `plan --out` saved in `plan_file`; any other file is one clear error naming it."""
+    try:
+        document = json.loads(Path(plan_file).read_bytes())
+    except (OSError, RecursionError) as error:
+        raise ReconcilerError(f"{plan_file}: not a readable saved plan ({error})") from None
+    except ValueError as error:  # not JSON at all (a profile, a binary file)
+        raise ReconcilerError(
+            f"{plan_file}: not a saved plan: not JSON ({error}); `reconciler plan --out FILE` writes one"
+        ) from None
+    try:
+        return Plan.from_saved(document)
+    except ReconcilerError as error:
+        raise ReconcilerError(f"{plan_file}: {error}") from None
 
 
 def show_plan(plan: Plan, output: str, title: str = "Plan") -> None:

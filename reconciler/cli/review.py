@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from ..errors import ReconcilerError, ValidationFailed
 from ..escape import json_text
 from ..plan import compute_plan
+from ..secrets import redact
 from ..state.files import atomic_write
 from .common import (
     FORMATS,
     echo,
     load_desired,
     load_state,
+    read_saved_plan,
     refuse_as_plan_file,
     request_log,
     selection_of,
@@ -25,18 +29,32 @@ from .common import (
 ONLINE_HELP = "Also check on Kaleyra that the callback profile ids {} exist and are active (needs API keys)."
 
 
+VALIDATE_FORMAT_VERSION = "1.0"
+
+
 @click.command()
 @click.option("--online", is_flag=True, help=ONLINE_HELP.format("every profile names"))
+@click.option(
+    "--format",
+    "output",
+    type=click.Choice(["text", "json"]),
+    default="text",
+    show_default=True,
+    help="json: one document on stdout, {format_version, valid, errors: [{file, line, column, message}]}.",
+)
 @verbose_option
 @click.pass_context
-def validate(ctx: click.Context, online: bool) -> int:
+def validate(ctx: click.Context, online: bool, output: str) -> int:
     """Check reconciler.yaml and every profile against the schemas and rules. No network, unless --online.
 
     \b
     Examples:
       reconciler validate && echo "all good"
       reconciler validate --online
+      reconciler validate --format json | jq -r '.errors[] | "\\(.file):\\(.line): \\(.message)"'
     """
+    if output == "json":
+        return _validate_json(ctx, online)
     config, profiles = load_desired(ctx)
     if online:
         from ..kaleyra import online as checks
@@ -48,6 +66,36 @@ def validate(ctx: click.Context, online: bool) -> int:
     if online:
         echo(f"Online: {checked} callback profile id(s) checked on Kaleyra; each exists and is active.\n")
     return 0
+
+
+def _validate_json(ctx: click.Context, online: bool) -> int:
+    """validate's result as one JSON document on stdout: the problems with their file and line."""
+    document: dict[str, Any] = {"format_version": VALIDATE_FORMAT_VERSION, "valid": True, "errors": []}
+    try:
+        config, profiles = load_desired(ctx)
+        if online:
+            from ..kaleyra import online as checks
+
+            checks.check(config, checks.in_profiles(profiles), request_log(ctx))
+        document |= {"accounts": len(config.accounts), "profiles": len(profiles)}
+    except ValidationFailed as failed:
+        document["valid"] = False
+        document["errors"] = [
+            {
+                "file": problem.path,
+                "line": problem.line or None,
+                "column": problem.column or None,
+                "message": problem.message,
+            }
+            for problem in failed.problems
+        ]
+    except ReconcilerError as error:  # not about a place in a file: no config, a failed online check
+        document["valid"] = False
+        document["errors"] = [
+            {"file": None, "line": None, "column": None, "message": line} for line in error.lines()
+        ]
+    echo(redact(json_text(document, indent=2)) + "\n")
+    return 0 if document["valid"] else 1
 
 
 @click.command()
@@ -96,7 +144,6 @@ def plan(
 @click.command()
 @selection_options
 @click.option("--format", "output", type=FORMATS, default="text", show_default=True)
-@verbose_option
 @click.pass_context
 def drift(ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...], output: str) -> int:
     """Report where the profiles and the applied state differ: exit 2 when they do, 0 when not.
@@ -113,3 +160,18 @@ def drift(ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...
     else:
         show_plan(the_plan, output, "Drift")
     return 2 if the_plan.changes else 0
+
+
+@click.command()
+@click.argument("plan_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--format", "output", type=FORMATS, default="text", show_default=True)
+def show(plan_file: str, output: str) -> int:
+    """Show a plan saved by `plan --out`, as plan showed it: text, JSON or markdown. Reads only the file.
+
+    \b
+    Examples:
+      reconciler show plan.json
+      reconciler show plan.json --format markdown >> "$GITHUB_STEP_SUMMARY"
+    """
+    show_plan(read_saved_plan(plan_file), output)
+    return 0

@@ -6,8 +6,11 @@ the lock, journaled and audited.
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, ClassVar
 
 import click
 
@@ -21,7 +24,7 @@ from ..state.backends import open_store
 from ..state.edits import record_locally
 from ..state.lock import locked, unlock
 from ..state.model import State
-from .common import PHONE, config_of, echo, lock_timeout_option, notify, verbose_option
+from .common import PHONE, config_of, echo, lock_timeout_option, notify
 
 
 @click.group()
@@ -40,7 +43,6 @@ def state() -> None:
 
 @state.command(name="list")
 @click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@verbose_option
 @click.pass_context
 def state_list(ctx: click.Context, output: str) -> int:
     """List every number in the applied state.
@@ -60,7 +62,6 @@ def state_list(ctx: click.Context, output: str) -> int:
 
 @state.command(name="show")
 @click.argument("phone_number", type=PHONE)
-@verbose_option
 @click.pass_context
 def state_show(ctx: click.Context, phone_number: str) -> int:
     """Show what was applied to one number.
@@ -81,7 +82,6 @@ def state_show(ctx: click.Context, phone_number: str) -> int:
 
 @state.command(name="rm")
 @click.argument("phone_numbers", nargs=-1, required=True, type=PHONE)
-@verbose_option
 @click.pass_context
 def state_rm(ctx: click.Context, phone_numbers: tuple[str, ...]) -> int:
     """Stop managing numbers without touching their profiles or sending anything.
@@ -98,7 +98,6 @@ def state_rm(ctx: click.Context, phone_numbers: tuple[str, ...]) -> int:
 @state.command(name="mv")
 @click.argument("old")
 @click.argument("new")
-@verbose_option
 @click.pass_context
 def state_mv(ctx: click.Context, old: str, new: str) -> int:
     """Rename account label OLD to NEW in the state, after renaming it in reconciler.yaml.
@@ -141,7 +140,6 @@ def _edit_state(
 
 @state.command(name="unlock")
 @click.option("--force", is_flag=True, help="Remove the lock even if its holder may still be running.")
-@verbose_option
 @click.pass_context
 def state_unlock(ctx: click.Context, force: bool) -> int:
     """Clear a stale lock left by a run that died (--force: any lock; be sure no run is active).
@@ -159,7 +157,6 @@ def state_unlock(ctx: click.Context, force: bool) -> int:
     "--to", "to", type=click.Choice(["s3", "local"]), required=True, help="Where to copy the state."
 )
 @lock_timeout_option
-@verbose_option
 @click.pass_context
 def state_migrate(ctx: click.Context, to: str, lock_timeout: float) -> int:
     """Copy the state and its audit log between state.path and the S3 object state describes.
@@ -177,19 +174,62 @@ def state_migrate(ctx: click.Context, to: str, lock_timeout: float) -> int:
     return 0
 
 
+class Since(click.ParamType):
+    """A point in time: a date (2026-12-01), a date and time (2026-12-01T09:30:00Z, UTC unless an
+    offset is given), or a duration back from now (30m, 24h, 7d, 2w)."""
+
+    name = "DATE|DURATION"
+    UNITS: ClassVar[dict[str, int]] = {"m": 60, "h": 3600, "d": 86_400, "w": 604_800}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> datetime:
+        if isinstance(value, datetime):
+            return value
+        text = str(value).strip()
+        match = re.fullmatch(r"([0-9]{1,6})([mhdw])", text)
+        if match:
+            return datetime.now(UTC) - timedelta(seconds=int(match.group(1)) * self.UNITS[match.group(2)])
+        try:
+            moment = datetime.fromisoformat(text)
+        except ValueError:
+            self.fail(
+                f"{escape(repr(text))} is neither a date (2026-12-01, 2026-12-01T09:30:00Z) nor a "
+                "duration (30m, 24h, 7d, 2w)",
+                param,
+                ctx,
+            )
+        return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _recorded_at(record: dict[str, Any]) -> datetime | None:
+    try:
+        moment = datetime.fromisoformat(str(record.get("time")))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 @click.command()
 @click.argument("phone_number", required=False, type=PHONE)
+@click.option("--since", type=Since(), help="Only records from then on: 2026-12-01, or 24h, 7d back.")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Only the N newest records.")
 @click.option("--format", "output", type=click.Choice(["text", "json"]), default="text", show_default=True)
-@verbose_option
 @click.pass_context
-def history(ctx: click.Context, phone_number: str | None, output: str) -> int:
+def history(
+    ctx: click.Context, phone_number: str | None, since: datetime | None, limit: int | None, output: str
+) -> int:
     """The audit log: who changed what, when, with which result (newest last).
 
     \b
     Examples:
       reconciler history
       reconciler history +14155550100
+      reconciler history --since 7d --limit 20
+      reconciler history --since 2026-12-01 --format json
     """
     records = list(open_store(config_of(ctx)).audit_log().read(phone_number))
+    if since is not None:
+        records = [r for r in records if (at := _recorded_at(r)) is not None and at >= since]
+    if limit is not None:
+        records = records[-limit:]
     echo(json_text(records, indent=2) + "\n" if output == "json" else render.history_text(records))
     return 0

@@ -31,9 +31,14 @@ def schema_command(kind: str) -> int:
 @click.option(
     "--check", is_flag=True, help="Rewrite nothing; list the files that would change, exit 1 if any."
 )
+@click.option(
+    "--diff",
+    is_flag=True,
+    help="Rewrite nothing; print a unified diff of what would change, exit 1 if anything would.",
+)
 @click.argument("paths", nargs=-1, type=click.Path())
 @click.pass_context
-def fmt_command(ctx: click.Context, check: bool, paths: tuple[str, ...]) -> int:
+def fmt_command(ctx: click.Context, check: bool, diff: bool, paths: tuple[str, ...]) -> int:
     """Rewrite profiles in canonical form (key order, quoting), values and comments unchanged.
 
     Without PATHs, every profile under profiles_dir; with PATHs, those files and folders.
@@ -42,15 +47,23 @@ def fmt_command(ctx: click.Context, check: bool, paths: tuple[str, ...]) -> int:
     Examples:
       reconciler fmt
       reconciler fmt --check profiles/acme-in
+      reconciler fmt --diff            # what fmt would change, as a patch (git apply -p1)
     """
     from .. import fmt
 
-    report = fmt.run(paths, None if paths else config_of(ctx).profiles_dir, check=check)
+    check = check or diff
+    report = fmt.run(paths, None if paths else config_of(ctx).profiles_dir, check=check, diff=diff)
+    for patch in report.diffs:
+        echo(_escaped_lines(patch))
     for line in report.summary(check):
-        echo(escape(line) + "\n")
+        echo(escape(line) + "\n", err=diff)  # with --diff, stdout is only the patch
     for line in report.errors():
         echo(escape(line) + "\n", err=True)
     return report.exit_code(check)
+
+
+def _escaped_lines(text: str) -> str:
+    return "".join(escape(line) + "\n" for line in text.splitlines())
 
 
 # --- sandbox --------------------------------------------------------------------------------------
@@ -126,10 +139,15 @@ def sandbox(
 ) -> int:
     """Serve a local Kaleyra emulator, provisioned from reconciler.yaml and the profiles.
 
+    It accepts any well-formed key; each account's key variable must still be set, as for Kaleyra.
+
     \b
-    Example:
+    Example (with the example reconciler.yaml, accounts acme-in and acme-us):
       reconciler sandbox --port 8080 &
-      KALEYRA_ENDPOINT=http://127.0.0.1:8080 KALEYRA_API_KEY=demo-key-123 reconciler apply --auto-approve
+      sleep 1
+      export KALEYRA_ENDPOINT=http://127.0.0.1:8080
+      export KALEYRA_API_KEY_ACME_IN=demo-key-acme-in KALEYRA_API_KEY_ACME_US=demo-key-acme-us
+      reconciler apply --auto-approve
     """
     from ..kaleyra import sandbox as emulator
 
@@ -170,8 +188,13 @@ def sandbox(
     except OSError as error:
         raise ReconcilerError(f"cannot listen on {host}:{port}: {error.strerror}") from None
     numbers = sum(len(account.numbers) for account in held.accounts)
+    source = data_file or "reconciler.yaml and its profiles"
     echo(
-        f"Kaleyra sandbox listening on {server.url} ({len(held.accounts)} account(s), {numbers} number(s))\n",
+        escape(
+            f"Kaleyra sandbox: provisioned {len(held.accounts)} account(s) and {numbers} number(s) "
+            f"from {source}; listening on {server.url} (Ctrl-C stops it)"
+        )
+        + "\n",
         err=True,
     )
     try:

