@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.metadata
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -121,15 +122,13 @@ def test_the_script_exits_1_with_the_reason():
 
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    """The wheel as `python -m build --wheel` makes it (pip wheel: same backend, no extra tool).
-    CI's .ci/run builds it once and passes it in RECONCILER_WHEEL."""
-    import os
-
+    """The wheel as the release workflow builds it: `python -m build`, the wheel made from the sdist.
+    .ci/run builds it once and passes it in RECONCILER_WHEEL."""
     if built := os.environ.get("RECONCILER_WHEEL"):
         return Path(built)
-    out = tmp_path_factory.mktemp("wheel")
+    out = tmp_path_factory.mktemp("dist")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(out), str(REPO)],
+        [sys.executable, "-m", "build", "-q", "--outdir", str(out), str(REPO)],
         check=True,
         capture_output=True,
     )
