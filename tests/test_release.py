@@ -154,3 +154,36 @@ def test_the_wheel_carries_the_licence_and_its_spdx_expression(wheel):
     assert "License-Expression: Apache-2.0" in metadata.splitlines()
     assert f"Version: {reconciler.__version__}" in metadata.splitlines()
     assert archive.read(f"{dist_info}/licenses/LICENSE") == (REPO / "LICENSE").read_bytes()
+
+
+def _release_workflow() -> dict:
+    import yaml
+
+    return yaml.safe_load((REPO / ".github" / "workflows" / "release.yml").read_text())
+
+
+def test_only_the_publish_job_can_mint_an_oidc_token_and_it_runs_in_the_pypi_environment():
+    workflow = _release_workflow()
+    assert workflow["permissions"] == {}
+    minting = [name for name, job in workflow["jobs"].items() if "id-token" in job.get("permissions", {})]
+    assert minting == ["publish"]
+    publish = workflow["jobs"]["publish"]
+    assert publish["environment"]["name"] == "pypi"
+    assert publish["permissions"]["id-token"] == "write"
+    uses = [step.get("uses", "") for step in publish["steps"]]
+    assert any(u.startswith("actions/attest-build-provenance@") for u in uses)
+    assert uses[-1].startswith("pypa/gh-action-pypi-publish@")  # trusted publishing: no password input
+    assert all("with" not in step or "password" not in step["with"] for step in publish["steps"])
+
+
+def test_the_release_checks_tag_and_notes_before_building_and_runs_on_v_tags_only():
+    workflow = _release_workflow()
+    # PyYAML reads the key `on` as True (YAML 1.1).
+    assert workflow[True] == {"push": {"tags": ["v*"]}}
+    runs = [step.get("run", "") for step in workflow["jobs"]["build"]["steps"]]
+    order = [
+        next(i for i, run in enumerate(runs) if needle in run)
+        for needle in ("release.py check-tag", "release.py notes", "python -m build", "twine check --strict")
+    ]
+    assert order == sorted(order)
+    assert workflow["jobs"]["github-release"]["needs"] == "publish"
