@@ -6,10 +6,12 @@ the state on S3 (issue 13): moto's S3 server, and AWS roles trusted as the READM
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import shutil
+import subprocess
 import textwrap
 import threading
 import time
@@ -256,6 +258,57 @@ def test_a_journal_or_lock_committed_in_a_pull_request_is_flagged_and_never_obey
     assert apply_run.workflow == "reconciler apply" and apply_run.conclusion == "success", apply_run.job().log
     assert world.kaleyra_numbers()["+914846000102"]["description"] == "Hidden change"
     assert "was committed to git; removed it" in apply_run.job().log
+
+
+def test_every_git_call_sends_one_authorization_header_whatever_the_environment_holds(world: World) -> None:
+    """github.com answers two Authorization headers with 400 `Duplicate header`. The runner's
+    environment already carries an extraheader (a git setting exported for another purpose, with
+    another token): the comment, apply and the state branch still send exactly one header, the job's."""
+    other = world.hub.issue_token({"contents": "read"})
+    world.runner.environment.update(
+        GIT_CONFIG_COUNT="1",
+        GIT_CONFIG_KEY_0="http.http://github.localhost/.extraheader",
+        GIT_CONFIG_VALUE_0=f"AUTHORIZATION: basic {base64.b64encode(f'x:{other}'.encode()).decode()}",
+    )
+    seed_applied(world)
+    pull, runs = world.open_pr(edit(world, SUPPORT, "Order status and returns", "One header"))
+    comment = only(runs, "reconciler plan comment")
+    assert comment.conclusion == "success", comment.job().log
+    assert "One header" in plan_comment(world, pull["number"])["body"]
+    world.merge(pull)
+    apply_run = world.runner.runs[-1]
+    assert apply_run.workflow == "reconciler apply" and apply_run.conclusion == "success", apply_run.job().log
+    assert world.saved_state()["numbers"]["+914846000102"]["fields"]["description"] == "One header"
+    assert world.hub.refused == []
+    # The state branch was pushed with the apply job's token, not the one in the environment.
+    assert world.hub.token_pushes == [("github-actions[bot]", "refs/heads/reconciler-state")]
+
+
+def test_the_fake_github_refuses_a_duplicate_authorization_header(world: World) -> None:
+    token = world.hub.issue_token({"contents": "read"})
+    header = f"AUTHORIZATION: basic {base64.b64encode(f'x:{token}'.encode()).decode()}"
+    url = f"http://github.localhost/{world.hub.repository}"
+    env = {**world.person_env, "HTTP_PROXY": world.hub.proxy, "http_proxy": world.hub.proxy}
+    once = subprocess.run(
+        ["git", "-c", f"http.extraheader={header}", "ls-remote", url], env=env, capture_output=True, text=True
+    )
+    assert once.returncode == 0, once.stderr
+    twice = subprocess.run(
+        [
+            "git",
+            "-c",
+            f"http.extraheader={header}",
+            "-c",
+            f"http.{url}.extraheader={header}",
+            "ls-remote",
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert twice.returncode != 0 and "400" in twice.stderr, twice.stderr
+    assert world.hub.refused and world.hub.refused[0][2] == "duplicate Authorization header"
 
 
 # --- merge and apply --------------------------------------------------------------------------------
