@@ -171,7 +171,16 @@ def apply_plan(
             stop.set()
         report.outcomes.extend(outcomes)
         try:
-            audit_log.append(audit_record(o.change, o.code, o.message, actor) for o in outcomes)
+            # Each record names the plan it belongs to and its outcome, so a re-run of the same apply
+            # can tell that this plan was applied in full already (audit.applied_already).
+            audit_log.append(
+                {
+                    **audit_record(o.change, o.code, o.message, actor),
+                    "plan": plan.checksum,
+                    "status": o.status,
+                }
+                for o in outcomes
+            )
         except RecordingFailed as failure:
             report.recording_failure = report.recording_failure or str(failure)
             note_unaudited(report, audit_log.unwritten_numbers())
