@@ -408,3 +408,17 @@ def test_a_rerun_of_an_applied_checksum_at_the_same_commit_says_so_and_sends_not
     # At another commit, or after a run that failed for a number, the same checksum is a stale plan.
     other = project.run("apply", "--checksum", reviewed, env={**ci, "GITHUB_SHA": "f" * 40})
     assert other.exit_code == 1 and "stale plan" in other.stderr
+
+
+def test_a_plan_over_the_safety_limit_says_so_first_with_how_to_proceed(project, sandbox):
+    project.write_config(safety={"max_changes": 1})
+    project.write_profile(A, about="x")
+    project.write_profile(B, about="y")
+    for output in ("text", "markdown"):
+        shown = project.run("plan", "--format", output)
+        assert shown.exit_code == 0, shown.output
+        first_lines = "\n".join(shown.stdout.splitlines()[:4])
+        assert "Over the safety limit: this plan changes 2 numbers" in first_lines, shown.stdout
+        assert "raise safety.max_changes to at least 2" in first_lines and "--force" in first_lines
+    project.write_config(safety={"max_changes": 2})
+    assert "safety limit" not in project.run("plan").stdout
