@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -203,7 +204,7 @@ def test_defect_3_the_comment_is_rendered_by_the_default_branchs_code(world: Wor
     seed_applied(world)
     render = (world.clone / "reconciler" / "render.py").read_text()
     lie = (
-        'def plan_markdown(plan: Plan, title: str = "Kaleyra profile plan", limit: int = MARKDOWN_LIMIT) -> str:\n'
+        "def plan_markdown(plan: Plan, title: str = 'Kaleyra profile plan', **_: object) -> str:\n"
         '    return f"### {title}\\n\\nNo changes.\\n<!-- reconciler-checksum: {plan.checksum} -->\\n"\n\n\n'
         "def _original_plan_markdown("
     )
@@ -284,6 +285,74 @@ def test_every_git_call_sends_one_authorization_header_whatever_the_environment_
     assert world.hub.refused == []
     # The state branch was pushed with the apply job's token, not the one in the environment.
     assert world.hub.token_pushes == [("github-actions[bot]", "refs/heads/reconciler-state")]
+
+
+def test_statebranch_git_replaces_every_header_a_checkout_config_or_the_environment_holds(
+    world: World,
+) -> None:
+    """actions/checkout leaves `http.<server>/.extraheader` in the repository's config (unless
+    persist-credentials is false), a global config may hold one, and a caller may have exported
+    GIT_CONFIG_* or GIT_CONFIG_PARAMETERS: git would send each of them. The one credential path
+    sends the job token's header alone."""
+    token = world.hub.issue_token({"contents": "read"})
+    stale = world.hub.issue_token({"contents": "read"})
+    header = f"AUTHORIZATION: basic {base64.b64encode(f'x-access-token:{stale}'.encode()).decode()}"
+    repo = world.root / "checked-out"
+    git("init", "-q", str(repo))
+    git("-C", str(repo), "remote", "add", "origin", f"http://github.localhost/{world.hub.repository}")
+    git("-C", str(repo), "config", "http.http://github.localhost/.extraheader", header)
+    (world.root / "global.gitconfig").write_text(f'[http]\n\textraheader = "{header}"\n')
+    env = {
+        **world.person_env,
+        "GIT_CONFIG_GLOBAL": str(world.root / "global.gitconfig"),
+        "HTTP_PROXY": world.hub.proxy,
+        "http_proxy": world.hub.proxy,
+        "GH_TOKEN": token,
+        "GITHUB_SERVER_URL": "http://github.localhost",
+        "GITHUB_REPOSITORY": world.hub.repository,
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "http.http://github.localhost/.extraheader",
+        "GIT_CONFIG_VALUE_0": header,
+        "GIT_CONFIG_PARAMETERS": f"'http.extraheader'='{header}'",
+    }
+    listed = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-m",
+            "reconciler.github.statebranch",
+            "git",
+            "-C",
+            str(repo),
+            "ls-remote",
+            "origin",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "refs/heads/main" in listed.stdout
+    assert world.hub.refused == []
+    # The header that went out was the job token's: with it revoked, the same call is refused.
+    world.hub.revoke(token)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-m",
+            "reconciler.github.statebranch",
+            "git",
+            "-C",
+            str(repo),
+            "ls-remote",
+            "origin",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode != 0
 
 
 def test_the_fake_github_refuses_a_duplicate_authorization_header(world: World) -> None:
