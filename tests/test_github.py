@@ -258,3 +258,16 @@ def test_a_comment_of_another_plan_is_handed_on_unverified() -> None:
     other = "cd" * 32
     body = assemble(PLAN_MARKER, long_plan(3, "old").replace(SHA, other))
     assert verify_comment([bot_comment(body)], BOT["login"], long_plan(3, "new")) == (other, False)
+
+
+def test_only_the_count_of_unchanged_numbers_may_differ_from_the_rendering() -> None:
+    """Another pull request merged meanwhile added numbers: they count as unchanged now, and not one
+    byte of the changes differs. Any other difference in the summary row is refused."""
+    row = "| create | update | unmanage | forget | unchanged | fields | PUTs |\n|---:|---:|---:|---:|---:|---:|---:|\n"
+    reviewed = long_plan(3, "x").replace("\n\n", f"\n\n{row}| 0 | 3 | 0 | 0 | 4 | 3 | 3 |\n\n", 1)
+    now = reviewed.replace("| 0 | 3 | 0 | 0 | 4 | 3 | 3 |", "| 0 | 3 | 0 | 0 | 5 | 3 | 3 |")
+    body = assemble(PLAN_MARKER, reviewed)
+    assert verify_comment([bot_comment(body)], BOT["login"], now) == (SHA, True)
+    lying = reviewed.replace("| 0 | 3 | 0 | 0 | 4 | 3 | 3 |", "| 0 | 0 | 0 | 0 | 4 | 3 | 3 |")
+    with pytest.raises(NotReviewed):
+        verify_comment([bot_comment(assemble(PLAN_MARKER, lying))], BOT["login"], now)

@@ -685,6 +685,26 @@ def test_a_merged_plan_over_the_limit_is_applied_by_hand_with_force(world: World
     assert again.conclusion == "failure" and any("force" in e for e in again.job().errors()), again.job().log
 
 
+def test_a_comment_still_verifies_after_another_merge_added_numbers(world: World) -> None:
+    """Two pull requests planned against the same state; the first adds a number. When the second
+    merges, the new number counts as unchanged, so its summary row differs from the comment's in that
+    count only: its changes are byte-equal, and it applies."""
+    seed_applied(world)
+    new_number = EXTRA_NUMBERS[0]
+    adds = {
+        f"profiles/acme-in/{new_number}.yaml": yaml.safe_dump(
+            {"phone_number": new_number, "account": "acme-in", "about": "New"}
+        )
+    }
+    first, _ = world.open_pr(adds, branch="one")
+    second, _ = world.open_pr(edit(world, SALON, "Book a slot in seconds", "Second merge"), branch="two")
+    world.merge(first)
+    world.merge(second)
+    applies = [run for run in world.runner.runs if run.workflow == "reconciler apply"]
+    assert [run.conclusion for run in applies] == ["success", "success"], applies[-1].job().log
+    assert world.kaleyra_numbers()["+919980000103"]["about"] == "Second merge"
+
+
 # --- drift ------------------------------------------------------------------------------------------
 
 

@@ -301,12 +301,23 @@ def plan_comments(comments: list[dict[str, Any]], author: str) -> list[dict[str,
     ]
 
 
+# The plan's summary row: | create | update | unmanage | forget | unchanged | fields | PUTs |
+SUMMARY_ROW = re.compile(r"^(\| \d+ \| \d+ \| \d+ \| \d+ \| )\d+( \| \d+ \| \d+ \|)$", re.MULTILINE)
+
+
+def _unchanged_count_aside(section: str) -> str:
+    """The plan section with its count of unchanged numbers blanked: another pull request merged
+    meanwhile moves that count (its new numbers are unchanged now) but not one byte of the changes."""
+    return SUMMARY_ROW.sub(r"\1…\2", section, count=1)
+
+
 def verify_comment(comments: list[dict[str, Any]], author: str, rendered: str) -> tuple[str, bool]:
     """Check the pull request's plan comment against `rendered`, the merged commit's plan as trusted
     code renders it now (`reconciler plan --format markdown`). Returns (checksum, verified):
 
     - (the plan's checksum, True): the comment's plan section is byte-equal to the rendering (cut to
-      the same budget) and carries the same checksum, so reviewers read exactly what would be applied;
+      the same budget; the count of unchanged numbers aside, which other merges move) and carries
+      the same checksum, so reviewers read exactly the changes that would be applied;
     - (the comment's checksum, False): the comment is of another plan (a later push was not commented,
       the state moved on, or this very plan was applied already): `apply --checksum` then refuses as a
       stale plan, or says it was applied already, and sends nothing either way.
@@ -341,7 +352,9 @@ def verify_comment(comments: list[dict[str, Any]], author: str, rendered: str) -
             "rendered by the comment job: it was forged or edited"
         )
     budget, section = int(sections[0][0]), sections[0][1]
-    if budget < MIN_PLAN_BUDGET or section != fit_plan(rendered, budget):
+    if budget < MIN_PLAN_BUDGET or _unchanged_count_aside(section) != _unchanged_count_aside(
+        fit_plan(rendered, budget)
+    ):
         raise NotReviewed(
             f"the plan comment ({comment.get('id')}) carries this plan's checksum, but its text is not "
             "the plan trusted code renders for the merged commit: it was edited or forged, so "
