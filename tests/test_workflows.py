@@ -285,6 +285,8 @@ def test_every_git_call_sends_one_authorization_header_whatever_the_environment_
     assert world.hub.refused == []
     # The state branch was pushed with the apply job's token, not the one in the environment.
     assert world.hub.token_pushes == [("github-actions[bot]", "refs/heads/reconciler-state")]
+    # ...and, as on GitHub, a push made with a job's token started no workflow run.
+    assert [run.event_name for run in world.runner.runs].count("push") == 1, "only the merge's own push"
 
 
 def test_statebranch_git_replaces_every_header_a_checkout_config_or_the_environment_holds(
