@@ -395,13 +395,14 @@ def read_saved_plan(plan_file: str) -> Plan:
         raise ReconcilerError(f"{plan_file}: {error}") from None
 
 
-def show_plan(plan: Plan, output: str, title: str = "Plan") -> None:
+def show_plan(plan: Plan, output: str, title: str = "Plan", max_changes: int | None = None) -> None:
+    """Print a plan; with `max_changes` (safety.max_changes), one over it says so first."""
     if output == "json":
         echo(render.plan_json(plan))
     elif output == "markdown":
-        echo(render.plan_markdown(plan, title=f"Kaleyra profile {title.lower()}"))
+        echo(render.plan_markdown(plan, title=f"Kaleyra profile {title.lower()}", max_changes=max_changes))
     else:
-        echo(render.plan_text(plan, title))
+        echo(render.plan_text(plan, title, max_changes))
 
 
 # True when running as the `reconciler` program (not driven in-process, as tests do).

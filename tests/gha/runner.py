@@ -394,7 +394,7 @@ class Runner:
         env = {
             **self.environment,
             "HOME": str(home / "home"),
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PATH": self.environment.get("PATH") or os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": "C.UTF-8",
             "CI": "true",
             "GITHUB_ACTIONS": "true",
