@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from . import schema, secrets
 from .errors import MissingApiKey, Problem, ReconcilerError, ValidationFailed
-from .targets import RetryPolicy, Target, pod_base_url
+from .targets import Destination, RetryPolicy, Target, pod_base_url
 from .yamlfile import MAX_CONFIG_NODES, Document, load_mapping
 
 DEFAULT_CONFIG = "reconciler.yaml"
@@ -34,6 +34,11 @@ class Account:
         """Where this account's PUTs go; KALEYRA_ENDPOINT overrides every account's base URL."""
         base = os.environ.get(ENDPOINT_ENV) or self.endpoint or pod_base_url(self.pod)
         return Target(base_url=base.rstrip("/"), sid=self.sid, waba_id=self.waba_id)
+
+    def destination(self) -> Destination:
+        """Where this account's PUTs go and under which API version: a plan reviewed for one
+        destination must not be sent to another, so its checksum covers this."""
+        return Destination(url=self.target().url, api_version=self.api_version)
 
     @property
     def waba_key(self) -> str:
@@ -72,6 +77,10 @@ class Config:
     def waba_keys(self) -> dict[str, str]:
         """Account name -> waba_key, what the plan compares each state entry against."""
         return {name: account.waba_key for name, account in self.accounts.items()}
+
+    def destinations(self) -> dict[str, Destination]:
+        """Account name -> where its PUTs go, which a plan's checksum covers."""
+        return {name: account.destination() for name, account in self.accounts.items()}
 
     @property
     def audit_path(self) -> Path:

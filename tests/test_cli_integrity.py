@@ -17,6 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import yaml
 
 from reconciler.escape import UNSAFE
 
@@ -24,6 +25,8 @@ from conftest import (
     API_KEY,
     FLEET,
     NUMBERS,
+    SID,
+    WABA,
     Project,
     accepted_numbers,
     assert_clean_failure,
@@ -42,7 +45,7 @@ def state_document(project: Project) -> dict:
 # --- exactly what was reviewed ---------------------------------------------------------------------
 
 
-def test_a_state_value_edited_under_its_old_digest_still_plans_as_a_change(project):
+def test_a_state_value_edited_under_its_old_digest_still_plans_as_a_change(project, sandbox):
     project.write_profile(A, about="Body care")
     assert project.run("apply", "--auto-approve").exit_code == 0
     document = state_document(project)
@@ -55,13 +58,17 @@ def test_a_state_value_edited_under_its_old_digest_still_plans_as_a_change(proje
             "account": "main",
             "action": "update",
             "fields": {"about": {"before": "edited by hand", "after": "Body care"}},
+            "destination": {
+                "url": f"{sandbox.url}/v2/{SID}/whatsapp/{WABA}/number/update",
+                "api_version": "v2",
+            },
         }
     ]
 
 
 def rechecksum(document: dict) -> None:
-    named = ("phone_number", "account", "action", "fields")
-    entries = [{key: change[key] for key in named} for change in document["changes"]]
+    named = ("phone_number", "account", "action", "fields", "destination")
+    entries = [{key: change[key] for key in named if key in change} for change in document["changes"]]
     canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
     document["checksum"] = hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -778,3 +785,41 @@ def test_the_sandbox_takes_finite_numbers(project, args):
     result = project.run("sandbox", "--port", "0", *args)
     assert_clean_failure(result)
     assert "not a finite number" in result.output + result.stderr or "not in the range" in result.stderr
+
+
+# --- a plan's checksum covers where it is sent -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "moved",
+    [
+        {"sid": "HXTEST0000000002", "waba_id": "766000000000002"},
+        {"sid": "HXTEST0000000002"},
+        {"api_version": "v1"},
+        {"endpoint": "http://127.0.0.2:9"},
+    ],
+    ids=["sid-and-waba", "sid", "api-version", "endpoint"],
+)
+def test_a_plan_reviewed_for_one_destination_is_never_sent_to_another(project, sandbox, moved):
+    project.write_profile(A, about="Body care")
+    reviewed = json.loads(project.run("plan", "--format", "json").stdout)
+    saved = project.root / "plan.json"
+    assert project.run("plan", "--out", str(saved)).exit_code == 0
+
+    config = project.root / "reconciler.yaml"
+    document = yaml.safe_load(config.read_text())
+    document["accounts"]["main"].update(moved)
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
+    fresh = json.loads(project.run("plan", "--format", "json").stdout)
+    assert fresh["changes"][0]["fields"] == reviewed["changes"][0]["fields"]  # the same profile
+    assert fresh["checksum"] != reviewed["checksum"]
+    assert reviewed["changes"][0]["destination"]["url"].startswith(sandbox.url)
+    assert fresh["changes"][0]["destination"] != reviewed["changes"][0]["destination"]
+
+    by_checksum = project.run("apply", "--checksum", reviewed["checksum"], "--auto-approve")
+    assert_clean_failure(by_checksum)
+    assert "stale plan" in by_checksum.stderr
+    by_file = project.run("apply", str(saved))
+    assert_clean_failure(by_file)
+    assert "stale plan" in by_file.stderr
+    assert put_bodies(sandbox) == [] and not project.state_path.exists()
