@@ -246,6 +246,12 @@ def _path_problems(document: Document, root: Path) -> list[Problem]:
     return problems
 
 
+# S3's limit on an object key, in UTF-8 bytes. The longest key the reconciler puts beside the state is
+# `<key>.journal/probe-<32 hex digits>` (47 bytes more), so state.key is limited to the rest.
+S3_MAX_KEY_BYTES = 1024
+MAX_STATE_KEY_BYTES = S3_MAX_KEY_BYTES - len(".journal/probe-") - 32
+
+
 def _state_problems(document: Document) -> list[Problem]:
     """The s3 backend needs a bucket and a key; its endpoint_url follows the endpoint rules (http only
     to loopback), and its key is a plain object key the lock, journal and audit objects sit beside."""
@@ -265,6 +271,16 @@ def _state_problems(document: Document) -> list[Problem]:
     if isinstance(key, str) and (key.startswith("/") or key.endswith("/")):
         problems.append(
             document.problem(("state", "key"), f"state.key: '{key}' must not start or end with '/'")
+        )
+    if isinstance(key, str) and len(key.encode("utf-8", "surrogatepass")) > MAX_STATE_KEY_BYTES:
+        problems.append(
+            document.problem(
+                ("state", "key"),
+                f"state.key is {len(key.encode('utf-8', 'surrogatepass')):,} bytes in UTF-8; S3 keys are at "
+                f"most {S3_MAX_KEY_BYTES:,} bytes and the objects beside the state add up to "
+                f"{S3_MAX_KEY_BYTES - MAX_STATE_KEY_BYTES}, so state.key may be at most "
+                f"{MAX_STATE_KEY_BYTES} bytes",
+            )
         )
     url = state.get("endpoint_url")
     problem = isinstance(url, str) and endpoint_problem(url)

@@ -823,3 +823,14 @@ def test_a_plan_reviewed_for_one_destination_is_never_sent_to_another(project, s
     assert_clean_failure(by_file)
     assert "stale plan" in by_file.stderr
     assert put_bodies(sandbox) == [] and not project.state_path.exists()
+
+
+def test_a_state_file_that_is_not_utf8_is_a_clear_error_naming_it(project):
+    project.write_profile(A, about="x")
+    project.state_path.parent.mkdir()
+    project.state_path.write_bytes(b'{"format_version": 1, "lineage": "caf\xe9"}')
+    for command in (["plan"], ["apply", "--auto-approve"], ["state", "list"]):
+        result = project.run(*command)
+        assert_clean_failure(result)
+        assert f"{project.state_path}: is not a valid state file (not UTF-8" in result.stderr
+        assert "codec" not in result.stderr

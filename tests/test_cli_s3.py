@@ -380,3 +380,25 @@ def test_without_boto3_the_error_names_the_extra_to_install(checkout, monkeypatc
     result = checkout.run("plan")
     assert result.exit_code == 1
     assert "pip install 'kaleyra-reconciler[s3]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_state_object_that_is_not_utf8_is_a_clear_error_naming_it(checkout):
+    make_fleet(checkout, 1)
+    client = s3_client(checkout.s3_endpoint)
+    client.put_object(Bucket=checkout.bucket, Key=STATE_KEY, Body=b'{"format_version": 1, "lineage": "\xff"}')
+    for command in (["plan"], ["drift"], ["state", "list"]):
+        result = checkout.run(*command)
+        assert result.exit_code == 1, (command, result.output)
+        assert f"s3://{checkout.bucket}/{STATE_KEY}: is not a valid state file (not UTF-8" in result.stderr
+        assert "codec" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_state_key_longer_than_s3_allows_is_refused_by_validate(checkout):
+    checkout.write_config(
+        state={**checkout.state_settings(), "key": "é" * 500}
+    )  # 500 characters, 1,000 bytes
+    result = checkout.run("validate")
+    assert result.exit_code == 1, result.output
+    assert "state.key is 1,000 bytes in UTF-8" in result.stderr and "at most 977 bytes" in result.stderr
+    checkout.write_config(state={**checkout.state_settings(), "key": "é" * 488})  # 976 bytes
+    assert checkout.run("validate").exit_code == 0
