@@ -834,3 +834,67 @@ def test_a_state_file_that_is_not_utf8_is_a_clear_error_naming_it(project):
         assert_clean_failure(result)
         assert f"{project.state_path}: is not a valid state file (not UTF-8" in result.stderr
         assert "codec" not in result.stderr
+
+
+# --- no part of a key leaks ---------------------------------------------------------------------------
+
+
+class ManglingServer(BaseHTTPRequestHandler):
+    """A 'Kaleyra' that refuses every update, echoing the key mangled (`mangle` set per test)."""
+
+    mangle = staticmethod(lambda key: key)
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        message = f"bad key {self.mangle(self.headers.get('api-key') or '')} (check it)"
+        payload = json.dumps({"code": "WA400", "message": message}).encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("X-Echo", message)  # logged nowhere, but a future --verbose might
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda key: key[:-3],  # truncated
+        lambda key: key[4:],  # shifted
+        lambda key: key.upper(),
+        lambda key: key.lower(),
+        lambda key: key[2:14],  # any 12 characters in a row
+        lambda key: f"{key[:12]}...{key[-12:]}",  # both ends
+    ],
+    ids=["truncated", "shifted", "upper-cased", "lower-cased", "twelve-characters", "both-ends"],
+)
+def test_no_run_of_twelve_characters_of_a_key_reaches_any_output_or_file(tmp_path, mangle):
+    handler = type("Mangling", (ManglingServer,), {"mangle": staticmethod(mangle)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        project = Project(tmp_path, f"http://127.0.0.1:{server.server_address[1]}")
+        project.write_profile(A, about="x")
+        outputs = []
+        for args in (
+            ["--verbose", "apply", "--auto-approve"],
+            ["apply", "--auto-approve", "--format", "json"],
+            ["apply", "--auto-approve", "--format", "jsonl"],
+            ["apply", "--auto-approve", "--format", "markdown"],
+            ["history"],
+            ["history", "--format", "json"],
+        ):
+            result = project.run(*args)
+            outputs.append(result.stdout + result.stderr)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "WA400" in outputs[0] and "bad key [redacted]" in outputs[0], outputs[0]
+    fragments = {API_KEY[start : start + 12].lower() for start in range(len(API_KEY) - 11)}
+    written = [path.read_bytes().decode().lower() for path in project.root.rglob("*") if path.is_file()]
+    assert any("bad key [redacted]" in text for text in written), "the audit log holds the message"
+    for text in [output.lower() for output in outputs] + written:
+        assert not [fragment for fragment in fragments if fragment in text], text
