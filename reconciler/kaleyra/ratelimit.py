@@ -192,6 +192,11 @@ class AdaptiveRate:
     def current(self) -> float | None:
         return self.rate if self.limited else None
 
+    def pause_left(self) -> float:
+        """Seconds until the account's Retry-After pause ends (0.0: not paused)."""
+        with self.lock:
+            return max(0.0, self.paused_until - self.clock())
+
     def sustained(self) -> float | None:
         """Successes per second since the first throttle, pauses included: the pace the account really
         kept (the current rate may be mid-probe); None before a throttle or a success after it."""
