@@ -131,8 +131,9 @@ class AccountThrottling:
     sid: str
     throttled: int
     paused: int
-    paused_s: float
-    settled_rps: float | None  # successes per second since the first throttle, pauses included
+    paused_s: float  # the time really spent paused, not what Retry-After asked
+    settled_rps: float | None  # successes per second since the first throttle, pauses included (None:
+    # too little to measure)
     slowest_rps: float | None  # the lowest rate the account was cut to
 
     def to_json(self) -> dict[str, Any]:
@@ -141,13 +142,18 @@ class AccountThrottling:
     def describe(self) -> str:
         text = f"{self.sid}: throttled {self.throttled} time{'s' if self.throttled != 1 else ''}"
         if self.settled_rps is not None:
-            text += f"; settled at {self.settled_rps:.0f} requests/s"
+            text += f"; settled at {_amount(self.settled_rps)} requests/s"
             if self.slowest_rps is not None and self.slowest_rps < self.settled_rps * 0.9:
-                text += f" (slowest {self.slowest_rps:.0f}/s)"
+                text += f" (slowest {_amount(self.slowest_rps)}/s)"
         if self.paused:
             text += f"; paused {self.paused} time{'s' if self.paused != 1 else ''} for Retry-After"
-            text += f" ({self.paused_s:.0f} s)"
+            text += f" ({_amount(self.paused_s)} s)"
         return text
+
+
+def _amount(value: float) -> str:
+    """A rate or a duration as people read it: one decimal below 10 (0.5, not 0), whole above."""
+    return f"{value:.1f}" if value < 9.95 else f"{value:.0f}"
 
 
 def throttling_summary(accounts: list[AccountThrottling]) -> str | None:
@@ -273,7 +279,7 @@ class KaleyraClient:
         for (base_url, sid), pace in sorted(paces.items()):
             if not pace.throttled:
                 continue
-            settled = pace.sustained() or pace.current()
+            settled = pace.sustained()
             numbers = (pace.throttled, pace.pauses, pace.paused_s, settled, pace.slowest)
             report.append(AccountThrottling(base_url, sid, *numbers))
         return report
