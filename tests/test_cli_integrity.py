@@ -448,15 +448,19 @@ def test_a_storm_of_signals_still_prints_the_report_and_exits_1(tmp_path, fleet_
     for number in FLEET[:40]:
         project.write_profile(number, about="x")
     fleet_sandbox.sandbox.latency_ms = 200
-    process = run_reconciler(project, "apply", "--auto-approve", "--parallelism", "4")
-    wait_for_requests(fleet_sandbox, 1, process)
-    time.sleep(0.3)
-    while process.poll() is None:  # SIGINT and SIGTERM every few milliseconds until it exits
-        for number in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(number)
-        time.sleep(0.003)
-    stdout, stderr = process.communicate(timeout=30)
+    # stderr to a file: each signal adds a line, and a pipe nobody reads while signalling fills up and
+    # blocks the process in its signal handler for good (under load it takes long enough to fill).
+    with open(tmp_path / "stderr", "w") as errors:
+        process = run_reconciler(project, "apply", "--auto-approve", "--parallelism", "4", stderr=errors)
+        wait_for_requests(fleet_sandbox, 1, process)
+        time.sleep(0.3)
+        while process.poll() is None:  # SIGINT and SIGTERM every few milliseconds until it exits
+            for number in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(number)
+            time.sleep(0.003)
+        stdout, _ = process.communicate(timeout=30)
+    stderr = (tmp_path / "stderr").read_text()
     assert process.returncode == 1, (process.returncode, stdout, stderr)
     assert "Interrupted" in stdout and "Applied" in stdout, (stdout, stderr)
     assert "Aborted: nothing was changed" not in stderr, (stdout, stderr)
