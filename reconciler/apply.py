@@ -8,7 +8,9 @@ flight finish and are recorded; the rest are reported as not attempted.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import math
 import os
 import queue
 import signal
@@ -22,8 +24,8 @@ from typing import Any
 from . import secrets
 from .config import Config, resolve_keys
 from .errors import ReconcilerError
-from .kaleyra.client import AccountThrottling, KaleyraClient, KaleyraError
-from .kaleyra.codes import ACCOUNT_FATAL
+from .kaleyra.client import AccountBusy, AccountThrottling, KaleyraClient, KaleyraError, Progress
+from .kaleyra.codes import ACCOUNT_FATAL, NOT_SENT
 from .plan import Change, Plan, audit_record
 from .state import audit
 from .state.model import Entry, RecordingFailed, State, now
@@ -150,7 +152,13 @@ class _Run:
     """One execution of a plan. Workers take the next change themselves, send it, and hand the result
     back through a queue, so they never wait for the calling thread. The calling thread only records:
     it takes whatever has arrived as one batch (one sync), so batches grow when disks are slow (group
-    commit) and the cost stays linear."""
+    commit) and the cost stays linear.
+
+    Changes wait in one queue per account pace (sid and base URL): a worker takes the next change of
+    an account that may send now, so one account's Retry-After pause never idles the workers while
+    another account has work. A request that would wait for its account's pause is handed back
+    (AccountBusy) whenever another account has work, and taken up again where it stopped.
+    """
 
     def __init__(
         self,
@@ -172,7 +180,11 @@ class _Run:
         # One RBC001 or WA401 condemns the account's key, SID or WABA: its other numbers are failed at
         # once instead of sending N identical doomed requests.
         self.condemned: dict[str, KaleyraError] = {}
-        self.todo: queue.SimpleQueue[Change] = queue.SimpleQueue()
+        # Per account pace, in plan order: each change, with its request's progress once started.
+        self.todo: dict[tuple[str, str], collections.deque[tuple[Change, Progress | None]]] = {}
+        self.todo_lock = threading.Lock()
+        self.targets = {name: account.target() for name, account in config.accounts.items()}
+        self.turn = 0  # which queue is looked at first: accounts take turns
         # Outcomes, and one None per worker as it finishes (so the end is seen at once, with no polling).
         self.results: queue.SimpleQueue[Outcome | None] = queue.SimpleQueue()
         self.workers = 0
@@ -192,7 +204,7 @@ class _Run:
         self.record([Outcome(change, RECORDED, "-", _local_message(change)) for change in local])
 
         for change in self.plan.puts:
-            self.todo.put(change)
+            self.todo.setdefault(self.pace_key(change), collections.deque()).append((change, None))
         self.workers = min(parallelism, len(self.plan.puts))
         with ThreadPoolExecutor(max_workers=max(1, self.workers), thread_name_prefix="put") as executor:
             for _ in range(self.workers):
@@ -247,17 +259,70 @@ class _Run:
         for outcome in outcomes:
             self.show(outcome)
 
-    def send(self, change: Change) -> Outcome:
-        account = self.config.accounts[change.account]
+    def pace_key(self, change: Change) -> tuple[str, str]:
+        return self.targets[change.account].pace_key
+
+    def take(self) -> tuple[Change, Progress | None] | None:
+        """The next change of an account that may send now (or whose pause outlasts the change's
+        deadline: it fails at once); None when none is left or the run stops. While every account with
+        work is paused, wait for the first pause to end (a stop ends the wait at once)."""
+        while not self.stop.is_set():
+            with self.todo_lock:
+                queues = [waiting for waiting in self.todo.values() if waiting]
+                if not queues:
+                    return None
+                soonest = math.inf
+                for index in range(len(queues)):
+                    waiting = queues[(self.turn + index) % len(queues)]
+                    left = self.pause_left(waiting[0])
+                    if left <= 0:
+                        self.turn += index + 1
+                        return waiting.popleft()
+                    soonest = min(soonest, left)
+            self.stop.wait(min(soonest, 0.5))
+        return None
+
+    def pause_left(self, item: tuple[Change, Progress | None]) -> float:
+        """How long `item` must wait for its account; 0.0 also when the pause outlasts its deadline."""
+        change, progress = item
+        left = self.client.pause_left(self.targets[change.account])
+        budget = progress.deadline - self.client.clock() if progress else self.client.policy.deadline_s
+        return 0.0 if left > budget else left
+
+    def another_account_ready(self, key: tuple[str, str]) -> bool:
+        """True when an account other than `key` has a change that may be sent now."""
+        with self.todo_lock:
+            return any(
+                waiting and self.pause_left(waiting[0]) <= 0
+                for other, waiting in self.todo.items()
+                if other != key
+            )
+
+    def hand_back(self, change: Change, progress: Progress) -> None:
+        """Put a change whose account is paused back at the head of its queue, to go on later."""
+        with self.todo_lock:
+            self.todo[self.pace_key(change)].appendleft((change, progress))
+
+    def send(self, change: Change, progress: Progress | None = None) -> Outcome | None:
+        """Send one change; None when it was handed back (its account is paused, another has work)."""
         fatal = self.condemned.get(change.account)
         if fatal is not None:
             return Outcome(change, FAILED, fatal.code, f"not sent: {fatal.detail()}")
+        key = self.pace_key(change)
         try:
             success = self.client.update(
-                account.target(), self.keys[change.account], change.phone_number, change.sends
+                self.targets[change.account],
+                self.keys[change.account],
+                change.phone_number,
+                change.sends,
+                progress=progress or self.client.new_progress(),
+                hand_back=lambda: self.another_account_ready(key),
             )
+        except AccountBusy as busy:
+            self.hand_back(change, busy.progress)
+            return None
         except KaleyraError as error:
-            if error.attempts == 0:  # the stop came before the first attempt: nothing was sent
+            if error.attempts == 0 and error.code == NOT_SENT:  # stopped before the first attempt
                 return Outcome(change, NOT_ATTEMPTED, "-", "interrupted before sending")
             if error.code in ACCOUNT_FATAL:
                 self.condemned.setdefault(change.account, error)
@@ -269,12 +334,10 @@ class _Run:
     def work(self) -> None:
         """A worker: send changes until none is left or the run stops."""
         try:
-            while not self.stop.is_set():
-                try:
-                    change = self.todo.get_nowait()
-                except queue.Empty:
-                    return
-                self.results.put(self.send(change))
+            while (item := self.take()) is not None:
+                outcome = self.send(*item)
+                if outcome is not None:
+                    self.results.put(outcome)
         finally:
             self.results.put(None)
             with self.ended_lock:
@@ -314,17 +377,26 @@ class _Run:
                 self.show(None)
 
     def record_not_sent(self) -> None:
-        not_sent = []
-        while not self.todo.empty():
-            not_sent.append(self.todo.get_nowait())
+        not_sent, stopped = [], []
+        with self.todo_lock:
+            for waiting in self.todo.values():
+                for change, progress in waiting:
+                    if progress is not None and progress.last is not None:
+                        stopped.append((change, progress.last))  # tried, throttled, then stopped
+                    else:
+                        not_sent.append(change)
+                waiting.clear()
         report = self.report
         # Stopped by a signal, not by a recording or output failure (those say so themselves).
         report.interrupted = self.stop.is_set() and not (report.recording_failure or report.output_failure)
-        if not_sent:
-            reason = (
-                "not sent: recording failed" if report.recording_failure else "interrupted before sending"
-            )
-            self.record([Outcome(change, NOT_ATTEMPTED, "-", reason) for change in not_sent])
+        reason = "not sent: recording failed" if report.recording_failure else "interrupted before sending"
+        outcomes = [Outcome(change, NOT_ATTEMPTED, "-", reason) for change in not_sent]
+        outcomes += [
+            Outcome(change, FAILED, last.code, f"{last.detail()}; not retried: the run stopped")
+            for change, last in stopped
+        ]
+        if outcomes:
+            self.record(outcomes)
 
 
 def note_unaudited(report: ApplyReport, numbers: set[str]) -> None:

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 from . import schema, secrets
 from .errors import MissingApiKey, Problem, ReconcilerError, ValidationFailed
-from .targets import RetryPolicy, Target, pod_base_url
+from .targets import Destination, RetryPolicy, Target, pod_base_url
 from .yamlfile import MAX_CONFIG_NODES, Document, load_mapping
 
 DEFAULT_CONFIG = "reconciler.yaml"
@@ -34,6 +34,11 @@ class Account:
         """Where this account's PUTs go; KALEYRA_ENDPOINT overrides every account's base URL."""
         base = os.environ.get(ENDPOINT_ENV) or self.endpoint or pod_base_url(self.pod)
         return Target(base_url=base.rstrip("/"), sid=self.sid, waba_id=self.waba_id)
+
+    def destination(self) -> Destination:
+        """Where this account's PUTs go and under which API version: a plan reviewed for one
+        destination must not be sent to another, so its checksum covers this."""
+        return Destination(url=self.target().url, api_version=self.api_version)
 
     @property
     def waba_key(self) -> str:
@@ -72,6 +77,10 @@ class Config:
     def waba_keys(self) -> dict[str, str]:
         """Account name -> waba_key, what the plan compares each state entry against."""
         return {name: account.waba_key for name, account in self.accounts.items()}
+
+    def destinations(self) -> dict[str, Destination]:
+        """Account name -> where its PUTs go, which a plan's checksum covers."""
+        return {name: account.destination() for name, account in self.accounts.items()}
 
     @property
     def audit_path(self) -> Path:
@@ -237,6 +246,12 @@ def _path_problems(document: Document, root: Path) -> list[Problem]:
     return problems
 
 
+# S3's limit on an object key, in UTF-8 bytes. The longest key the reconciler puts beside the state is
+# `<key>.journal/probe-<32 hex digits>` (47 bytes more), so state.key is limited to the rest.
+S3_MAX_KEY_BYTES = 1024
+MAX_STATE_KEY_BYTES = S3_MAX_KEY_BYTES - len(".journal/probe-") - 32
+
+
 def _state_problems(document: Document) -> list[Problem]:
     """The s3 backend needs a bucket and a key; its endpoint_url follows the endpoint rules (http only
     to loopback), and its key is a plain object key the lock, journal and audit objects sit beside."""
@@ -256,6 +271,16 @@ def _state_problems(document: Document) -> list[Problem]:
     if isinstance(key, str) and (key.startswith("/") or key.endswith("/")):
         problems.append(
             document.problem(("state", "key"), f"state.key: '{key}' must not start or end with '/'")
+        )
+    if isinstance(key, str) and len(key.encode("utf-8", "surrogatepass")) > MAX_STATE_KEY_BYTES:
+        problems.append(
+            document.problem(
+                ("state", "key"),
+                f"state.key is {len(key.encode('utf-8', 'surrogatepass')):,} bytes in UTF-8; S3 keys are at "
+                f"most {S3_MAX_KEY_BYTES:,} bytes and the objects beside the state add up to "
+                f"{S3_MAX_KEY_BYTES - MAX_STATE_KEY_BYTES}, so state.key may be at most "
+                f"{MAX_STATE_KEY_BYTES} bytes",
+            )
         )
     url = state.get("endpoint_url")
     problem = isinstance(url, str) and endpoint_problem(url)

@@ -7,6 +7,7 @@ profile is gone: drop the number from the state, send nothing), `no-op`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -20,8 +21,10 @@ from .profiles import Profile
 from .selection import Selection
 from .state import audit
 from .state.model import Entry, State
+from .targets import Destination
 
-FORMAT_VERSION = "1.0"
+# 1.1: each change that sends has a `destination`, which the checksum covers.
+FORMAT_VERSION = "1.1"
 ACTIONS = ("create", "update", "unmanage", "forget", "no-op")
 
 
@@ -43,6 +46,8 @@ class Change:
     target: str = ""
     digest: str = ""
     moved_from: str | None = None
+    # Where a create or update is sent; the checksum covers it (None: nothing is sent).
+    destination: Destination | None = None
 
     @property
     def sends(self) -> dict[str, str]:
@@ -78,6 +83,8 @@ class Change:
         }
         if self.moved_from:
             data["moved_from"] = self.moved_from
+        if self.destination is not None:
+            data["destination"] = self.destination.to_json()
         return data
 
     @classmethod
@@ -92,6 +99,7 @@ class Change:
             target=data.get("target", ""),
             digest=data.get("digest", ""),
             moved_from=data.get("moved_from"),
+            destination=_destination(data.get("destination")),
         )
 
 
@@ -110,10 +118,13 @@ class Plan:
 
     @functools.cached_property
     def checksum(self) -> str:
-        """sha256 of the canonical JSON of the changes (no no-ops, timestamps, lineage or serial).
+        """sha256 of the canonical JSON of the changes (no no-ops, timestamps, lineage or serial), each
+        with where it is sent: a plan reviewed for one destination is never sent to another.
         Computed once: a plan is a value, and 1,000 changes take 10 ms to encode."""
-        named = ("phone_number", "account", "action", "fields")
-        entries = [{key: data[key] for key in named} for data in map(Change.to_json, self.changes)]
+        named = ("phone_number", "account", "action", "fields", "destination")
+        entries = [
+            {key: data[key] for key in named if key in data} for data in map(Change.to_json, self.changes)
+        ]
         canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -182,6 +193,16 @@ class Plan:
         return plan
 
 
+def _destination(data: Any) -> Destination | None:
+    if data is None:
+        return None
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(key), str) for key in ("url", "api_version")
+    ):
+        raise ReconcilerError("a change's destination must hold its url and api_version")
+    return Destination(url=data["url"], api_version=data["api_version"])
+
+
 def differences(reviewed: Plan, fresh: Plan) -> list[str]:
     """How a fresh plan differs from a reviewed one, one line per difference; [] when they are equal.
 
@@ -234,13 +255,16 @@ def compute_plan(
     state: State,
     selection: Selection = EVERY_NUMBER,
     account_targets: dict[str, str] | None = None,
+    destinations: Mapping[str, Destination] | None = None,
 ) -> Plan:
     """Diff desired profiles against the applied state, for the numbers `selection` covers.
 
     `account_targets` maps account name -> "sid/waba_id" so a number whose account now points at
-    another WABA is sent in full, like a number whose account changed.
+    another WABA is sent in full, like a number whose account changed. `destinations` (account name
+    -> where its PUTs go) is recorded on each change that sends, so the checksum covers it.
     """
     account_targets = account_targets or {}
+    destinations = destinations or {}
     numbers = sorted(set(desired) | set(state.entries))
     if selection:
 
@@ -256,6 +280,8 @@ def compute_plan(
         if change is None:
             unchanged += 1
         else:
+            if change.needs_put:
+                change = dataclasses.replace(change, destination=destinations.get(change.account))
             changes.append(change)
     targets, excludes = selection.texts()
     return Plan(

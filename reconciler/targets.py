@@ -46,6 +46,17 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Destination:
+    """Where a change is sent: the request URL (endpoint or pod, sid, waba_id) and the API version."""
+
+    url: str
+    api_version: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"url": self.url, "api_version": self.api_version}
+
+
+@dataclass(frozen=True)
 class RetryPolicy:
     attempts: int = 4
     backoff_base_s: float = 0.5

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import NUMBERS, assert_clean_failure, put_bodies
+from conftest import NUMBERS, SID, WABA, assert_clean_failure, put_bodies
 
 A, B, C = NUMBERS[0], NUMBERS[1], NUMBERS[2]
 
@@ -42,6 +42,10 @@ def test_an_edit_sends_only_the_changed_field(project, sandbox):
             "account": "main",
             "action": "update",
             "fields": {"about": {"before": "Body care", "after": "Body care, now with lotions"}},
+            "destination": {
+                "url": f"{sandbox.url}/v2/{SID}/whatsapp/{WABA}/number/update",
+                "api_version": "v2",
+            },
         }
     ]
     assert project.run("apply", "--auto-approve").exit_code == 0

@@ -17,6 +17,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+import yaml
 
 from reconciler.escape import UNSAFE
 
@@ -24,6 +25,8 @@ from conftest import (
     API_KEY,
     FLEET,
     NUMBERS,
+    SID,
+    WABA,
     Project,
     accepted_numbers,
     assert_clean_failure,
@@ -42,7 +45,7 @@ def state_document(project: Project) -> dict:
 # --- exactly what was reviewed ---------------------------------------------------------------------
 
 
-def test_a_state_value_edited_under_its_old_digest_still_plans_as_a_change(project):
+def test_a_state_value_edited_under_its_old_digest_still_plans_as_a_change(project, sandbox):
     project.write_profile(A, about="Body care")
     assert project.run("apply", "--auto-approve").exit_code == 0
     document = state_document(project)
@@ -55,13 +58,17 @@ def test_a_state_value_edited_under_its_old_digest_still_plans_as_a_change(proje
             "account": "main",
             "action": "update",
             "fields": {"about": {"before": "edited by hand", "after": "Body care"}},
+            "destination": {
+                "url": f"{sandbox.url}/v2/{SID}/whatsapp/{WABA}/number/update",
+                "api_version": "v2",
+            },
         }
     ]
 
 
 def rechecksum(document: dict) -> None:
-    named = ("phone_number", "account", "action", "fields")
-    entries = [{key: change[key] for key in named} for change in document["changes"]]
+    named = ("phone_number", "account", "action", "fields", "destination")
+    entries = [{key: change[key] for key in named if key in change} for change in document["changes"]]
     canonical = json.dumps(entries, sort_keys=True, separators=(",", ":"))
     document["checksum"] = hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -441,15 +448,19 @@ def test_a_storm_of_signals_still_prints_the_report_and_exits_1(tmp_path, fleet_
     for number in FLEET[:40]:
         project.write_profile(number, about="x")
     fleet_sandbox.sandbox.latency_ms = 200
-    process = run_reconciler(project, "apply", "--auto-approve", "--parallelism", "4")
-    wait_for_requests(fleet_sandbox, 1, process)
-    time.sleep(0.3)
-    while process.poll() is None:  # SIGINT and SIGTERM every few milliseconds until it exits
-        for number in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ProcessLookupError):
-                process.send_signal(number)
-        time.sleep(0.003)
-    stdout, stderr = process.communicate(timeout=30)
+    # stderr to a file: each signal adds a line, and a pipe nobody reads while signalling fills up and
+    # blocks the process in its signal handler for good (under load it takes long enough to fill).
+    with open(tmp_path / "stderr", "w") as errors:
+        process = run_reconciler(project, "apply", "--auto-approve", "--parallelism", "4", stderr=errors)
+        wait_for_requests(fleet_sandbox, 1, process)
+        time.sleep(0.3)
+        while process.poll() is None:  # SIGINT and SIGTERM every few milliseconds until it exits
+            for number in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(number)
+            time.sleep(0.003)
+        stdout, _ = process.communicate(timeout=30)
+    stderr = (tmp_path / "stderr").read_text()
     assert process.returncode == 1, (process.returncode, stdout, stderr)
     assert "Interrupted" in stdout and "Applied" in stdout, (stdout, stderr)
     assert "Aborted: nothing was changed" not in stderr, (stdout, stderr)
@@ -778,3 +789,116 @@ def test_the_sandbox_takes_finite_numbers(project, args):
     result = project.run("sandbox", "--port", "0", *args)
     assert_clean_failure(result)
     assert "not a finite number" in result.output + result.stderr or "not in the range" in result.stderr
+
+
+# --- a plan's checksum covers where it is sent -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "moved",
+    [
+        {"sid": "HXTEST0000000002", "waba_id": "766000000000002"},
+        {"sid": "HXTEST0000000002"},
+        {"api_version": "v1"},
+        {"endpoint": "http://127.0.0.2:9"},
+    ],
+    ids=["sid-and-waba", "sid", "api-version", "endpoint"],
+)
+def test_a_plan_reviewed_for_one_destination_is_never_sent_to_another(project, sandbox, moved):
+    project.write_profile(A, about="Body care")
+    reviewed = json.loads(project.run("plan", "--format", "json").stdout)
+    saved = project.root / "plan.json"
+    assert project.run("plan", "--out", str(saved)).exit_code == 0
+
+    config = project.root / "reconciler.yaml"
+    document = yaml.safe_load(config.read_text())
+    document["accounts"]["main"].update(moved)
+    config.write_text(yaml.safe_dump(document, sort_keys=False))
+    fresh = json.loads(project.run("plan", "--format", "json").stdout)
+    assert fresh["changes"][0]["fields"] == reviewed["changes"][0]["fields"]  # the same profile
+    assert fresh["checksum"] != reviewed["checksum"]
+    assert reviewed["changes"][0]["destination"]["url"].startswith(sandbox.url)
+    assert fresh["changes"][0]["destination"] != reviewed["changes"][0]["destination"]
+
+    by_checksum = project.run("apply", "--checksum", reviewed["checksum"], "--auto-approve")
+    assert_clean_failure(by_checksum)
+    assert "stale plan" in by_checksum.stderr
+    by_file = project.run("apply", str(saved))
+    assert_clean_failure(by_file)
+    assert "stale plan" in by_file.stderr
+    assert put_bodies(sandbox) == [] and not project.state_path.exists()
+
+
+def test_a_state_file_that_is_not_utf8_is_a_clear_error_naming_it(project):
+    project.write_profile(A, about="x")
+    project.state_path.parent.mkdir()
+    project.state_path.write_bytes(b'{"format_version": 1, "lineage": "caf\xe9"}')
+    for command in (["plan"], ["apply", "--auto-approve"], ["state", "list"]):
+        result = project.run(*command)
+        assert_clean_failure(result)
+        assert f"{project.state_path}: is not a valid state file (not UTF-8" in result.stderr
+        assert "codec" not in result.stderr
+
+
+# --- no part of a key leaks ---------------------------------------------------------------------------
+
+
+class ManglingServer(BaseHTTPRequestHandler):
+    """A 'Kaleyra' that refuses every update, echoing the key mangled (`mangle` set per test)."""
+
+    mangle = staticmethod(lambda key: key)
+
+    def do_PUT(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        message = f"bad key {self.mangle(self.headers.get('api-key') or '')} (check it)"
+        payload = json.dumps({"code": "WA400", "message": message}).encode()
+        self.send_response(400)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("X-Echo", message)  # logged nowhere, but a future --verbose might
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda key: key[:-3],  # truncated
+        lambda key: key[4:],  # shifted
+        lambda key: key.upper(),
+        lambda key: key.lower(),
+        lambda key: key[2:14],  # any 12 characters in a row
+        lambda key: f"{key[:12]}...{key[-12:]}",  # both ends
+    ],
+    ids=["truncated", "shifted", "upper-cased", "lower-cased", "twelve-characters", "both-ends"],
+)
+def test_no_run_of_twelve_characters_of_a_key_reaches_any_output_or_file(tmp_path, mangle):
+    handler = type("Mangling", (ManglingServer,), {"mangle": staticmethod(mangle)})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        project = Project(tmp_path, f"http://127.0.0.1:{server.server_address[1]}")
+        project.write_profile(A, about="x")
+        outputs = []
+        for args in (
+            ["--verbose", "apply", "--auto-approve"],
+            ["apply", "--auto-approve", "--format", "json"],
+            ["apply", "--auto-approve", "--format", "jsonl"],
+            ["apply", "--auto-approve", "--format", "markdown"],
+            ["history"],
+            ["history", "--format", "json"],
+        ):
+            result = project.run(*args)
+            outputs.append(result.stdout + result.stderr)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "WA400" in outputs[0] and "bad key [redacted]" in outputs[0], outputs[0]
+    fragments = {API_KEY[start : start + 12].lower() for start in range(len(API_KEY) - 11)}
+    written = [path.read_bytes().decode().lower() for path in project.root.rglob("*") if path.is_file()]
+    assert any("bad key [redacted]" in text for text in written), "the audit log holds the message"
+    for text in [output.lower() for output in outputs] + written:
+        assert not [fragment for fragment in fragments if fragment in text], text

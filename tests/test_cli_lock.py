@@ -116,3 +116,51 @@ def test_a_bad_lock_timeout_is_a_usage_error(project, sandbox, value):
     assert_clean_failure(result)
     assert "is not a duration" in result.output + result.stderr
     assert put_bodies(sandbox) == []
+
+
+def test_a_run_whose_lock_was_forced_away_writes_nothing_and_leaves_the_new_holder_alone(
+    tmp_path, fleet_sandbox
+):
+    """Run 1 is mid-apply; `state unlock --force`; run 2 takes the lock and records. When run 1 goes on,
+    it writes no state and removes no lock, and says what it did not record."""
+    import signal
+
+    from conftest import FLEET, accepted_numbers, assert_state_is_true, run_reconciler, wait_for_requests
+
+    project = Project(tmp_path, fleet_sandbox.url)
+    for number in FLEET[:60]:
+        project.write_profile(number, about=f"v1 {number}")
+    fleet_sandbox.sandbox.latency_ms = 100
+    first = run_reconciler(project, "apply", "--auto-approve", "--parallelism", "2")
+    wait_for_requests(fleet_sandbox, 6, first)
+    first.send_signal(signal.SIGSTOP)  # mid-apply, its lock held, requests perhaps in flight
+    try:
+        time.sleep(0.3)  # let the first run's records settle: what is in its journal is now fixed
+        assert project.run("state", "unlock", "--force").exit_code == 0
+        project.write_profile(FLEET[0], about="run 2")
+        second = run_reconciler(project, "apply", "--auto-approve", "--parallelism", "2")
+        deadline = time.monotonic() + 30
+        while FLEET[0] not in LocalStateStore(project.state_path).load().entries or (
+            project.applied()[FLEET[0]] != {"about": "run 2"}
+        ):
+            assert second.poll() is None and time.monotonic() < deadline, second.communicate()
+            time.sleep(0.01)
+        lock = LocalStateStore(project.state_path).read_lock()
+        assert lock is not None and lock.pid == second.pid
+    finally:
+        first.send_signal(signal.SIGCONT)
+    _, first_err = first.communicate(timeout=60)
+    assert second.poll() is None, "the second run should still be sending (a slow sandbox)"
+    # Run 1 wrote nothing over run 2's records and left run 2's lock alone.
+    assert project.applied()[FLEET[0]] == {"about": "run 2"}
+    lock = LocalStateStore(project.state_path).read_lock()
+    assert lock is not None and lock.pid == second.pid, lock
+    assert first.returncode == 1
+    assert "is no longer this run's lock" in first_err and "Traceback" not in first_err, first_err
+    assert "the lock now there was left alone" in first_err
+
+    _, second_err = second.communicate(timeout=60)
+    assert second.returncode == 0, second_err
+    assert json.loads(project.state_path.read_text())["numbers"][FLEET[0]]["fields"] == {"about": "run 2"}
+    recorded = assert_state_is_true(project, fleet_sandbox)
+    assert accepted_numbers(fleet_sandbox) <= set(recorded)

@@ -15,6 +15,8 @@ import time
 
 import pytest
 
+from reconciler.errors import StateCorrupt
+
 from conftest import (
     API_KEY,
     AWS_SECRET,
@@ -380,3 +382,80 @@ def test_without_boto3_the_error_names_the_extra_to_install(checkout, monkeypatc
     result = checkout.run("plan")
     assert result.exit_code == 1
     assert "pip install 'kaleyra-reconciler[s3]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_state_object_that_is_not_utf8_is_a_clear_error_naming_it(checkout):
+    make_fleet(checkout, 1)
+    client = s3_client(checkout.s3_endpoint)
+    client.put_object(Bucket=checkout.bucket, Key=STATE_KEY, Body=b'{"format_version": 1, "lineage": "\xff"}')
+    for command in (["plan"], ["drift"], ["state", "list"]):
+        result = checkout.run(*command)
+        assert result.exit_code == 1, (command, result.output)
+        assert f"s3://{checkout.bucket}/{STATE_KEY}: is not a valid state file (not UTF-8" in result.stderr
+        assert "codec" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_state_key_longer_than_s3_allows_is_refused_by_validate(checkout):
+    checkout.write_config(
+        state={**checkout.state_settings(), "key": "é" * 500}
+    )  # 500 characters, 1,000 bytes
+    result = checkout.run("validate")
+    assert result.exit_code == 1, result.output
+    assert "state.key is 1,000 bytes in UTF-8" in result.stderr and "at most 977 bytes" in result.stderr
+    checkout.write_config(state={**checkout.state_settings(), "key": "é" * 488})  # 976 bytes
+    assert checkout.run("validate").exit_code == 0
+
+
+def s3_store(s3_endpoint, bucket):
+    from reconciler.config import S3Location
+    from reconciler.state.s3 import S3StateStore
+    from reconciler.state.s3objects import ObjectStore
+
+    location = S3Location(bucket, STATE_KEY, endpoint_url=s3_endpoint)
+    return S3StateStore(location, ObjectStore(location, s3_client(s3_endpoint)))
+
+
+def test_a_reader_never_sees_the_old_state_without_the_segments_a_compaction_just_folded_in(
+    s3_endpoint, s3_bucket, monkeypatch
+):
+    from reconciler.state.model import Entry
+
+    entry = Entry("main", "HX/1", {"about": "a"}, "T", "d")
+    writer = s3_store(s3_endpoint, s3_bucket)
+    with writer.writer(writer.load()) as journal:
+        journal.record([("+1", entry)])  # compacted into the state object on the way out
+    state = writer.load()
+    running = writer.writer(state)
+    journal = running.__enter__()
+    journal.record([("+2", entry)])  # a run mid-apply: its success is in a segment
+    reader = s3_store(s3_endpoint, s3_bucket)
+    listed = reader.objects.list
+
+    def compact_first(prefix):
+        if not getattr(compact_first, "done", False):
+            compact_first.done = True
+            running.__exit__(None, None, None)  # the run ends: state replaced, segments deleted
+        return listed(prefix)
+
+    monkeypatch.setattr(reader.objects, "list", compact_first)
+    seen = reader.load()
+    assert set(seen.entries) == {"+1", "+2"} and seen.serial == 2
+
+
+def test_a_reader_gives_up_clearly_when_the_state_keeps_changing(s3_endpoint, s3_bucket, monkeypatch):
+    from reconciler.state.model import Entry
+
+    writer = s3_store(s3_endpoint, s3_bucket)
+    with writer.writer(writer.load()) as journal:
+        journal.record([("+1", Entry("main", "HX/1", {"about": "a"}, "T", "d"))])
+    reader = s3_store(s3_endpoint, s3_bucket)
+    listed, client = reader.objects.list, s3_client(s3_endpoint)
+
+    def rewrite_first(prefix):
+        body = client.get_object(Bucket=s3_bucket, Key=STATE_KEY)["Body"].read()
+        client.put_object(Bucket=s3_bucket, Key=STATE_KEY, Body=body + b" ")  # a new ETag each time
+        return listed(prefix)
+
+    monkeypatch.setattr(reader.objects, "list", rewrite_first)
+    with pytest.raises(StateCorrupt, match="kept changing while they were read"):
+        reader.load()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -128,3 +129,91 @@ def test_ctrl_c_during_a_retry_after_pause_ends_the_run_at_once(tmp_path, limite
     assert waited and all(r["status"] == "not attempted" for r in waited)
     retried = [r for r in report["results"] if r["status"] == "failed"]
     assert all("not retried: the run was interrupted" in r["message"] for r in retried)
+
+
+# --- one account's Retry-After never stalls another ---------------------------------------------------
+
+
+@pytest.fixture
+def one_paused():
+    """Two accounts with 10 numbers each; the first (SID) answers every request but its first with 429
+    and a Retry-After the test sets; the other (OTHER_SID) is never throttled."""
+    import time
+
+    from reconciler.kaleyra.sandbox import TokenBucket
+
+    held = Sandbox(
+        [
+            SandboxAccount(SID, WABA, {n: {} for n in NUMBERS[:10]}),
+            SandboxAccount(OTHER_SID, OTHER_WABA, {n: {} for n in NUMBERS[10:20]}),
+        ],
+        latency_ms=20,
+        rate_limit=10_000,  # the other account: no limit it can reach
+    )
+    held.buckets[SID] = TokenBucket(0.000001, 1, time.monotonic())  # one request, then 429 for good
+    server = serve_in_thread(held)
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def two_accounts(tmp_path, server) -> Project:
+    project = Project(tmp_path, server.url)
+    for number in NUMBERS[:10]:
+        project.write_profile(number, account="main", about="x")
+    for number in NUMBERS[10:20]:
+        project.write_profile(number, account="legacy", about="y")
+    return project
+
+
+def requests_by_sid(server) -> list[str]:
+    with server.sandbox.lock:
+        return [request["path"].split("/")[2] for request in server.sandbox.requests]
+
+
+def run(project: Project, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, **project.env}
+    env.pop("KALEYRA_ENDPOINT", None)
+    return subprocess.run(
+        [sys.executable, "-m", "reconciler", *args],
+        cwd=project.root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,  # a worker parked on the 600 s pause would never finish in time
+    )
+
+
+def test_an_account_paused_past_the_deadline_fails_at_once_and_the_other_is_sent(tmp_path, one_paused):
+    one_paused.sandbox.retry_after_s = 600
+    project = two_accounts(tmp_path, one_paused)
+    result = run(project, "apply", "--auto-approve", "--parallelism", "4")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert set(NUMBERS[10:20]) <= set(project.applied())  # every number of the other account
+    assert "Traceback" not in result.stderr and "OverflowError" not in result.stdout + result.stderr
+    assert "past this number's 10s deadline" in result.stderr
+    assert requests_by_sid(one_paused).count(SID) <= 4  # what was in flight when the 429 came; no more
+    # The summary says how long the account was really paused, not the 600 s Kaleyra asked for.
+    paused = re.search(r"paused 1 time for Retry-After \(([0-9.]+) s\)", result.stdout)
+    assert paused and float(paused.group(1)) < 60, result.stdout
+
+
+def test_workers_send_the_other_accounts_numbers_during_a_pause(tmp_path, one_paused):
+    one_paused.sandbox.retry_after_s = 3
+    project = two_accounts(tmp_path, one_paused)
+    result = run(project, "apply", "--auto-approve", "--parallelism", "2")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert set(NUMBERS[10:20]) <= set(project.applied())
+    with one_paused.sandbox.lock:
+        answered = [
+            (r["path"].split("/")[2], r["answer"], r["started"], r["finished"])
+            for r in one_paused.sandbox.requests
+        ]
+    paused_at = min(finished for sid, answer, _, finished in answered if answer == "throttled")
+    # Requests to the paused account after its first pause: sent once the pause was over.
+    after_pause = [started for sid, _, started, _ in answered if sid == SID and started > paused_at + 1]
+    assert after_pause, answered
+    # Every number of the other account was answered before the paused account was tried again: no
+    # worker waited on the pause while there was other work.
+    others = [finished for sid, _, _, finished in answered if sid == OTHER_SID]
+    assert len(others) == 10 and max(others) < min(after_pause), answered

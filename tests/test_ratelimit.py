@@ -99,7 +99,33 @@ def test_retry_after_pauses_the_account_and_the_curve_waits_for_the_pause():
     rate.succeeded()  # a late success during the pause does not regrow the rate
     restart = ratelimit.RESTART_FACTOR * 1.0  # (twice) the accepted rate of the last second
     assert rate.current() == pytest.approx(max(MIN_RATE, restart))
-    assert (rate.pauses, rate.paused_s) == (1, 3.0)
+    assert (rate.pauses, rate.paused_s) == (1, 2.0)  # the time really paused so far, not what was asked
+    clock.now += 5.0
+    assert rate.paused_s == 3.0
+
+
+def test_a_pause_counts_the_time_really_waited_not_the_retry_after_asked():
+    clock = Clock()
+    rate = AdaptiveRate(clock)
+    send(rate, clock, 10, 0.01)
+    rate.throttled_at(clock.now, retry_after=999999.0)
+    clock.now += 25.0
+    assert (rate.pauses, rate.paused_s) == (1, 25.0)
+
+
+def test_a_rate_measured_over_a_few_milliseconds_is_not_reported():
+    clock = Clock()
+    rate = AdaptiveRate(clock)
+    send(rate, clock, 10, 0.001)
+    rate.throttled_at(clock.now, retry_after=None)
+    for _ in range(3):
+        clock.now += 0.0007
+        rate.succeeded()
+    assert rate.sustained() is None  # not "4,000 requests/s"
+    for _ in range(10):
+        clock.now += 0.1
+        rate.succeeded()
+    assert rate.sustained() == pytest.approx(13 / 1.0021, rel=0.01)
 
 
 class Bucket:

@@ -100,3 +100,15 @@ def test_a_key_is_redacted_by_value_whatever_its_variable_is_called(monkeypatch)
     # The JSON-escaped form of a key with a quote in it is cut too.
     secrets.remember('we"ird-key-123')
     assert "ird-key" not in secrets.redact('{"message": "we\\"ird-key-123"}')
+
+
+def test_every_run_of_twelve_or_more_characters_of_a_key_is_cut_in_any_case():
+    from reconciler import secrets
+
+    key = "Qm4-fragment-Test-Key-8812"
+    secrets.remember(key)
+    assert secrets.redact(f"bad key {key[:-2]}!") == "bad key [redacted]!"
+    assert secrets.redact(f"<{key[5:].upper()}>") == "<[redacted]>"  # cut whole, however long the run
+    assert secrets.redact(f"{key[:12]}+{key[-12:].lower()}") == "[redacted]+[redacted]"
+    assert secrets.redact(f"({key[3:14]})") == f"({key[3:14]})"  # 11 characters say little: kept
+    assert secrets.holds_key(f"call us at {key[1:13].swapcase()}")

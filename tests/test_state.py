@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import socket
@@ -99,6 +100,28 @@ def test_a_lock_whose_process_is_gone_is_stale_and_can_be_cleared(tmp_path):
         pass
     assert "removed the lock" in unlock(store, force=False)
     assert not store.lock_path.exists()
+
+
+def test_a_lock_taken_over_by_another_run_is_neither_removed_nor_written_under(tmp_path):
+    """Same host, same pid, same command (a CI runner reusing pids): only the lock's id tells them apart."""
+    from reconciler.state.model import RecordingFailed
+
+    store = LocalStateStore(tmp_path / "state.json")
+    with locked(store, "apply") as mine:
+        state = store.load()
+        with (
+            pytest.raises(RecordingFailed, match="no longer this run's lock"),
+            store.writer(state) as journal,
+        ):
+            journal.record([("+1", Entry("main", "HX/1", {"about": "a"}, "T", "d"))])
+            assert unlock(store, force=True).startswith("removed the lock")
+            other = LocalStateStore(store.path)
+            assert other.create_lock(dataclasses.replace(mine, id="another-run"))
+            journal.record([("+2", Entry("main", "HX/1", {"about": "b"}, "T", "d"))])
+        assert store.remove_lock(mine) is False
+    assert store.read_lock() == dataclasses.replace(mine, id="another-run")
+    assert not store.path.exists(), "the run that lost its lock did not compact"
+    assert set(other.load().entries) == {"+1"}, "what it recorded before stays in the journal"
 
 
 @pytest.mark.parametrize(

@@ -107,7 +107,7 @@ def apply(
                 the_plan = _reviewed_plan(plan_file, profiles, state, config)
             else:
                 selection = selection_of(config, targets, excludes)
-                the_plan = compute_plan(profiles, state, selection, config.waba_keys())
+                the_plan = compute_plan(profiles, state, selection, config.waba_keys(), config.destinations())
             if checksum and the_plan.checksum != checksum:
                 done = _applied_already(config, checksum, the_plan)
                 if done:
@@ -239,7 +239,7 @@ def _reviewed_plan(plan_file: str, profiles: dict[str, Profile], state: State, c
             "run `reconciler plan` again"
         )
     selection = selection_of(config, saved.targets, saved.excludes)
-    fresh = compute_plan(profiles, state, selection, config.waba_keys())
+    fresh = compute_plan(profiles, state, selection, config.waba_keys(), config.destinations())
     if fresh.profiles_digest != saved.profiles_digest:
         raise StalePlan(
             f"stale plan: the profiles changed since {plan_file} was made; run `reconciler plan` again"
@@ -292,7 +292,13 @@ def import_(
     # A signal unwinds (releasing the lock) rather than killing the process with the lock held.
     with SignalGuard(threading.Event()), locked(store, "import", lock_timeout, notify):
         state = load_state(config, store)
-        the_plan = compute_plan(profiles, state, selection_of(config, targets, excludes), config.waba_keys())
+        the_plan = compute_plan(
+            profiles,
+            state,
+            selection_of(config, targets, excludes),
+            config.waba_keys(),
+            config.destinations(),
+        )
         adopted = [
             c for c in the_plan.changes if c.action == "create" and c.phone_number not in state.entries
         ]

@@ -129,7 +129,9 @@ def plan(
     if out_file:
         refuse_as_plan_file(out_file, config)
     state = load_state(config)
-    the_plan = compute_plan(profiles, state, selection_of(config, targets, excludes), config.waba_keys())
+    the_plan = compute_plan(
+        profiles, state, selection_of(config, targets, excludes), config.waba_keys(), config.destinations()
+    )
     if online:
         from ..kaleyra import online as checks
 
@@ -154,7 +156,9 @@ def drift(ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...
     """
     config, profiles = load_desired(ctx)
     state = load_state(config)
-    the_plan = compute_plan(profiles, state, selection_of(config, targets, excludes), config.waba_keys())
+    the_plan = compute_plan(
+        profiles, state, selection_of(config, targets, excludes), config.waba_keys(), config.destinations()
+    )
     if output == "text" and not the_plan.changes:
         echo(f"No drift: all {the_plan.unchanged} number(s) match the applied state.\n")
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import json
+import math
 import sys
 import threading
 import time
@@ -29,6 +30,12 @@ if TYPE_CHECKING:
 
 MAX_BODY_BYTES = 1 << 20  # no Kaleyra answer is near this; a bigger one is cut and reported
 MAX_MESSAGE_CHARS = 500  # of a server's message echoed in reports
+# The longest Retry-After honoured: any longer (an HTTP date in year 9999, 99999999999 seconds) is this,
+# and the numbers' deadlines (retry.deadline_s) cut it shorter still.
+RETRY_AFTER_CAP_S = 3600.0
+# A wait for an account's pace longer than this is handed back to the caller when it has other work.
+HAND_BACK_AFTER_S = 0.05
+PAUSED = "PAUSED"  # not sent: the account is paused (Retry-After) past the number's deadline
 
 
 class KaleyraError(Exception):
@@ -68,6 +75,27 @@ class KaleyraError(Exception):
         return text
 
 
+@dataclass
+class Progress:
+    """Where one logical request stands: its deadline and the attempts made, so a request handed back
+    (AccountBusy) goes on where it stopped when it is taken up again."""
+
+    deadline: float
+    attempts: int = 0
+    errors: int = 0
+    throttled: int = 0
+    last: KaleyraError | None = None
+
+
+class AccountBusy(Exception):
+    """Raised instead of waiting for an account's pace (a Retry-After pause) when the caller said it
+    has other work: send something else, and take this request up again with `progress`."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        super().__init__("the account is paused")
+
+
 @dataclass(frozen=True)
 class Success:
     code: str
@@ -103,8 +131,9 @@ class AccountThrottling:
     sid: str
     throttled: int
     paused: int
-    paused_s: float
-    settled_rps: float | None  # successes per second since the first throttle, pauses included
+    paused_s: float  # the time really spent paused, not what Retry-After asked
+    settled_rps: float | None  # successes per second since the first throttle, pauses included (None:
+    # too little to measure)
     slowest_rps: float | None  # the lowest rate the account was cut to
 
     def to_json(self) -> dict[str, Any]:
@@ -113,13 +142,18 @@ class AccountThrottling:
     def describe(self) -> str:
         text = f"{self.sid}: throttled {self.throttled} time{'s' if self.throttled != 1 else ''}"
         if self.settled_rps is not None:
-            text += f"; settled at {self.settled_rps:.0f} requests/s"
+            text += f"; settled at {_amount(self.settled_rps)} requests/s"
             if self.slowest_rps is not None and self.slowest_rps < self.settled_rps * 0.9:
-                text += f" (slowest {self.slowest_rps:.0f}/s)"
+                text += f" (slowest {_amount(self.slowest_rps)}/s)"
         if self.paused:
             text += f"; paused {self.paused} time{'s' if self.paused != 1 else ''} for Retry-After"
-            text += f" ({self.paused_s:.0f} s)"
+            text += f" ({_amount(self.paused_s)} s)"
         return text
+
+
+def _amount(value: float) -> str:
+    """A rate or a duration as people read it: one decimal below 10 (0.5, not 0), whole above."""
+    return f"{value:.1f}" if value < 9.95 else f"{value:.0f}"
 
 
 def throttling_summary(accounts: list[AccountThrottling]) -> str | None:
@@ -186,11 +220,35 @@ class KaleyraClient:
 
     # --- the two requests ------------------------------------------------------------------------
 
-    def update(self, target: Target, api_key: str, phone_number: str, fields: dict[str, str]) -> Success:
-        """PUT one number's fields, retrying what can be retried; raise KaleyraError otherwise."""
+    def update(
+        self,
+        target: Target,
+        api_key: str,
+        phone_number: str,
+        fields: dict[str, str],
+        *,
+        progress: Progress | None = None,
+        hand_back: Callable[[], bool] | None = None,
+    ) -> Success:
+        """PUT one number's fields, retrying what can be retried; raise KaleyraError otherwise.
+
+        With `hand_back`, a wait for the account's pace (a Retry-After pause) raises AccountBusy
+        instead whenever `hand_back()` says the caller has other work; `progress` resumes it."""
         body = json.dumps({"phone_number": phone_number, **fields}).encode()
-        success, _ = self._call("PUT", target.url, target, api_key, body, phone_number, SUCCESS)
+        success, _ = self._call(
+            "PUT", target.url, target, api_key, body, phone_number, SUCCESS, progress, hand_back
+        )
         return success
+
+    def pause_left(self, target: Target) -> float:
+        """Seconds until the account of `target` may send again (0.0: now)."""
+        with self.paces_lock:
+            pace = self.paces.get(target.pace_key)
+        return 0.0 if pace is None else pace.pause_left()
+
+    def new_progress(self) -> Progress:
+        """A request not started yet: its deadline runs from now."""
+        return Progress(self.clock() + self.policy.deadline_s)
 
     def callback_profile(self, target: Target, api_key: str, profile_id: str) -> CallbackProfile:
         """GET a callback profile by id; an unknown id raises KaleyraError with code RBC302."""
@@ -221,7 +279,7 @@ class KaleyraClient:
         for (base_url, sid), pace in sorted(paces.items()):
             if not pace.throttled:
                 continue
-            settled = pace.sustained() or pace.current()
+            settled = pace.sustained()
             numbers = (pace.throttled, pace.pauses, pace.paused_s, settled, pace.slowest)
             report.append(AccountThrottling(base_url, sid, *numbers))
         return report
@@ -233,24 +291,57 @@ class KaleyraClient:
     # --- internals ---------------------------------------------------------------------------------
 
     def _call(
-        self, method: str, url: str, target: Target, api_key: str, body: bytes | None, label: str, ok: str
+        self,
+        method: str,
+        url: str,
+        target: Target,
+        api_key: str,
+        body: bytes | None,
+        label: str,
+        ok: str,
+        progress: Progress | None = None,
+        hand_back: Callable[[], bool] | None = None,
     ) -> tuple[Success, dict[str, Any]]:
-        """One logical request: paced, retried as the policy allows, bounded by the deadline."""
-        deadline = self.clock() + self.policy.deadline_s
+        """One logical request: paced, retried as the policy allows, bounded by the deadline (which
+        also bounds the wait before the first attempt)."""
+        progress = progress or self.new_progress()
+        deadline = progress.deadline
         pace = self._pace(target)
-        attempts = errors = throttled = 0
-        last: KaleyraError | None = None
+        attempts, errors, throttled, last = (
+            progress.attempts,
+            progress.errors,
+            progress.throttled,
+            progress.last,
+        )
+        past_deadline = False
 
         def wait(seconds: float) -> bool:
-            """A wait for the account's pace: no retry waits past the deadline (True: give up)."""
-            return (last is not None and self.clock() + seconds > deadline) or self._wait(seconds)
+            """A wait for the account's pace; True: give up (stopped, or it would end past the deadline)."""
+            nonlocal past_deadline
+            if self.clock() + seconds > deadline:
+                past_deadline = True
+                return True
+            if hand_back is not None and seconds > HAND_BACK_AFTER_S and hand_back():
+                raise AccountBusy(Progress(deadline, attempts, errors, throttled, last))
+            return self._wait(seconds)
+
+        def wait_for_ceiling(seconds: float) -> bool:
+            return self._wait(seconds)
 
         while True:
-            if self.stop.is_set() or not pace.acquire(wait) or not self.ceiling.acquire(wait):
-                if last is not None and not self.stop.is_set():
-                    last.message += f"; gave up at the {self.policy.deadline_s:g}s deadline"
-                    raise last
-                raise _interrupted(last)
+            if self.stop.is_set() or not pace.acquire(wait) or not self.ceiling.acquire(wait_for_ceiling):
+                if self.stop.is_set() or not past_deadline:
+                    raise _interrupted(last)
+                if last is None:
+                    raise KaleyraError(
+                        PAUSED,
+                        f"not sent: Kaleyra paused this account (Retry-After) for "
+                        f"{pace.pause_left():.0f}s more, past this number's {self.policy.deadline_s:g}s "
+                        "deadline (retry.deadline_s)",
+                        retryable=True,
+                    )
+                last.message += f"; gave up at the {self.policy.deadline_s:g}s deadline"
+                raise last
             attempts += 1
             started = self.clock()
             outcome, payload = self._attempt(method, url, api_key, body, ok)
@@ -446,17 +537,23 @@ def _json_object(raw: bytes) -> dict[str, Any]:
 
 
 def _retry_after(value: str | None) -> float | None:
-    """Retry-After is either seconds or an HTTP date; anything unreadable (or zero) is ignored."""
+    """Retry-After is either seconds or an HTTP date; anything unreadable (or zero, or past) is
+    ignored, and anything longer than RETRY_AFTER_CAP_S is that: no value overflows a wait."""
     if not value:
         return None
+    text = value.strip()
+    if text.isascii() and text.isdigit():  # delay-seconds, however many digits (int() has a limit)
+        return min(float(int(text[:15])) if len(text) <= 15 else RETRY_AFTER_CAP_S, RETRY_AFTER_CAP_S) or None
     try:
-        seconds = float(value)
+        seconds = float(text)
     except ValueError:
         try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
+            seconds = email.utils.parsedate_to_datetime(text).timestamp() - time.time()
+        except (TypeError, ValueError, OverflowError, IndexError, AttributeError):
             return None
-    return seconds if 0 < seconds < float("inf") else None
+    if not math.isfinite(seconds) or seconds <= 0:
+        return None
+    return min(seconds, RETRY_AFTER_CAP_S)
 
 
 class _Deadline(threading.local):

@@ -50,6 +50,10 @@ MIN_EVIDENCE = 5  # accepted requests (beyond the burst) a stretch needs for its
 SLACK = 0.5  # requests: a stretch's rate is counted this much short (short stretches are noisy)
 BURST_SHARE = 0.8  # of the measured burst, the share spent at once when a pause ends
 MAX_ROUND = 10_000  # accepted requests remembered per round (bounds the longest stretch measured)
+# The sustained rate is reported only once measured over this long and this many successes: two
+# successes a millisecond apart are not "1489 requests/s".
+MEASURE_MIN_S = 0.5
+MEASURE_MIN_REQUESTS = 5
 
 # Waits for `seconds`; returns True when the run was asked to stop meanwhile.
 Wait = Callable[[float], bool]
@@ -106,7 +110,7 @@ class AdaptiveRate:
         self.credit = 0  # starts allowed at once when a pause ends: the burst the server refilled
         self.throttled = 0
         self.pauses = 0
-        self.paused_s = 0.0
+        self.pause_spans: list[list[float]] = []  # [start, end] of each pause (an extension moves end)
         self.slowest: float | None = None
         self.limited_since: float | None = None  # the first throttle
         self.accepted_since_limited = 0
@@ -176,7 +180,10 @@ class AdaptiveRate:
             sent = self._sent_rate(now)  # before a pause starts a new sending period
             if retry_after is not None and now + retry_after > self.paused_until:
                 new_pause = self.paused_until <= now
-                self.paused_s += retry_after if new_pause else now + retry_after - self.paused_until
+                if new_pause:
+                    self.pause_spans.append([now, now + retry_after])
+                else:
+                    self.pause_spans[-1][1] = now + retry_after
                 self.paused_until = now + retry_after
                 self.sending_since = None  # what was sent before a pause is not today's rate
                 self.starts.clear()
@@ -192,13 +199,30 @@ class AdaptiveRate:
     def current(self) -> float | None:
         return self.rate if self.limited else None
 
+    def pause_left(self) -> float:
+        """Seconds until the account's Retry-After pause ends (0.0: not paused)."""
+        with self.lock:
+            return max(0.0, self.paused_until - self.clock())
+
+    @property
+    def paused_s(self) -> float:
+        """Seconds the account has really been paused so far: what Retry-After asked, cut at now (a
+        run that ended, or whose numbers failed at once, did not wait out a pause of an hour)."""
+        with self.lock:
+            now = self.clock()
+            return sum(max(0.0, min(end, now) - start) for start, end in self.pause_spans)
+
     def sustained(self) -> float | None:
         """Successes per second since the first throttle, pauses included: the pace the account really
-        kept (the current rate may be mid-probe); None before a throttle or a success after it."""
+        kept (the current rate may be mid-probe); None before a throttle, or until it is measured over
+        MEASURE_MIN_S and MEASURE_MIN_REQUESTS (a rate over a few milliseconds means nothing)."""
         with self.lock:
-            if self.limited_since is None or self.last_accepted <= self.limited_since:
+            if self.limited_since is None:
                 return None
-            return self.accepted_since_limited / (self.last_accepted - self.limited_since)
+            span = self.last_accepted - self.limited_since
+            if span < MEASURE_MIN_S or self.accepted_since_limited < MEASURE_MIN_REQUESTS:
+                return None
+            return self.accepted_since_limited / span
 
     # --- internals ---------------------------------------------------------------------------------
 

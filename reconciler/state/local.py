@@ -34,8 +34,8 @@ class LocalStateStore:
         self.path = path
         self.journal_path = path.with_name(path.name + ".journal")
         self.lock_path = path.with_name(path.name + ".lock")
-        # The lock file this process created, so a run can tell when it was removed under it.
-        self.lock_identity: tuple[int, int] | None = None
+        # The lock this store took: while it holds one, every write first checks the lock is still it.
+        self.held: LockInfo | None = None
 
     def where(self) -> str:
         return str(self.path)
@@ -63,6 +63,7 @@ class LocalStateStore:
             journal.close()
 
     def write_state_file(self, state: State) -> None:
+        self.refuse_unless_locked(f"{self.path} was not rewritten")
         atomic_write(self.path, state_bytes(state))
 
     def replace(self, state: State) -> None:
@@ -70,6 +71,27 @@ class LocalStateStore:
         self.write_state_file(state)
         self.journal_path.unlink(missing_ok=True)
         _fsync_dir(self.path.parent)
+
+    def lock_lost(self) -> str | None:
+        """Why the lock this store took is no longer its own, or None (also when it took none): removed
+        (`state unlock --force`), or replaced by another run's (another id)."""
+        if self.held is None:
+            return None
+        holder = self.read_lock()
+        if holder is None:
+            return f"{self.lock_path} was removed during the run (`state unlock --force`?)"
+        if not self.held.same_holding(holder):
+            return (
+                f"{self.lock_path} is no longer this run's lock (another run took it after "
+                "`state unlock --force`)"
+            )
+        return None
+
+    def refuse_unless_locked(self, consequence: str) -> None:
+        """Raise RecordingFailed, having written nothing, when this run's lock is no longer its own."""
+        lost = self.lock_lost()
+        if lost:
+            raise RecordingFailed(f"{lost}; {consequence}")
 
     def _read_state_file(self) -> State:
         try:
@@ -105,7 +127,7 @@ class LocalStateStore:
                 return False
         finally:
             temporary.unlink(missing_ok=True)
-        self.lock_identity = _identity(os.stat(self.lock_path))
+        self.held = info
         return True
 
     def read_lock(self) -> LockInfo | None:
@@ -117,25 +139,23 @@ class LocalStateStore:
             return UNKNOWN
 
     def remove_lock(self, mine: LockInfo | None) -> bool:
+        """With `mine`: remove the lock only if it is still that holding of it (after a forced unlock,
+        the lock there may be another run's). Without: remove whatever lock there is (state unlock)."""
+        if mine is not None:
+            self.held = None
+            if not mine.same_holding(self.read_lock()):
+                return False
         self.lock_path.unlink(missing_ok=True)
-        self.lock_identity = None
         return True
 
-    def still_recording_here(self, journal: Any) -> str | None:
-        """Why this run's records no longer land where the next command looks, or None: the journal
-        file was removed or replaced (the folder deleted mid-run), or the lock this run holds is gone
-        (`state unlock --force`), so another run could be writing too."""
+    def journal_moved(self, journal: Any) -> str | None:
+        """Why this run's journal file is no longer the one the next command reads, or None: it was
+        removed or replaced (the state folder deleted mid-run)."""
         try:
             if _identity(os.stat(self.journal_path)) != _identity(os.fstat(journal.fileno())):
                 return f"{self.journal_path} was replaced during the run"
         except FileNotFoundError:
             return f"{self.journal_path} was removed during the run (was the state folder deleted?)"
-        if self.lock_identity is not None:
-            try:
-                if _identity(os.stat(self.lock_path)) != self.lock_identity:
-                    return f"{self.lock_path} is no longer this run's lock (another run took it)"
-            except FileNotFoundError:
-                return f"{self.lock_path} was removed during the run (`state unlock --force`?)"
         return None
 
 
@@ -166,6 +186,7 @@ class Journal:
         written and synced: a probe the size of a large batch is written, synced and removed."""
         if self.file is not None:
             return
+        self.store.refuse_unless_locked("nothing was sent")
         folder = self.store.path.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -196,6 +217,12 @@ class Journal:
         if not changes:
             return
         self.open()
+        # Nothing is written once the lock is another run's (or gone), or the journal is not where the
+        # next command reads it: this batch is then exactly what is not recorded.
+        problem = self.store.lock_lost() or self.store.journal_moved(self.file)
+        if problem:
+            self.failure = OSError(problem)
+            raise RecordingFailed(f"{problem}; this batch was not recorded, and the run stops sending")
         data, serial = journal_lines(self.state, changes)
         try:
             write_all(self.file, data)
@@ -207,20 +234,32 @@ class Journal:
                 f"{self.store.journal_path}: cannot record ({error.strerror or error})"
             ) from None
         self.size += len(data)
-        remember_batch(self.state, changes, serial)
-        self.written += len(changes)
-        # The batch is durable, but perhaps in a file nobody will read: stop sending if so.
-        moved = self.store.still_recording_here(self.file)
+        # Synced, but perhaps into a file removed meanwhile, which nobody will read: then the batch is
+        # not recorded (nor kept in memory, so that compaction does not record it either).
+        moved = self.store.journal_moved(self.file)
         if moved:
             self.failure = OSError(moved)
-            raise RecordingFailed(f"{moved}; stopping so that every send stays recorded")
+            raise RecordingFailed(f"{moved}; this batch was not recorded, and the run stops sending")
+        remember_batch(self.state, changes, serial)
+        self.written += len(changes)
 
     def close(self) -> None:
         """Compact: one atomic rewrite of state.json, then the journal goes. If the rewrite fails, the
-        journal stays and the next load replays it: nothing recorded is lost."""
+        journal stays and the next load replays it: nothing recorded is lost. A run whose lock was taken
+        over writes nothing: what it recorded is in the journal, which the run now holding the lock
+        loaded when it started (it took the lock after this run's last record), or the next command
+        replays."""
         if self.file is None:
             return
         self._close_file()
+        lost = self.store.lock_lost()
+        if lost and not self.written:
+            return  # nothing of this run's to compact, and the journal there may be another run's
+        if lost:
+            raise RecordingFailed(
+                f"{lost}; this run did not rewrite {self.store.path.name}: every success it recorded is in "
+                f"{self.store.journal_path.name}, which the next run reads"
+            )
         if self.written:
             self.store.write_state_file(self.state)
         if self.failure is None:

@@ -13,6 +13,7 @@ import os
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,11 +33,16 @@ class LockInfo:
     command: str
     since: str
     ci_run: str = ""
+    # Unique to one holding of the lock: a run compares it before every write, so it can tell its own
+    # lock from one another run took after `state unlock --force` (same host, perhaps the same pid).
+    id: str = ""
 
     @classmethod
     def mine(cls, command: str) -> LockInfo:
         """The lock this process would hold for `command`, with the CI run's URL where there is one."""
-        return cls(socket.gethostname(), os.getpid(), _user(), command, _now(), github_run_url())
+        return cls(
+            socket.gethostname(), os.getpid(), _user(), command, _now(), github_run_url(), uuid.uuid4().hex
+        )
 
     @classmethod
     def from_json(cls, data: Any) -> LockInfo:
@@ -45,7 +51,7 @@ class LockInfo:
             info = cls(**data)
         except TypeError:
             return UNKNOWN
-        texts = (info.host, info.user, info.command, info.since)
+        texts = (info.host, info.user, info.command, info.since, info.ci_run, info.id)
         if not (type(info.pid) is int and 0 < info.pid < 2**31 and all(isinstance(t, str) for t in texts)):
             return UNKNOWN
         return info
@@ -58,7 +64,12 @@ class LockInfo:
             "command": self.command,
             "since": self.since,
             "ci_run": self.ci_run,
+            "id": self.id,
         }
+
+    def same_holding(self, other: LockInfo | None) -> bool:
+        """True when `other` is this very holding of the lock (not merely the same host and pid)."""
+        return other is not None and other is not UNKNOWN and bool(self.id) and other.id == self.id
 
     def is_stale(self) -> bool:
         """True when the holder ran on this host and its process is gone."""

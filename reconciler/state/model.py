@@ -104,7 +104,13 @@ def state_bytes(state: State, pretty: bool = True) -> bytes:
 def parse_state(raw: bytes, where: str, advice: str) -> State:
     """A stored state; anything of the wrong shape is a StateCorrupt naming `where`."""
     try:
-        data = json.loads(raw)
+        text = raw.decode("utf-8-sig")  # json.loads would name a codec, not the file, for bad bytes
+    except UnicodeDecodeError as error:
+        raise StateCorrupt(
+            f"{where}: is not a valid state file (not UTF-8 text: byte {error.start} is not); {advice}"
+        ) from None
+    try:
+        data = json.loads(text)
     except (ValueError, RecursionError) as error:
         raise StateCorrupt(f"{where}: is not a valid state file (not JSON: {error}); {advice}") from None
     if not isinstance(data, dict):

@@ -33,7 +33,7 @@ from .s3objects import ObjectStore, PreconditionFailed, RemoteStateError
 
 SEGMENT = re.compile(r"[0-9]{12}\.jsonl")
 PROBE_PREFIX = "probe-"
-# A reader that takes no lock (plan, drift) may see a segment vanish as a run compacts: it reads again.
+# A reader that takes no lock (plan, drift) may see a run compact between its reads: it reads again.
 LOAD_ATTEMPTS = 5
 
 
@@ -62,12 +62,16 @@ class S3StateStore:
         return S3AuditLog(self.location)
 
     def load(self) -> State:
-        """The state object with the journal segments of an unfinished (or crashed) run replayed."""
+        """The state object with the journal segments of an unfinished (or crashed) run replayed: one
+        consistent snapshot, read again (a few times at most) when a run compacted meanwhile."""
         for _ in range(LOAD_ATTEMPTS):
             state = self._load_once()
             if state is not None:
                 return state
-        raise StateCorrupt(f"{self.journal_where()}: kept changing while it was read; try again")
+        raise StateCorrupt(
+            f"{self.where()}: the state and its journal {self.journal_where()} kept changing while they "
+            f"were read ({LOAD_ATTEMPTS} times: another run is compacting); try again"
+        )
 
     def _load_once(self) -> State | None:
         found = self.objects.get(self.key)
@@ -90,6 +94,11 @@ class S3StateStore:
             if segment is None:
                 return None  # compacted and deleted since the state object was read
             replay(state, journal_records(segment[0], self.location.url(key), torn_tail_allowed=False))
+        # A run that compacted between the two reads replaced the state object, then deleted the
+        # segments it now holds: the listing lacks them, and the state read lacks them too. The state
+        # object unchanged since it was read proves no compaction came between.
+        if self.objects.etag(self.key) != self.etag:
+            return None
         return state
 
     @contextlib.contextmanager

@@ -45,6 +45,15 @@ class ObjectStore:
                 return None
             raise self._failure("read", key, error) from None
 
+    def etag(self, key: str) -> str | None:
+        """The object's ETag (a HEAD request: nothing is downloaded), or None when there is none."""
+        try:
+            return self.client.head_object(Bucket=self.bucket, Key=key)["ETag"]
+        except Exception as error:
+            if _code(error) in ("NoSuchKey", "404", "NotFound"):
+                return None
+            raise self._failure("read", key, error) from None
+
     def put(self, key: str, data: bytes, *, if_match: str | None = None, if_absent: bool = False) -> str:
         """Write the object, only if it is absent (`if_absent`) or unchanged since it had the ETag
         `if_match`; return the new ETag. A lost condition raises PreconditionFailed, except when the
