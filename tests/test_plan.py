@@ -99,7 +99,7 @@ def test_a_saved_plan_round_trips_and_detects_tampering():
 def test_json_document_has_format_version_and_one_entry_per_change():
     plan = compute_plan({"+1": profile("+1", about="b")}, applied(), account_targets=TARGETS)
     document = plan.to_json()
-    assert document["format_version"] == "1.0"
+    assert document["format_version"] == "1.1"
     assert document["changes"] == [
         {
             "phone_number": "+1",

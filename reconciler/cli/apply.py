@@ -25,7 +25,7 @@ from ..apply import (
 )
 from ..config import Config
 from ..errors import ReconcilerError, StalePlan
-from ..escape import escape
+from ..escape import escape, quote
 from ..kaleyra.client import KaleyraClient
 from ..plan import Change, Plan, audit_record, compute_plan, differences
 from ..profiles import Profile
@@ -45,6 +45,8 @@ from .common import (
     lock_timeout_option,
     notify,
     read_saved_plan,
+    replace_option,
+    replacement_of,
     request_log,
     running_as_program,
     selection_of,
@@ -57,6 +59,7 @@ from .common import (
 @click.argument("plan_file", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @selection_options
+@replace_option
 @click.option("--parallelism", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--max-rps", type=Rate(), help="Hard cap on requests per second (0.01 to 10,000).")
 @click.option("--checksum", type=Checksum(), help="Refuse unless the fresh plan has this checksum.")
@@ -73,6 +76,7 @@ def apply(
     auto_approve: bool,
     targets: tuple[str, ...],
     excludes: tuple[str, ...],
+    replaces: tuple[str, ...],
     parallelism: int,
     max_rps: float | None,
     checksum: str | None,
@@ -87,10 +91,12 @@ def apply(
       reconciler apply                          # plan, show, ask, send
       reconciler apply plan.json                # exactly a saved plan
       reconciler apply --checksum 3fa9... --auto-approve   # exactly what reviewers saw
+      reconciler apply --replace unverified     # send what import recorded without sending
     """
-    if plan_file and (targets or excludes):
+    if plan_file and (targets or excludes or replaces):
         raise click.UsageError(
-            "--target and --exclude cannot be combined with a saved plan (it records its own selection)"
+            "--target, --exclude and --replace cannot be combined with a saved plan (it records its own "
+            "selection)"
         )
     config, profiles = load_desired(ctx)
     store = open_store(config)
@@ -107,7 +113,8 @@ def apply(
                 the_plan = _reviewed_plan(plan_file, profiles, state, config)
             else:
                 selection = selection_of(config, targets, excludes)
-                the_plan = compute_plan(profiles, state, selection, config.waba_keys())
+                replacement = replacement_of(config, replaces)
+                the_plan = compute_plan(profiles, state, selection, config.waba_keys(), replacement)
             if checksum and the_plan.checksum != checksum:
                 raise StalePlan(
                     f"stale plan: the plan is now {the_plan.checksum}, not the reviewed {checksum}; "
@@ -218,7 +225,8 @@ def _reviewed_plan(plan_file: str, profiles: dict[str, Profile], state: State, c
             "run `reconciler plan` again"
         )
     selection = selection_of(config, saved.targets, saved.excludes)
-    fresh = compute_plan(profiles, state, selection, config.waba_keys())
+    replacement = replacement_of(config, saved.replaces)
+    fresh = compute_plan(profiles, state, selection, config.waba_keys(), replacement)
     if fresh.profiles_digest != saved.profiles_digest:
         raise StalePlan(
             f"stale plan: the profiles changed since {plan_file} was made; run `reconciler plan` again"
@@ -282,19 +290,29 @@ def import_(
             echo("Nothing to import: every profile already has a state entry.\n")
             return 0
         refuse_key_leaks(adopted)
+        # Every value it records, since none of them is checked against Kaleyra (which has no read).
         for change in adopted:
-            echo(f"  import {change.phone_number} ({change.account}): {len(change.fields)} field(s)\n")
+            echo(
+                escape(f"  import {change.phone_number} ({change.account}): {len(change.fields)} field(s)")
+                + "\n"
+            )
+            width = max((len(escape(name)) for name in change.fields), default=0)
+            for name, field in change.fields.items():
+                echo(f"      {escape(name).ljust(width)} = {quote(field.after)}\n")
         if not auto_approve:
             _confirm(f"Record these {len(adopted)} number(s) as applied without sending anything?")
         actor = audit.who(config.path.parent)
-        message = "imported: recorded as applied, nothing sent"
+        message = "imported: recorded as applied, nothing sent (unverified)"
         record_locally(
             store,
             state,
-            [(change.phone_number, entry_after(change, state)) for change in adopted],
+            [(change.phone_number, entry_after(change, state, unverified=True)) for change in adopted],
             [audit_record(change, "IMPORTED", message, actor) for change in adopted],
         )
-    echo(f"Imported {len(adopted)} number(s); nothing was sent.\n")
+    echo(
+        f"Imported {len(adopted)} number(s); nothing was sent. They are unverified: Kaleyra may hold other "
+        "values; `reconciler apply --replace unverified` sends them.\n"
+    )
     return 0
 
 

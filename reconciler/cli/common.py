@@ -27,7 +27,7 @@ from ..escape import escape
 from ..plan import Plan, unknown_accounts
 from ..profiles import Profile, load_profiles, profile_files
 from ..secrets import redact
-from ..selection import Selection, normalise_phone
+from ..selection import Replacement, Selection, normalise_phone
 from ..state.backends import open_store
 from ..state.model import State
 from ..state.store import StateStore
@@ -295,6 +295,23 @@ def selection_options(function: Any) -> Any:
 
 def selection_of(config: Config, targets: tuple[str, ...], excludes: tuple[str, ...]) -> Selection:
     return Selection.parse(targets, excludes, config.accounts)
+
+
+def replace_option(function: Any) -> Any:
+    """--replace: re-send every managed field of these numbers whatever the state says."""
+    return click.option(
+        "--replace",
+        "replaces",
+        multiple=True,
+        metavar="SEL",
+        shell_complete=complete_selection,
+        help="Re-send every managed field of this number, account or glob, or of the `unverified` "
+        "numbers, whatever the state says (repeatable).",
+    )(function)
+
+
+def replacement_of(config: Config, replaces: tuple[str, ...]) -> Replacement:
+    return Replacement.parse(replaces, config.accounts)
 
 
 def verbose_option(function: Any) -> Any:

@@ -19,6 +19,8 @@ from .common import (
     load_state,
     read_saved_plan,
     refuse_as_plan_file,
+    replace_option,
+    replacement_of,
     request_log,
     selection_of,
     selection_options,
@@ -101,6 +103,7 @@ def _validate_json(ctx: click.Context, online: bool) -> int:
 @click.command()
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Save the plan for `apply FILE`.")
 @selection_options
+@replace_option
 @click.option("--format", "output", type=FORMATS, default="text", show_default=True)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes, 0 when none.")
 @click.option("--online", is_flag=True, help=ONLINE_HELP.format("the changes send"))
@@ -111,6 +114,7 @@ def plan(
     out_file: str | None,
     targets: tuple[str, ...],
     excludes: tuple[str, ...],
+    replaces: tuple[str, ...],
     output: str,
     detailed_exitcode: bool,
     online: bool,
@@ -124,12 +128,19 @@ def plan(
       reconciler plan --target acme-in --exclude '+9199*'
       reconciler plan --out plan.json && reconciler apply plan.json
       reconciler plan --online       # also check the callback profile ids it sends, on Kaleyra
+      reconciler plan --replace +14155550100   # re-send it in full (after an edit in Kaleyra's console)
     """
     config, profiles = load_desired(ctx)
     if out_file:
         refuse_as_plan_file(out_file, config)
     state = load_state(config)
-    the_plan = compute_plan(profiles, state, selection_of(config, targets, excludes), config.waba_keys())
+    the_plan = compute_plan(
+        profiles,
+        state,
+        selection_of(config, targets, excludes),
+        config.waba_keys(),
+        replacement_of(config, replaces),
+    )
     if online:
         from ..kaleyra import online as checks
 
