@@ -190,3 +190,115 @@ def test_an_update_keeps_an_imported_entry_unverified(project, sandbox):
     assert project.run("apply", "--auto-approve").exit_code == 0
     assert put_bodies(sandbox) == [{"phone_number": A, "about": "Body care!"}]  # address is still unsent
     assert json.loads(project.run("plan", "--format", "json").stdout)["unverified"] == [A]
+
+
+# --- scheduled re-assertion --------------------------------------------------------------------
+
+
+def age(project, days: dict[str, int]) -> None:
+    """Make the state say each number was last sent that many days ago."""
+    from datetime import UTC, datetime, timedelta
+
+    document = json.loads(project.state_path.read_text())
+    for number, ago in days.items():
+        when = datetime.now(UTC) - timedelta(days=ago)
+        document["numbers"][number]["applied_at"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    project.state_path.write_text(json.dumps(document))
+
+
+def reassert_config(project, **extra) -> None:
+    project.write_config(reassert={"every_days": 30, "max_per_run": 1}, **extra)
+
+
+def test_reassert_is_off_without_a_reassert_section(project, sandbox):
+    applied_two(project)
+    age(project, {A: 400})
+    result = project.run("reassert", "--auto-approve")
+    assert result.exit_code == 0, result.output
+    assert "Re-assertion is off" in result.stdout and "reassert:" in result.stdout
+    assert len(put_bodies(sandbox)) == 2
+
+
+def test_reassert_converges_console_edits_oldest_first_at_most_max_per_run(project, sandbox):
+    applied_two(project)
+    project.write_profile(C, about="Nail care")
+    assert project.run("apply", "--auto-approve").exit_code == 0
+    reassert_config(project)
+    age(project, {A: 40, B: 50, C: 10})
+    console_edit(sandbox, A, about="Console A")
+    console_edit(sandbox, B, about="Console B")
+    sent = len(put_bodies(sandbox))
+
+    dry = project.run("reassert", "--dry-run", "--format", "json")
+    assert dry.exit_code == 0, dry.output
+    planned = json.loads(dry.stdout)
+    assert [(c["phone_number"], c["action"]) for c in planned["changes"]] == [(B, "replace")]
+    assert "Re-asserting 1 number(s)" in dry.stderr and "1 more wait for the next run" in dry.stderr
+    assert len(put_bodies(sandbox)) == sent
+
+    first = project.run("reassert", "--auto-approve")
+    assert first.exit_code == 0, first.output
+    assert put_bodies(sandbox)[sent:] == [{"phone_number": B, "about": "Hair care"}]
+    assert held(sandbox, B)["about"] == "Hair care" and held(sandbox, A)["about"] == "Console A"
+    record = project.audit()[-1]
+    assert (record["phone_number"], record["action"], record["reassert"]) == (B, "replace", True)
+
+    second = project.run("reassert", "--auto-approve", "--format", "json")
+    assert second.exit_code == 0, second.output
+    assert json.loads(second.stdout)["summary"]["applied"] == 1
+    assert held(sandbox, A) == {"about": "Body care", "address": "1 Market St"}
+
+    third = project.run("reassert", "--auto-approve")
+    assert third.exit_code == 0 and "Nothing to re-assert" in third.stdout
+    assert len(put_bodies(sandbox)) == sent + 2
+    history = project.run("history", A).stdout
+    assert "replace" in history
+
+
+def test_reassert_sends_unverified_entries_first(project, sandbox):
+    applied_two(project)
+    project.write_profile(C, about="Imported")
+    assert project.run("import", "--auto-approve").exit_code == 0
+    reassert_config(project)
+    age(project, {A: 90, B: 90})
+    result = project.run("reassert", "--auto-approve")
+    assert result.exit_code == 0, result.output
+    assert put_bodies(sandbox)[-1] == {"phone_number": C, "about": "Imported"}
+    assert (
+        "unverified" not in json.loads(project.run("state", "list", "--format", "json").stdout)["numbers"][C]
+    )
+
+
+def test_reassert_fails_at_once_while_the_lock_is_held(project, sandbox):
+    from reconciler.state.local import LocalStateStore
+    from reconciler.state.lock import LockInfo
+
+    applied_two(project)
+    reassert_config(project)
+    age(project, {A: 40})
+    assert LocalStateStore(project.state_path).create_lock(LockInfo.mine("apply"))
+    result = project.run("reassert", "--auto-approve")
+    assert_clean_failure(result)
+    assert "lock" in result.stderr
+    assert len(put_bodies(sandbox)) == 2
+
+
+def test_reassert_without_a_terminal_or_auto_approve_sends_nothing(project, sandbox):
+    applied_two(project)
+    reassert_config(project)
+    age(project, {A: 40})
+    result = project.run("reassert")
+    assert_clean_failure(result)
+    assert "--auto-approve" in result.stderr and len(put_bodies(sandbox)) == 2
+
+
+def test_a_reassert_run_larger_than_max_changes_is_a_config_error(project, sandbox):
+    project.write_config(reassert={"every_days": 7, "max_per_run": 20}, safety={"max_changes": 5})
+    result = project.run("validate")
+    assert_clean_failure(result)
+    assert "reassert.max_per_run (20) is more than safety.max_changes (5)" in result.stderr
+    assert "reconciler.yaml" in result.stderr
+    project.write_config(reassert={"every_days": 7})
+    missing = project.run("validate")
+    assert_clean_failure(missing)
+    assert "max_per_run" in missing.stderr

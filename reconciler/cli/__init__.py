@@ -1,7 +1,7 @@
 """The `reconciler` command line: the root group, and the registration of every command.
 
-Each command group lives in its own module (`review`, `apply`, `state`, `report`, `tools`) and imports what it
-shares from `common`; this module only builds the root group and registers them.
+Each command group lives in its own module (`review`, `apply`, `reassert`, `state`, `report`, `tools`)
+and imports what it shares from `common`; this module only builds the root group and registers them.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import gc
 
 import click
 
-from . import apply, common, init, report, review, state, tools
+from . import apply, common, init, reassert, report, review, state, tools
 
 
 @click.group(cls=common.ReconcilerGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -43,6 +43,7 @@ for command in (
     review.drift,
     apply.apply,
     apply.import_,
+    reassert.reassert,
     state.state,
     state.history,
     report.report,

@@ -121,25 +121,59 @@ def apply(
                     "the state or the profiles changed since. Review the new plan"
                 )
             if not the_plan.changes:
-                _show_report(ApplyReport(), the_plan, output)
+                show_report(ApplyReport(), the_plan, output)
                 return 0
-            check_safety(the_plan, state, config.max_changes, force)
-            keys = api_keys(the_plan, config)
-            if output == "text":
-                echo(render.plan_text(the_plan))
-            if not (plan_file or checksum or auto_approve):
-                if output != "text":  # nobody approves a plan they were not shown
-                    echo(render.plan_text(the_plan), err=True)
-                _confirm("Apply these changes?")
-            guard.activate()
-            # What is alive now (config, profiles, plan, state: often 100,000s of objects) lives until
-            # the program ends: spare the collector walking it in a full collection mid-send (20 ms,
-            # all workers stalled, at 1,000 numbers). Not when driven in-process, as by tests.
-            if running_as_program():
-                gc.freeze()
-            report = _send(ctx, the_plan, config, store, state, keys, parallelism, max_rps, output, stop)
-        _show_report(report, the_plan, output)
+            approved = bool(plan_file or checksum or auto_approve)
+            report = send_reviewed(
+                ctx,
+                the_plan,
+                config,
+                store,
+                state,
+                guard,
+                stop,
+                approved,
+                force,
+                output,
+                parallelism,
+                max_rps,
+            )
+        show_report(report, the_plan, output)
     return 0 if report.ok else 1
+
+
+def send_reviewed(
+    ctx: click.Context,
+    the_plan: Plan,
+    config: Config,
+    store: StateStore,
+    state: State,
+    guard: SignalGuard,
+    stop: threading.Event,
+    approved: bool,
+    force: bool,
+    output: str,
+    parallelism: int = 8,
+    max_rps: float | None = None,
+    title: str = "Plan",
+) -> ApplyReport:
+    """Everything between a plan made under the lock and its report, for apply and reassert alike:
+    the safety limit, the API keys, the plan shown and approved, then sent and recorded."""
+    check_safety(the_plan, state, config.max_changes, force)
+    keys = api_keys(the_plan, config)
+    if output == "text":
+        echo(render.plan_text(the_plan, title))
+    if not approved:
+        if output != "text":  # nobody approves a plan they were not shown
+            echo(render.plan_text(the_plan, title), err=True)
+        _confirm("Apply these changes?")
+    guard.activate()
+    # What is alive now (config, profiles, plan, state: often 100,000s of objects) lives until
+    # the program ends: spare the collector walking it in a full collection mid-send (20 ms,
+    # all workers stalled, at 1,000 numbers). Not when driven in-process, as by tests.
+    if running_as_program():
+        gc.freeze()
+    return _send(ctx, the_plan, config, store, state, keys, parallelism, max_rps, output, stop)
 
 
 def _send(
@@ -195,7 +229,7 @@ def _send(
     return report
 
 
-def _show_report(report: ApplyReport, plan: Plan, output: str) -> None:
+def show_report(report: ApplyReport, plan: Plan, output: str) -> None:
     if report.recording_failure or report.output_failure:  # on stderr whatever the format
         echo(render.recording_failure_text(report), err=True)
     if output == "json":

@@ -341,7 +341,7 @@ def refuse_verbose_where_nothing_is_sent(ctx: click.Context) -> None:
     if command is not None and not any(param.name == "verbose" for param in command.params):
         raise click.UsageError(
             f"--verbose logs requests, and `{ctx.info_name} {name}` sends none; it is for validate "
-            "--online, plan --online, apply and sandbox"
+            "--online, plan --online, apply, reassert and sandbox"
         )
 
 
