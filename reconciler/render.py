@@ -27,6 +27,14 @@ SYMBOLS = {
 }
 
 
+# What drift compares, said wherever it reports (Kaleyra documents no read of profile fields).
+DRIFT_COMPARES = "desired vs recorded"
+DRIFT_NOTE = (
+    "Kaleyra offers no read of profile fields; edits made in Kaleyra's console are found by re-assertion"
+)
+DRIFT_LINE = f"Compares {DRIFT_COMPARES} ({DRIFT_NOTE})."
+
+
 def summary_line(plan: Plan) -> str:
     actions = ("create", "update", "replace", "unmanage", "forget") if plan.count("replace") else _ACTIONS
     parts = [f"{plan.count(action)} to {action}" for action in actions]
@@ -90,8 +98,11 @@ def _change_text(change: Change) -> list[str]:
     return lines
 
 
-def plan_json(plan: Plan) -> str:
-    return json_text(plan.to_json(), indent=2) + "\n"
+def plan_json(plan: Plan, drift: bool = False) -> str:
+    document = plan.to_json()
+    if drift:
+        document |= {"compares": DRIFT_COMPARES, "note": DRIFT_NOTE}
+    return json_text(document, indent=2) + "\n"
 
 
 # Every character that could end a table cell, start markup or code, or @-mention someone.
@@ -109,8 +120,12 @@ def md(text: str | None, reveal: bool = False) -> str:
     return (escape_all if reveal else escape)(redact(text)).translate(_MARKDOWN_ENTITIES)
 
 
-def plan_markdown(plan: Plan, title: str = "Kaleyra profile plan", limit: int = MARKDOWN_LIMIT) -> str:
+def plan_markdown(
+    plan: Plan, title: str = "Kaleyra profile plan", limit: int = MARKDOWN_LIMIT, drift: bool = False
+) -> str:
     head = [f"### {title}", ""]
+    if drift:
+        head += [f"Compares **{DRIFT_COMPARES}** ({DRIFT_NOTE}).", ""]
     marker = f"<!-- reconciler-checksum: {plan.checksum} -->"  # lets CI apply exactly what was reviewed
     if not plan.changes:
         unverified = [unverified_line(plan)] if plan.unverified else []

@@ -302,3 +302,56 @@ def test_a_reassert_run_larger_than_max_changes_is_a_config_error(project, sandb
     missing = project.run("validate")
     assert_clean_failure(missing)
     assert "max_per_run" in missing.stderr
+
+
+# --- drift says what it compares ---------------------------------------------------------------
+
+NOTE = (
+    "desired vs recorded (Kaleyra offers no read of profile fields; edits made in Kaleyra's console are "
+    "found by re-assertion)"
+)
+
+
+def test_drift_says_it_compares_desired_with_recorded_in_every_format(project, sandbox):
+    applied_two(project)
+    console_edit(sandbox, A, about="Console")
+    clean = project.run("drift")
+    assert clean.exit_code == 0
+    assert NOTE in clean.stdout.splitlines()[0]
+    assert "No drift: all 2 number(s) match the applied state." in clean.stdout
+
+    project.write_profile(B, about="Hair care!")
+    drifted = project.run("drift")
+    assert drifted.exit_code == 2
+    assert NOTE in drifted.stdout.splitlines()[0]
+    document = json.loads(project.run("drift", "--format", "json").stdout)
+    assert document["format_version"] == "1.1"
+    assert document["compares"] == "desired vs recorded" and "no read of profile fields" in document["note"]
+    assert "compares" not in json.loads(project.run("plan", "--format", "json").stdout)
+    markdown = project.run("drift", "--format", "markdown").stdout
+    assert markdown.startswith(
+        "### Kaleyra profile drift\n\nCompares **desired vs recorded** (Kaleyra offers"
+    )
+    assert "found by re-assertion" in markdown
+
+
+def test_drift_lists_unverified_numbers(project, sandbox):
+    project.write_profile(A, about="Body care")
+    assert project.run("import", "--auto-approve").exit_code == 0
+    result = project.run("drift")
+    assert result.exit_code == 0
+    assert "1 number(s) unverified: recorded by import, never sent" in result.stdout
+
+
+def test_a_saved_plan_of_format_1_0_is_still_read(project, sandbox):
+    project.write_profile(A, about="Body care")
+    assert project.run("plan", "--out", "plan.json").exit_code == 0
+    saved = json.loads((project.root / "plan.json").read_text())
+    saved["format_version"] = "1.0"
+    for key in ("replaces", "unverified"):
+        del saved[key]
+    del saved["summary"]["replace"]
+    (project.root / "plan.json").write_text(json.dumps(saved))
+    result = project.run("apply", "plan.json")
+    assert result.exit_code == 0, result.output
+    assert put_bodies(sandbox) == [{"phone_number": A, "about": "Body care"}]

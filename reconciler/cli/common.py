@@ -413,12 +413,13 @@ def read_saved_plan(plan_file: str) -> Plan:
 
 
 def show_plan(plan: Plan, output: str, title: str = "Plan") -> None:
+    drift = title == "Drift"  # drift says what it compares: desired with recorded, not with Kaleyra
     if output == "json":
-        echo(render.plan_json(plan))
+        echo(render.plan_json(plan, drift))
     elif output == "markdown":
-        echo(render.plan_markdown(plan, title=f"Kaleyra profile {title.lower()}"))
+        echo(render.plan_markdown(plan, title=f"Kaleyra profile {title.lower()}", drift=drift))
     else:
-        echo(render.plan_text(plan, title))
+        echo((render.DRIFT_LINE + "\n" if drift else "") + render.plan_text(plan, title))
 
 
 # True when running as the `reconciler` program (not driven in-process, as tests do).

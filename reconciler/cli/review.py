@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from .. import render
 from ..errors import ReconcilerError, ValidationFailed
 from ..escape import json_text
 from ..plan import compute_plan
@@ -157,7 +158,11 @@ def plan(
 @click.option("--format", "output", type=FORMATS, default="text", show_default=True)
 @click.pass_context
 def drift(ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...], output: str) -> int:
-    """Report where the profiles and the applied state differ: exit 2 when they do, 0 when not.
+    """Report where the profiles and the recorded state differ: exit 2 when they do, 0 when not.
+
+    Kaleyra offers no read of profile fields, so drift compares the profiles with what the state
+    records as sent; an edit made in Kaleyra's console is not seen here. `reconciler reassert` (on a
+    schedule) or `apply --replace` corrects it.
 
     \b
     Example (a scheduled audit):
@@ -167,7 +172,11 @@ def drift(ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...
     state = load_state(config)
     the_plan = compute_plan(profiles, state, selection_of(config, targets, excludes), config.waba_keys())
     if output == "text" and not the_plan.changes:
-        echo(f"No drift: all {the_plan.unchanged} number(s) match the applied state.\n")
+        unverified = render.unverified_line(the_plan) + "\n" if the_plan.unverified else ""
+        echo(
+            f"{render.DRIFT_LINE}\nNo drift: all {the_plan.unchanged} number(s) match the applied state.\n"
+            + unverified
+        )
     else:
         show_plan(the_plan, output, "Drift")
     return 2 if the_plan.changes else 0
