@@ -477,3 +477,15 @@ def test_the_console_emulation_answers_loopback_only():
 
     assert _is_loopback("127.0.0.1") and _is_loopback("::1")
     assert not _is_loopback("192.168.1.10") and not _is_loopback("example.com")
+
+
+def test_a_console_edit_is_persisted_to_the_data_file(tmp_path):
+    data = tmp_path / "sandbox.json"
+    data.write_text(json.dumps({"accounts": [{"sid": SID, "waba_id": WABA, "numbers": {A: {"about": "x"}}}]}))
+    server = serve_in_thread(Sandbox.from_file(data))
+    try:
+        assert console(server, A, {"about": "console"}).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert json.loads(data.read_text())["accounts"][0]["numbers"][A] == {"about": "console"}
