@@ -167,6 +167,7 @@ def test_import_prints_every_value_marks_unverified_and_replace_unverified_sends
     assert listed["numbers"][A]["unverified"] is True and listed["numbers"][B]["unverified"] is True
     text = project.run("state", "list").stdout
     assert "2 unverified" in text and text.count("unverified (recorded by import, never sent)") == 2
+    assert "unverified: recorded by import, never sent" in project.run("state", "show", A).stdout
 
     plan = project.run("plan")
     assert plan.exit_code == 0
