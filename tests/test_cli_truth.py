@@ -356,3 +356,27 @@ def test_a_saved_plan_of_format_1_0_is_still_read(project, sandbox):
     result = project.run("apply", "plan.json")
     assert result.exit_code == 0, result.output
     assert put_bodies(sandbox) == [{"phone_number": A, "about": "Body care"}]
+
+
+def test_the_fleet_report_tells_reassertion_from_replace_and_shows_unverified(project, sandbox):
+    applied_two(project)
+    project.write_profile(C, about="Imported")
+    assert project.run("import", "--auto-approve").exit_code == 0
+    reassert_config(project)
+    age(project, {B: 90})
+    assert project.run("apply", "--replace", A, "--target", A, "--auto-approve").exit_code == 0
+    report = project.run("report", "--format", "markdown")
+    assert report.exit_code == 0, report.output
+    rows = {
+        line.split(" | ")[0].lstrip("| "): line
+        for line in report.stdout.splitlines()
+        if line.startswith("| +")
+    }
+    assert rows[A].endswith("| no | never |")  # apply --replace is not a re-assertion
+    assert rows[C].endswith("| yes | never |")  # imported: unverified
+    assert project.run("reassert", "--auto-approve").exit_code == 0  # takes C: unverified first
+    assert project.run("reassert", "--auto-approve").exit_code == 0  # then B, the oldest
+    report = project.run("report", "--format", "markdown").stdout
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in report.splitlines() if line.startswith("| +")}
+    assert rows[C].endswith(" |") and "| no | never |" not in rows[C] and "| no |" in rows[C]
+    assert not rows[B].endswith("| never |")
