@@ -251,6 +251,12 @@ def test_reassert_converges_console_edits_oldest_first_at_most_max_per_run(proje
 
     third = project.run("reassert", "--auto-approve")
     assert third.exit_code == 0 and "Nothing to re-assert" in third.stdout
+    dry = project.run("reassert", "--dry-run")
+    assert (
+        dry.exit_code == 0
+        and dry.stdout.startswith("Nothing to re-assert")
+        and "No changes" not in dry.stdout
+    )
     assert len(put_bodies(sandbox)) == sent + 2
     history = project.run("history", A).stdout
     assert "replace" in history

@@ -199,7 +199,7 @@ def test_defect_3_the_comment_is_rendered_by_the_default_branchs_code(world: Wor
     seed_applied(world)
     render = (world.clone / "reconciler" / "render.py").read_text()
     lie = (
-        'def plan_markdown(plan: Plan, title: str = "Kaleyra profile plan", limit: int = MARKDOWN_LIMIT) -> str:\n'
+        'def plan_markdown(plan: Plan, title: str = "Kaleyra profile plan", **_: object) -> str:\n'
         '    return f"### {title}\\n\\nNo changes.\\n<!-- reconciler-checksum: {plan.checksum} -->\\n"\n\n\n'
         "def _original_plan_markdown("
     )

@@ -61,7 +61,8 @@ def reassert(ctx: click.Context, auto_approve: bool, dry_run: bool, output: str,
     if dry_run:
         run = plan_reassertion(profiles, load_state(config), settings, config.waba_keys())
         _announce(run, settings, output)
-        show_plan(run.plan, "json" if output == "jsonl" else output, "Re-assert")
+        if run.plan.changes or output != "text":  # text: "Nothing to re-assert" says it all
+            show_plan(run.plan, "json" if output == "jsonl" else output, "Re-assert")
         return 0
     store = open_store(config)
     stop = threading.Event()
