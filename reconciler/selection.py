@@ -117,10 +117,15 @@ class Replacement:
     @classmethod
     def parse(cls, texts: Iterable[str], account_names: Collection[str]) -> Replacement:
         texts = [text.strip() for text in texts]
-        return cls(
-            tuple(Selector.parse(text, account_names, "--replace") for text in texts if text != UNVERIFIED),
-            UNVERIFIED in texts,
-        )
+        selectors = []
+        for text in texts:
+            if text == UNVERIFIED:
+                continue
+            try:
+                selectors.append(Selector.parse(text, account_names, "--replace"))
+            except ReconcilerError as error:
+                raise ReconcilerError(f"{error}, or the word '{UNVERIFIED}'") from None
+        return cls(tuple(selectors), UNVERIFIED in texts)
 
     @classmethod
     def of_numbers(cls, numbers: Iterable[str]) -> Replacement:

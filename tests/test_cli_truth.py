@@ -386,3 +386,11 @@ def test_the_fleet_report_tells_reassertion_from_replace_and_shows_unverified(pr
     rows = {line.split(" | ")[0].lstrip("| "): line for line in report.splitlines() if line.startswith("| +")}
     assert rows[C].endswith(" |") and "| no | never |" not in rows[C] and "| no |" in rows[C]
     assert not rows[B].endswith("| never |")
+
+
+def test_a_replace_selector_that_is_nothing_known_is_a_usage_error_naming_unverified(project, sandbox):
+    applied_two(project)
+    result = project.run("apply", "--replace", "Unverified", "--auto-approve")
+    assert_clean_failure(result)
+    assert "--replace 'Unverified' is not a phone number" in result.stderr and "'unverified'" in result.stderr
+    assert len(put_bodies(sandbox)) == 2
