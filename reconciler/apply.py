@@ -230,7 +230,16 @@ class _Run:
             self.stop.set()
         report.outcomes.extend(outcomes)
         try:
-            self.audit_log.append(audit_record(o.change, o.code, o.message, self.actor) for o in outcomes)
+            # Each record names the plan it belongs to and its outcome, so a re-run of the same apply
+            # can tell that this plan was applied in full already (audit.applied_already).
+            self.audit_log.append(
+                {
+                    **audit_record(o.change, o.code, o.message, self.actor),
+                    "plan": self.plan.checksum,
+                    "status": o.status,
+                }
+                for o in outcomes
+            )
         except RecordingFailed as failure:
             report.recording_failure = report.recording_failure or str(failure)
             note_unaudited(report, self.audit_log.unwritten_numbers())

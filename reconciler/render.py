@@ -55,14 +55,30 @@ def unverified_line(plan: Plan) -> str:
 # --- plan ----------------------------------------------------------------------------------------
 
 
-def plan_text(plan: Plan, title: str = "Plan") -> str:
+def over_limit(plan: Plan, max_changes: int | None) -> str:
+    """'' or, for a plan with more changes than safety.max_changes, what that means and how to go on:
+    said first, before merge, so a reviewed plan is not refused only once it is merged."""
+    changed = len(plan.changes)
+    if max_changes is None or changed <= max_changes:
+        return ""
+    return (
+        f"Over the safety limit: this plan changes {changed} numbers, more than safety.max_changes "
+        f"({max_changes}), so apply refuses it. To go ahead, either raise safety.max_changes to at least "
+        f"{changed} in reconciler.yaml in this same change (the merge then applies it), or, once merged, "
+        f"apply it by hand with --force and its checksum (in GitHub: run the apply workflow with the "
+        f"checksum and force)."
+    )
+
+
+def plan_text(plan: Plan, title: str = "Plan", max_changes: int | None = None) -> str:
     unverified = [unverified_line(plan)] if plan.unverified else []
     if not plan.changes:
         return (
             "\n".join([f"No changes. {plan.unchanged} number(s) match the applied state.", *unverified])
             + "\n"
         )
-    lines = [f"{title}: {summary_line(plan)}", ""]
+    warning = over_limit(plan, max_changes)
+    lines = [f"{title}: {summary_line(plan)}", *([warning] if warning else []), ""]
     for change in plan.changes:
         lines.extend(_change_text(change))
     lines += ["", *unverified, f"Checksum: {plan.checksum}"]
@@ -121,11 +137,18 @@ def md(text: str | None, reveal: bool = False) -> str:
 
 
 def plan_markdown(
-    plan: Plan, title: str = "Kaleyra profile plan", limit: int = MARKDOWN_LIMIT, drift: bool = False
+    plan: Plan,
+    title: str = "Kaleyra profile plan",
+    limit: int = MARKDOWN_LIMIT,
+    max_changes: int | None = None,
+    drift: bool = False,
 ) -> str:
     head = [f"### {title}", ""]
     if drift:
         head += [f"Compares **{DRIFT_COMPARES}** ({DRIFT_NOTE}).", ""]
+    warning = over_limit(plan, max_changes)
+    if warning:
+        head += [f"> [!CAUTION]\n> **{warning}**", ""]
     marker = f"<!-- reconciler-checksum: {plan.checksum} -->"  # lets CI apply exactly what was reviewed
     if not plan.changes:
         unverified = [unverified_line(plan)] if plan.unverified else []

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import NUMBERS, assert_clean_failure, put_bodies
 
 A, B, C = NUMBERS[0], NUMBERS[1], NUMBERS[2]
@@ -384,3 +386,39 @@ def test_the_last_results_are_recorded_when_the_last_worker_ends_not_after_a_com
     assert result.exit_code == 0, result.output
     assert set(project.applied()) == {A, B, C}
     assert elapsed < 2.5, f"apply waited out the group-commit interval: {elapsed:.1f} s"
+
+
+@pytest.mark.parametrize("backend", ["local", "s3"])
+def test_a_rerun_of_an_applied_checksum_at_the_same_commit_says_so_and_sends_nothing(request, backend):
+    project = request.getfixturevalue("project" if backend == "local" else "s3_project")
+    sandbox = request.getfixturevalue("sandbox")
+    ci = {"GITHUB_SHA": "c0ffee" * 6 + "abcd", "GITHUB_SERVER_URL": "https://github.example"}
+    ci |= {"GITHUB_REPOSITORY": "acme/profiles", "GITHUB_RUN_ID": "4242"}
+    project.write_profile(A, about="x")
+    project.write_profile(B, about="y")
+    reviewed = json.loads(project.run("plan", "--format", "json").stdout)["checksum"]
+    assert project.run("apply", "--checksum", reviewed, env=ci).exit_code == 0
+    applied, sent = project.applied(), len(put_bodies(sandbox))
+    audit_before = project.audit()
+    again = project.run("apply", "--checksum", reviewed, env={**ci, "GITHUB_RUN_ID": "4243"})
+    assert again.exit_code == 0, again.output
+    assert f"already applied at commit {ci['GITHUB_SHA'][:12]}, in run 4242 / at" in again.stdout
+    assert len(put_bodies(sandbox)) == sent and project.applied() == applied
+    assert project.audit() == audit_before, "nothing saved"
+    # At another commit, or after a run that failed for a number, the same checksum is a stale plan.
+    other = project.run("apply", "--checksum", reviewed, env={**ci, "GITHUB_SHA": "f" * 40})
+    assert other.exit_code == 1 and "stale plan" in other.stderr
+
+
+def test_a_plan_over_the_safety_limit_says_so_first_with_how_to_proceed(project, sandbox):
+    project.write_config(safety={"max_changes": 1})
+    project.write_profile(A, about="x")
+    project.write_profile(B, about="y")
+    for output in ("text", "markdown"):
+        shown = project.run("plan", "--format", output)
+        assert shown.exit_code == 0, shown.output
+        first_lines = "\n".join(shown.stdout.splitlines()[:4])
+        assert "Over the safety limit: this plan changes 2 numbers" in first_lines, shown.stdout
+        assert "raise safety.max_changes to at least 2" in first_lines and "--force" in first_lines
+    project.write_config(safety={"max_changes": 2})
+    assert "safety limit" not in project.run("plan").stdout

@@ -126,3 +126,13 @@ def test_shell_completion_completes_commands_and_options(project):
         check=False,
     )
     assert "compdef" in script.stdout
+
+
+def test_state_pull_without_the_branch_is_one_clear_error_and_writes_nothing(project):
+    subprocess.run(["git", "init", "-q", str(project.root)], check=True)
+    result = project.run("state", "pull", "--remote", "nowhere")
+    assert_clean_failure(result)
+    assert "cannot fetch the branch reconciler-state from nowhere" in result.stderr
+    assert "the first apply in CI creates it" in result.stderr
+    assert not project.state_path.exists()
+    assert project.run("state", "pull", "--branch", "--upload-pack=evil").exit_code == 1

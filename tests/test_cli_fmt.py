@@ -148,3 +148,13 @@ def test_the_documented_profile_example_is_what_fmt_writes():
     example = page.split("## Profiles", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     assert example.startswith("# yaml-language-server: $schema=")
     assert format_text(example, "configuration.md") == example
+
+
+def test_the_readmes_profile_example_is_what_fmt_writes():
+    """The README's profile example is canonical too, and valid."""
+    from reconciler.fmt import format_text
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    example = readme.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert example.startswith("# yaml-language-server: $schema=")
+    assert format_text(example, "README.md") == example

@@ -12,12 +12,14 @@ from reconciler.config import load_config
 from reconciler.github.comment import (
     BODY_BYTES,
     PLAN_MARKER,
+    NotReviewed,
     assemble,
     main,
     plan_comment,
     reviewed_checksum,
     state_edit_flag,
     state_location_flag,
+    verify_comment,
 )
 
 SHA = "ab" * 32
@@ -37,7 +39,7 @@ def test_a_long_non_ascii_plan_is_cut_in_bytes_and_keeps_its_checksum_marker() -
     body = assemble(PLAN_MARKER, plan)
     assert len(body.encode()) <= BODY_BYTES
     assert body.startswith(PLAN_MARKER)
-    assert body.rstrip().endswith(f"<!-- reconciler-checksum: {SHA} -->")
+    assert body.rstrip().endswith(f"<!-- reconciler-checksum: {SHA} -->\n<!-- reconciler-plan-end -->")
     assert body.count("<details>") == body.count("</details>"), "no section is left open"
     assert "Cut to fit" in body
 
@@ -208,3 +210,64 @@ def test_state_location_leaves_a_config_that_does_not_load_to_validate(
         assert main(["state-location", "--base", str(base), "--config", str(broken), *extra]) == 0
         assert capsys.readouterr().out == ""
     assert broken.read_text() == "state: [unclosed\n"
+
+
+# --- apply checks the comment against a trusted rendering ---------------------------------------
+
+
+def bot_comment(body: str, id: int = 7) -> dict:
+    return {"id": id, "created_at": "2026-01-01T00:00:00Z", "user": BOT, "body": body}
+
+
+def test_a_comment_byte_equal_to_the_trusted_rendering_is_verified_even_when_cut() -> None:
+    for rendered in (long_plan(3, "short"), long_plan(400, "ग्राहक सेवा " * 20)):
+        body = assemble(PLAN_MARKER, rendered, flag="> flagged\n", footer="_footer_")
+        assert verify_comment([bot_comment(body)], BOT["login"], rendered) == (SHA, True)
+
+
+def test_a_forged_or_edited_plan_with_the_right_checksum_is_refused() -> None:
+    rendered = long_plan(3, "the real change")
+    body = assemble(PLAN_MARKER, rendered)
+    edited = body.replace("the real change", "nothing to see")
+    with pytest.raises(NotReviewed, match="edited or forged"):
+        verify_comment([bot_comment(edited)], BOT["login"], rendered)
+    # Text without the comment job's section, or a section cut to almost nothing, is not a rendering.
+    bare = f"{PLAN_MARKER}\nNo changes.\n<!-- reconciler-checksum: {SHA} -->\n"
+    with pytest.raises(NotReviewed, match="no plan section"):
+        verify_comment([bot_comment(bare)], BOT["login"], rendered)
+    tiny = body.split("budget=")[0] + "budget=10 -->\n" + f"<!-- reconciler-checksum: {SHA} -->\n"
+    tiny += "<!-- reconciler-plan-end -->\n"
+    with pytest.raises(NotReviewed):
+        verify_comment([bot_comment(tiny)], BOT["login"], rendered)
+
+
+def test_a_second_bot_plan_comment_is_refused_whichever_is_older() -> None:
+    rendered = long_plan(3, "the real change")
+    genuine = bot_comment(assemble(PLAN_MARKER, rendered), id=8)
+    forged = bot_comment(assemble(PLAN_MARKER, long_plan(1, "forged")), id=5)
+    for comments in ([forged, genuine], [genuine, forged]):
+        with pytest.raises(NotReviewed, match="2 plan comments"):
+            verify_comment(comments, BOT["login"], rendered)
+    with pytest.raises(NotReviewed, match="no plan comment"):
+        verify_comment(
+            [{**genuine, "user": {"login": "github-actions[bot]", "type": "User"}}], BOT["login"], rendered
+        )
+
+
+def test_a_comment_of_another_plan_is_handed_on_unverified() -> None:
+    other = "cd" * 32
+    body = assemble(PLAN_MARKER, long_plan(3, "old").replace(SHA, other))
+    assert verify_comment([bot_comment(body)], BOT["login"], long_plan(3, "new")) == (other, False)
+
+
+def test_only_the_count_of_unchanged_numbers_may_differ_from_the_rendering() -> None:
+    """Another pull request merged meanwhile added numbers: they count as unchanged now, and not one
+    byte of the changes differs. Any other difference in the summary row is refused."""
+    row = "| create | update | unmanage | forget | unchanged | fields | PUTs |\n|---:|---:|---:|---:|---:|---:|---:|\n"
+    reviewed = long_plan(3, "x").replace("\n\n", f"\n\n{row}| 0 | 3 | 0 | 0 | 4 | 3 | 3 |\n\n", 1)
+    now = reviewed.replace("| 0 | 3 | 0 | 0 | 4 | 3 | 3 |", "| 0 | 3 | 0 | 0 | 5 | 3 | 3 |")
+    body = assemble(PLAN_MARKER, reviewed)
+    assert verify_comment([bot_comment(body)], BOT["login"], now) == (SHA, True)
+    lying = reviewed.replace("| 0 | 3 | 0 | 0 | 4 | 3 | 3 |", "| 0 | 0 | 0 | 0 | 4 | 3 | 3 |")
+    with pytest.raises(NotReviewed):
+        verify_comment([bot_comment(assemble(PLAN_MARKER, lying))], BOT["login"], now)

@@ -6,10 +6,13 @@ the state on S3 (issue 13): moto's S3 server, and AWS roles trusted as the READM
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -25,6 +28,7 @@ from reconciler.cli import cli
 from reconciler.state.lock import locked
 
 from conftest import AWS_ENV
+from gha.examples import NAMES, example_set
 from gha.fakegithub import git
 from gha.runner import AwsSession
 from gha.world import (
@@ -32,6 +36,7 @@ from gha.world import (
     EXTRA_NUMBERS,
     KEYS,
     MARKER,
+    ONBOARDING,
     PEOPLE,
     PROJECT,
     READ_ROLE,
@@ -199,7 +204,7 @@ def test_defect_3_the_comment_is_rendered_by_the_default_branchs_code(world: Wor
     seed_applied(world)
     render = (world.clone / "reconciler" / "render.py").read_text()
     lie = (
-        'def plan_markdown(plan: Plan, title: str = "Kaleyra profile plan", **_: object) -> str:\n'
+        "def plan_markdown(plan: Plan, title: str = 'Kaleyra profile plan', **_: object) -> str:\n"
         '    return f"### {title}\\n\\nNo changes.\\n<!-- reconciler-checksum: {plan.checksum} -->\\n"\n\n\n'
         "def _original_plan_markdown("
     )
@@ -258,6 +263,191 @@ def test_a_journal_or_lock_committed_in_a_pull_request_is_flagged_and_never_obey
     assert "was committed to git; removed it" in apply_run.job().log
 
 
+def test_every_git_call_sends_one_authorization_header_whatever_the_environment_holds(world: World) -> None:
+    """github.com answers two Authorization headers with 400 `Duplicate header`. The runner's
+    environment already carries an extraheader (a git setting exported for another purpose, with
+    another token): the comment, apply and the state branch still send exactly one header, the job's."""
+    other = world.hub.issue_token({"contents": "read"})
+    world.runner.environment.update(
+        GIT_CONFIG_COUNT="1",
+        GIT_CONFIG_KEY_0="http.http://github.localhost/.extraheader",
+        GIT_CONFIG_VALUE_0=f"AUTHORIZATION: basic {base64.b64encode(f'x:{other}'.encode()).decode()}",
+    )
+    seed_applied(world)
+    pull, runs = world.open_pr(edit(world, SUPPORT, "Order status and returns", "One header"))
+    comment = only(runs, "reconciler plan comment")
+    assert comment.conclusion == "success", comment.job().log
+    assert "One header" in plan_comment(world, pull["number"])["body"]
+    world.merge(pull)
+    apply_run = world.runner.runs[-1]
+    assert apply_run.workflow == "reconciler apply" and apply_run.conclusion == "success", apply_run.job().log
+    assert world.saved_state()["numbers"]["+914846000102"]["fields"]["description"] == "One header"
+    assert world.hub.refused == []
+    # The state branch was pushed with the apply job's token, not the one in the environment.
+    assert world.hub.token_pushes == [("github-actions[bot]", "refs/heads/reconciler-state")]
+    # ...and, as on GitHub, a push made with a job's token started no workflow run.
+    assert [run.event_name for run in world.runner.runs].count("push") == 1, "only the merge's own push"
+
+
+def test_statebranch_git_replaces_every_header_a_checkout_config_or_the_environment_holds(
+    world: World,
+) -> None:
+    """actions/checkout leaves `http.<server>/.extraheader` in the repository's config (unless
+    persist-credentials is false), a global config may hold one, and a caller may have exported
+    GIT_CONFIG_* or GIT_CONFIG_PARAMETERS: git would send each of them. The one credential path
+    sends the job token's header alone."""
+    token = world.hub.issue_token({"contents": "read"})
+    stale = world.hub.issue_token({"contents": "read"})
+    header = f"AUTHORIZATION: basic {base64.b64encode(f'x-access-token:{stale}'.encode()).decode()}"
+    repo = world.root / "checked-out"
+    git("init", "-q", str(repo))
+    git("-C", str(repo), "remote", "add", "origin", f"http://github.localhost/{world.hub.repository}")
+    git("-C", str(repo), "config", "http.http://github.localhost/.extraheader", header)
+    (world.root / "global.gitconfig").write_text(f'[http]\n\textraheader = "{header}"\n')
+    env = {
+        **world.person_env,
+        "GIT_CONFIG_GLOBAL": str(world.root / "global.gitconfig"),
+        "HTTP_PROXY": world.hub.proxy,
+        "http_proxy": world.hub.proxy,
+        "GH_TOKEN": token,
+        "GITHUB_SERVER_URL": "http://github.localhost",
+        "GITHUB_REPOSITORY": world.hub.repository,
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "http.http://github.localhost/.extraheader",
+        "GIT_CONFIG_VALUE_0": header,
+        "GIT_CONFIG_PARAMETERS": f"'http.extraheader'='{header}'",
+    }
+    listed = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-m",
+            "reconciler.github.statebranch",
+            "git",
+            "-C",
+            str(repo),
+            "ls-remote",
+            "origin",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "refs/heads/main" in listed.stdout
+    assert world.hub.refused == []
+    # The header that went out was the job token's: with it revoked, the same call is refused.
+    world.hub.revoke(token)
+    again = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-m",
+            "reconciler.github.statebranch",
+            "git",
+            "-C",
+            str(repo),
+            "ls-remote",
+            "origin",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert again.returncode != 0
+
+
+def test_the_fake_github_refuses_a_duplicate_authorization_header(world: World) -> None:
+    token = world.hub.issue_token({"contents": "read"})
+    header = f"AUTHORIZATION: basic {base64.b64encode(f'x:{token}'.encode()).decode()}"
+    url = f"http://github.localhost/{world.hub.repository}"
+    env = {**world.person_env, "HTTP_PROXY": world.hub.proxy, "http_proxy": world.hub.proxy}
+    once = subprocess.run(
+        ["git", "-c", f"http.extraheader={header}", "ls-remote", url], env=env, capture_output=True, text=True
+    )
+    assert once.returncode == 0, once.stderr
+    twice = subprocess.run(
+        [
+            "git",
+            "-c",
+            f"http.extraheader={header}",
+            "-c",
+            f"http.{url}.extraheader={header}",
+            "ls-remote",
+            url,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert twice.returncode != 0 and "400" in twice.stderr, twice.stderr
+    assert world.hub.refused and world.hub.refused[0][2] == "duplicate Authorization header"
+
+
+def test_first_time_set_up_workflows_then_profiles_state_branch_on_first_use_then_state_pull(
+    world: World,
+) -> None:
+    """A new team: main has no workflows yet. A pull request that adds them gets no comment (GitHub
+    runs workflow_run workflows only from the default branch), so they land first, on their own; the
+    next pull request gets its comment, its merge applies, and the first apply creates the state
+    branch. `reconciler state pull` then brings that state to a person's checkout."""
+    workflows = example_set("local-state")
+    world.push_main(dict.fromkeys(workflows), "No workflows yet")
+    assert world.runner.runs == []
+    change = edit(world, SUPPORT, "Order status and returns", "First change")
+    early, runs = world.open_pr({**workflows, **change}, branch="early")
+    assert [run.workflow for run in runs] == ["reconciler plan"], "the comment workflow is not on main"
+    assert world.bot_comments(early["number"]) == []
+
+    setup, runs = world.open_pr(workflows, branch="workflows")
+    assert runs == [], "no profile changed: nothing to plan"
+    world.merge(setup)
+    assert world.runner.runs[-1].workflow == "reconciler plan", "the merge touched no profile: no apply"
+    with pytest.raises(RuntimeError):
+        world.sha("refs/heads/reconciler-state")
+
+    pull, runs = world.open_pr(change, branch="first")
+    assert only(runs, "reconciler plan comment").conclusion == "success"
+    assert "First change" in plan_comment(world, pull["number"])["body"]
+    world.merge(pull)
+    apply_run = world.runner.runs[-1]
+    assert apply_run.workflow == "reconciler apply" and apply_run.conclusion == "success", apply_run.job().log
+    saved = world.saved_state()
+    assert saved is not None and world.sha("refs/heads/reconciler-state")
+
+    world._git("checkout", "-q", "--detach", world.sha("refs/heads/main"))
+    old = Path.cwd()
+    os.chdir(world.clone)
+    try:
+        pulled = CliRunner().invoke(cli, ["state", "pull"], env={"NO_COLOR": "1"})
+        planned = CliRunner().invoke(cli, ["plan"], env={"NO_COLOR": "1"})
+    finally:
+        os.chdir(old)
+    assert pulled.exit_code == 0, pulled.output
+    assert (
+        "Pulled .reconciler/state.json, .reconciler/audit.jsonl from origin/reconciler-state" in pulled.stdout
+    )
+    assert json.loads((world.clone / ".reconciler" / "state.json").read_text()) == saved
+    assert planned.exit_code == 0 and planned.stdout.startswith("No changes."), planned.output
+
+
+def test_a_runner_without_gh_is_told_to_install_it_before_anything_runs(world: World) -> None:
+    """Self-hosted runners may lack the GitHub CLI, which comment, apply and drift use."""
+    bare = world.root / "bin-without-gh"
+    bare.mkdir()
+    for folder in os.environ["PATH"].split(os.pathsep):
+        for tool in Path(folder).glob("*") if Path(folder).is_dir() else []:
+            if tool.name != "gh" and not (bare / tool.name).exists():
+                (bare / tool.name).symlink_to(tool)
+    world.runner.environment["PATH"] = str(bare)
+    seed_applied(world)
+    _pull, runs = world.open_pr(edit(world, SUPPORT, "Order status and returns", "No gh here"))
+    assert only(runs, "reconciler plan").conclusion == "success", "plan needs no gh"
+    comment = only(runs, "reconciler plan comment")
+    assert comment.conclusion == "failure"
+    assert any("needs the GitHub CLI (gh)" in error for error in comment.job().errors()), comment.job().log
+
+
 # --- merge and apply --------------------------------------------------------------------------------
 
 
@@ -285,6 +475,88 @@ def test_defect_4_merge_applies_the_reviewed_plan_and_keeps_the_state_with_main_
     # And no key was written anywhere: comments, summaries, logs, artifacts, the repository.
     written = world.everything_written()
     assert all(key not in written for key in KEYS.values())
+
+
+FORGE = """
+name: reconciler plan
+on: pull_request
+permissions: {}
+jobs:
+  forge:
+    runs-on: ubuntu-latest
+    permissions:
+      pull-requests: write
+    steps:
+      - env:
+          GH_TOKEN: ${{ github.token }}
+          NUMBER: ${{ github.event.pull_request.number }}
+        run: |
+          printf '%s\\n' '<!-- kaleyra-reconciler-plan -->' '### Kaleyra profile plan' '' \\
+            'No changes. 5 number(s) match the applied state.' \\
+            '<!-- reconciler-checksum: CHECKSUM -->' > body.md
+          gh api -X POST "repos/$GITHUB_REPOSITORY/issues/$NUMBER/comments" -F body=@body.md > /dev/null
+"""
+
+
+def test_a_plan_comment_forged_by_a_pull_requests_own_workflow_is_refused(world: World) -> None:
+    """A same-repository pull request's own workflow runs as github-actions[bot] and can grant itself
+    `pull-requests: write`: it posts "No changes" with the true checksum of the merged plan. Apply
+    re-renders the plan with trusted code, finds a comment that is not that rendering, and sends nothing."""
+    seed_applied(world)
+    pull, _ = world.open_pr(edit(world, SUPPORT, "Order status and returns", "Hidden by a forgery"))
+    genuine = plan_comment(world, pull["number"])
+    merged = fresh_plan(world, pull["merge_sha"], world.saved_state())
+    forge = FORGE.replace("CHECKSUM", merged["checksum"])
+    runs = world.push_pr(pull, {".github/workflows/reconciler-plan.yml": forge})
+    assert only(runs, "reconciler plan").conclusion == "success", only(runs, "reconciler plan").job().log
+    forged = [c for c in world.bot_comments(pull["number"]) if c["id"] != genuine["id"]]
+    assert len(forged) == 1 and "No changes." in forged[0]["body"]
+    assert forged[0]["user"]["login"] == "github-actions[bot]"
+    assert checksum_of(forged[0]["body"]) == checksum_of(plan_comment_by_id(world, genuine["id"]))
+    puts = len(world.kaleyra_puts())
+    world.merge(pull)
+    apply_run = world.runner.runs[-1]
+    job = apply_run.job()
+    assert apply_run.workflow == "reconciler apply" and apply_run.conclusion == "failure", job.log
+    assert any("2 plan comments" in error for error in job.errors()), job.errors()
+    assert world.kaleyra_puts()[puts:] == []
+    assert world.kaleyra_numbers()["+914846000102"]["description"] != "Hidden by a forgery"
+
+
+def plan_comment_by_id(world: World, comment_id: int) -> str:
+    return str(world.hub.comments[comment_id]["body"])
+
+
+def test_an_edited_bot_comment_is_refused_and_nothing_is_sent(world: World) -> None:
+    """People with write access can edit any comment, the bot's included: apply compares the comment's
+    plan section with its own rendering, byte for byte, and refuses the edited one."""
+    seed_applied(world)
+    pull, _ = world.open_pr(edit(world, SUPPORT, "Order status and returns", "Edited away"))
+    comment = plan_comment(world, pull["number"])
+    assert "Edited away" in comment["body"]
+    world.hub.comments[comment["id"]]["body"] = comment["body"].replace("Edited away", "Harmless")
+    puts = len(world.kaleyra_puts())
+    world.merge(pull)
+    apply_run = world.runner.runs[-1]
+    job = apply_run.job()
+    assert apply_run.workflow == "reconciler apply" and apply_run.conclusion == "failure", job.log
+    assert any("edited or forged" in error for error in job.errors()), job.errors()
+    assert world.kaleyra_puts()[puts:] == []
+
+
+def test_rerunning_a_finished_apply_is_green_and_sends_and_saves_nothing(world: World) -> None:
+    seed_applied(world)
+    pull, _ = world.open_pr(edit(world, SUPPORT, "Order status and returns", "Applied once"))
+    world.merge(pull)
+    first = world.runner.runs[-1]
+    assert first.workflow == "reconciler apply" and first.conclusion == "success", first.job().log
+    puts, pushes = len(world.kaleyra_puts()), list(world.hub.token_pushes)
+    state_tip = world.sha("refs/heads/reconciler-state")
+    again = world.runner.rerun(first)
+    assert again.attempt == 2 and again.conclusion == "success", again.job().log
+    assert f"already applied at commit {first.sha[:12]}, in run {first.id} / at" in again.job().log
+    assert world.kaleyra_puts()[puts:] == []
+    assert world.sha("refs/heads/reconciler-state") == state_tip and world.hub.token_pushes == pushes
 
 
 def test_a_state_that_cannot_be_saved_fails_loudly_and_is_kept_as_an_artifact(world: World) -> None:
@@ -363,6 +635,76 @@ def test_defect_9_two_merges_seconds_apart_both_apply(world: World) -> None:
     fields = world.saved_state()["numbers"]
     assert fields["+914846000102"]["fields"]["description"] == "First merge"
     assert fields["+919980000103"]["fields"]["about"] == "Second merge"
+
+
+def onboarding_files(count: int) -> dict[str, str]:
+    return {
+        f"profiles/acme-in/{number}.yaml": yaml.safe_dump(
+            {"phone_number": number, "account": "acme-in", "about": "Now on WhatsApp"}
+        )
+        for number in ONBOARDING[:count]
+    }
+
+
+def test_onboarding_300_numbers_in_one_reviewed_pull_request(world: World) -> None:
+    """Over safety.max_changes, the plan says so in its first lines before merge, with how to go on;
+    raising max_changes in the same pull request makes its merge apply all 300."""
+    seed_applied(world)
+    pull, runs = world.open_pr(onboarding_files(300), branch="onboarding")
+    summary = only(runs, "reconciler plan").job().summary
+    body = plan_comment(world, pull["number"])["body"]
+    for text in (summary, body):
+        top = "\n".join(text[text.index("### Kaleyra profile plan") :].splitlines()[:4])
+        assert "Over the safety limit: this plan changes 300 numbers" in top, text[:1500]
+        assert "raise safety.max_changes to at least 300" in top and "force" in top
+    runs = world.push_pr(pull, edit(world, "reconciler.yaml", "max_changes: 50", "max_changes: 300"))
+    body = plan_comment(world, pull["number"])["body"]
+    assert "safety limit" not in body and "| 300 |" in body
+    puts = len(world.kaleyra_puts())
+    world.merge(pull)
+    apply_run = world.runner.runs[-1]
+    assert apply_run.workflow == "reconciler apply" and apply_run.conclusion == "success", apply_run.job().log
+    assert len(world.kaleyra_puts()) - puts == 300
+    assert len(world.saved_state()["numbers"]) == 5 + 300
+
+
+def test_a_merged_plan_over_the_limit_is_applied_by_hand_with_force(world: World) -> None:
+    seed_applied(world)
+    pull, _ = world.open_pr(onboarding_files(60), branch="onboarding")
+    reviewed = checksum_of(plan_comment(world, pull["number"])["body"])
+    puts = len(world.kaleyra_puts())
+    world.merge(pull)
+    refused = world.runner.runs[-1]
+    assert refused.workflow == "reconciler apply" and refused.conclusion == "failure"
+    assert "safety.max_changes" in refused.job().log and world.kaleyra_puts()[puts:] == []
+    forced = only(
+        world.dispatch("reconciler-apply.yml", {"checksum": reviewed, "force": True}), "reconciler apply"
+    )
+    assert forced.conclusion == "success", forced.job().log
+    assert len(world.kaleyra_puts()) - puts == 60
+    # force without a checksum (a merge, or a dispatch without review) is refused before anything.
+    again = only(world.dispatch("reconciler-apply.yml", {"checksum": "", "force": True}), "reconciler apply")
+    assert again.conclusion == "failure" and any("force" in e for e in again.job().errors()), again.job().log
+
+
+def test_a_comment_still_verifies_after_another_merge_added_numbers(world: World) -> None:
+    """Two pull requests planned against the same state; the first adds a number. When the second
+    merges, the new number counts as unchanged, so its summary row differs from the comment's in that
+    count only: its changes are byte-equal, and it applies."""
+    seed_applied(world)
+    new_number = EXTRA_NUMBERS[0]
+    adds = {
+        f"profiles/acme-in/{new_number}.yaml": yaml.safe_dump(
+            {"phone_number": new_number, "account": "acme-in", "about": "New"}
+        )
+    }
+    first, _ = world.open_pr(adds, branch="one")
+    second, _ = world.open_pr(edit(world, SALON, "Book a slot in seconds", "Second merge"), branch="two")
+    world.merge(first)
+    world.merge(second)
+    applies = [run for run in world.runner.runs if run.workflow == "reconciler apply"]
+    assert [run.conclusion for run in applies] == ["success", "success"], applies[-1].job().log
+    assert world.kaleyra_numbers()["+919980000103"]["about"] == "Second merge"
 
 
 # --- drift ------------------------------------------------------------------------------------------
@@ -513,8 +855,29 @@ def test_the_comment_workflow_runs_one_at_a_time_per_pull_request() -> None:
     assert group.get("cancel-in-progress") is False
 
 
+def test_the_repositorys_workflows_are_the_local_state_examples_derived() -> None:
+    """One canonical set: users copy examples/github/; this repository runs the same files, with the
+    action at `./` (tests/gha/examples.py), never a divergent copy."""
+    for path, text in example_set("local-state").items():
+        assert (PROJECT / path).read_text() == text, f"{path}: run python tests/gha/examples.py"
+    for name in ("local-state", "s3"):
+        files = sorted(p.name for p in (PROJECT / "examples" / "github" / name).glob("*.yml"))
+        assert files == sorted(NAMES), name
+        for file in files:
+            workflow = yaml.safe_load((PROJECT / "examples" / "github" / name / file).read_text())
+            assert all(job.get("timeout-minutes") for job in workflow["jobs"].values()), (name, file)
+    docs = (
+        "".join(p.read_text() for p in (PROJECT / "docs").rglob("*.md")) + (PROJECT / "README.md").read_text()
+    )
+    assert "```yaml\nname: reconciler" not in docs, "the docs link to the examples instead of copying them"
+    assert "examples/github/local-state" in docs and "examples/github/s3" in docs
+    ci = (PROJECT / ".ci" / "run").read_text()
+    assert "examples/github/" in ci.split("actionlint", 1)[1] and "zizmor --offline" in ci
+
+
 def test_every_action_is_pinned_by_commit_sha_with_its_version() -> None:
     texts = [p.read_text() for p in (PROJECT / ".github" / "workflows").glob("*.yml")]
+    texts += [p.read_text() for p in (PROJECT / "examples" / "github").glob("*/*.yml")]
     texts.append((PROJECT / "action.yml").read_text())
     uses = [
         line.strip()
@@ -526,6 +889,9 @@ def test_every_action_is_pinned_by_commit_sha_with_its_version() -> None:
     for line in uses:
         target = line.split("uses:", 1)[1].strip()
         if target.startswith("./"):
+            continue
+        if target.startswith("OWNER/kaleyra-reconciler@"):  # the examples: users pin their release
+            assert re.fullmatch(r"OWNER/kaleyra-reconciler@[0-9a-f]{40} # vX\.Y\.Z: .*", target), line
             continue
         assert re.fullmatch(r"[\w.-]+/[\w.-]+@[0-9a-f]{40} # v\d+(\.\d+)*", target), line
 
@@ -545,8 +911,6 @@ def test_the_shipped_workflows_are_thin_callers_of_the_action() -> None:
 STATE_KEY = "kaleyra/state.json"
 # The test's own credentials (an admin, outside CI), made at run time like KEYS: a leak is found.
 ADMIN_ENV = {**AWS_ENV, "AWS_SECRET_ACCESS_KEY": f"aDmInSeCrEt{os.urandom(8).hex()}"}
-PINNED_ACTION = "uses: <owner>/kaleyra-reconciler@<full commit sha> # <version>"
-CHECKOUT = "actions/checkout@fbc6f3992d24b796d5a048ff273f7fcc4a7b6c09 # v5.1.0"
 
 
 def readme_s3_section() -> str:
@@ -568,28 +932,6 @@ def readme_trust() -> dict[str, list[str]]:
             subjects += [value] if isinstance(value, str) else value
     assert subjects
     return {READ_ROLE: subjects, APPLY_ROLE: subjects}
-
-
-def readme_s3_workflows() -> dict[str, str]:
-    """The README's four workflows for a state on S3, with the action at this repository's root (`./`
-    needs a checkout, which a remote action does not)."""
-    found = re.findall(
-        r"`(\.github/workflows/[\w.-]+\.yml)`[^\n]*\n\n```yaml\n(.*?)```", readme_s3_section(), re.DOTALL
-    )
-    workflows = {}
-    for path, text in found:
-        assert PINNED_ACTION in text, path
-        if "actions/checkout@" not in text:
-            indent = text[: text.index(f"- {PINNED_ACTION}")].rsplit("\n", 1)[1]
-            checkout = (
-                f"- uses: {CHECKOUT}\n{indent}  with:\n{indent}    persist-credentials: false\n{indent}"
-            )
-            text = text.replace(f"- {PINNED_ACTION}", checkout + f"- {PINNED_ACTION}")
-        workflows[path] = text.replace(PINNED_ACTION, "uses: ./")
-    assert sorted(workflows) == sorted(
-        f".github/workflows/reconciler-{name}.yml" for name in ("plan", "plan-comment", "apply", "drift")
-    )
-    return workflows
 
 
 @pytest.fixture
@@ -642,13 +984,8 @@ def test_s3_a_pull_request_is_planned_against_the_bucket_by_the_comment_job_with
     assert_no_secret_anywhere(world)
 
 
-@pytest.mark.parametrize("workflows", ["shipped", "readme"])
-def test_s3_a_merge_applies_with_the_write_role_and_commits_nothing_back(
-    s3_world: World, workflows: str
-) -> None:
+def test_s3_a_merge_applies_with_the_write_role_and_commits_nothing_back(s3_world: World) -> None:
     world = s3_world
-    if workflows == "readme":
-        world.push_main(readme_s3_workflows(), "The README's workflows for a state on S3")
     seed_applied(world)
     world.hub.protect("main")
     pull, _ = world.open_pr(edit(world, SUPPORT, "Order status and returns", "Applied from the bucket"))
@@ -681,8 +1018,7 @@ def test_s3_a_merge_applies_with_the_write_role_and_commits_nothing_back(
     assert job.log.index("apply (another repository)") < job.log.index("Checksum:"), "planned after the wait"
     [session] = sessions(world, "reconciler apply")
     assert session.role == APPLY_ROLE and session.subject == "repo:acme/profiles:ref:refs/heads/main"
-    if workflows == "readme":
-        assert job.permissions == {"contents": "read", "pull-requests": "read", "id-token": "write"}
+    assert job.permissions == {"contents": "read", "pull-requests": "read", "id-token": "write"}
 
     assert world.kaleyra_numbers()["+914846000102"]["description"] == "Applied from the bucket"
     applied = world.s3_applied()
@@ -814,7 +1150,7 @@ jobs:
 def test_s3_a_job_without_id_token_write_gets_no_credentials_and_fails_closed(s3_world: World) -> None:
     world = s3_world
     seed_applied(world)
-    workflow = (PROJECT / ".github" / "workflows" / "reconciler-drift.yml").read_text()
+    workflow = (world.show("refs/heads/main", ".github/workflows/reconciler-drift.yml") or "") + "\n"
     without = re.sub(r"\n *id-token: write[^\n]*", "", workflow)
     assert without != workflow
     world.push_main(edit(world, SUPPORT, "Order status and returns", "Drifted"))
@@ -874,7 +1210,7 @@ def test_s3_a_role_given_to_the_plan_job_is_refused_before_anything_runs(s3_worl
     """A repository that passes a role to the plan command (which runs the pull request's code) is told
     to remove it; no role is assumed and nothing is planned."""
     world = s3_world
-    workflow = (PROJECT / ".github" / "workflows" / "reconciler-plan.yml").read_text()
+    workflow = (world.show("refs/heads/main", ".github/workflows/reconciler-plan.yml") or "") + "\n"
     misconfigured = workflow.replace(
         "          command: plan\n",
         "          command: plan\n"

@@ -10,7 +10,14 @@ import gc
 
 import click
 
+from .. import __version__
+from ..plan import FORMAT_VERSION as PLAN_FORMAT
+from ..state.model import STATE_FORMAT
 from . import apply, common, init, reassert, report, review, state, tools
+
+# A workflow pins the package version; tools that read the state file or a saved plan (`--out`,
+# `--format json`) need the format versions, which change only when those documents do.
+VERSION_MESSAGE = f"%(prog)s %(version)s\nstate format {STATE_FORMAT}\nplan format {PLAN_FORMAT}"
 
 
 @click.group(cls=common.ReconcilerGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,7 +26,7 @@ from . import apply, common, init, reassert, report, review, state, tools
 )
 @common.verbose_option
 @click.option("--no-color", is_flag=True, help="No colour in the output (also NO_COLOR); given anywhere.")
-@click.version_option(package_name="kaleyra-reconciler")
+@click.version_option(__version__, "--version", message=VERSION_MESSAGE)
 @click.pass_context
 def cli(ctx: click.Context, config_file: str | None, no_color: bool) -> None:
     """Config-as-code for Kaleyra WhatsApp Business phone-number profiles.

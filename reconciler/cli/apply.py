@@ -116,6 +116,10 @@ def apply(
                 replacement = replacement_of(config, replaces)
                 the_plan = compute_plan(profiles, state, selection, config.waba_keys(), replacement)
             if checksum and the_plan.checksum != checksum:
+                done = _applied_already(config, checksum, the_plan)
+                if done:
+                    echo(done, err=output != "text")
+                    return 0
                 raise StalePlan(
                     f"stale plan: the plan is now {the_plan.checksum}, not the reviewed {checksum}; "
                     "the state or the profiles changed since. Review the new plan"
@@ -174,6 +178,23 @@ def send_reviewed(
     if running_as_program():
         gc.freeze()
     return _send(ctx, the_plan, config, store, state, keys, parallelism, max_rps, output, stop)
+
+
+def _applied_already(config: Config, checksum: str, the_plan: Plan) -> str:
+    """'' unless the audit log shows the plan `checksum` applied in full at this very commit (a re-run
+    of a finished apply); then what to say instead of refusing it as stale."""
+    commit = audit.who(config.path.parent).get("commit", "")
+    pending = {change.phone_number for change in the_plan.changes}
+    record = audit.applied_already(open_store(config).audit_log().read(), checksum, commit, pending)
+    if record is None:
+        return ""
+    by = record.get("by") or {}
+    run = str(by.get("ci_run", "")).rstrip("/").rsplit("/", 1)[-1]
+    where = f"in run {escape(run)}" if run.isdigit() else f"by {escape(str(by.get('actor', 'someone')))}"
+    return (
+        f"The reviewed plan {checksum[:12]} was already applied at commit {commit[:12]}, {where} / at "
+        f"{escape(str(record.get('time', '?')))}: nothing sent, nothing saved."
+    )
 
 
 def _send(

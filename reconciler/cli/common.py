@@ -412,14 +412,17 @@ def read_saved_plan(plan_file: str) -> Plan:
         raise ReconcilerError(f"{plan_file}: {error}") from None
 
 
-def show_plan(plan: Plan, output: str, title: str = "Plan") -> None:
-    drift = title == "Drift"  # drift says what it compares: desired with recorded, not with Kaleyra
+def show_plan(plan: Plan, output: str, title: str = "Plan", max_changes: int | None = None) -> None:
+    """Print a plan; with `max_changes` (safety.max_changes), one over it says so first. Drift says
+    what it compares: desired with recorded, not with what Kaleyra holds."""
+    drift = title == "Drift"
     if output == "json":
         echo(render.plan_json(plan, drift))
     elif output == "markdown":
-        echo(render.plan_markdown(plan, title=f"Kaleyra profile {title.lower()}", drift=drift))
+        title = f"Kaleyra profile {title.lower()}"
+        echo(render.plan_markdown(plan, title=title, max_changes=max_changes, drift=drift))
     else:
-        echo((render.DRIFT_LINE + "\n" if drift else "") + render.plan_text(plan, title))
+        echo((render.DRIFT_LINE + "\n" if drift else "") + render.plan_text(plan, title, max_changes))
 
 
 # True when running as the `reconciler` program (not driven in-process, as tests do).

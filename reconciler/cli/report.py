@@ -10,7 +10,7 @@ from ..plan import compute_plan
 from ..report import build_report, html_page, report_markdown
 from ..state.backends import open_store
 from ..state.files import atomic_write
-from .common import echo, load_desired, load_state, notify, verbose_option
+from .common import echo, load_desired, load_state, notify
 
 
 @click.command()
@@ -22,7 +22,6 @@ from .common import echo, load_desired, load_state, notify, verbose_option
     help="Write the page to DIR/index.html (DIR is created if missing).",
 )
 @click.option("--format", "output", type=click.Choice(["markdown"]), help="Print the report to stdout.")
-@verbose_option
 @click.pass_context
 def report(ctx: click.Context, html_dir: str | None, output: str | None) -> int:
     """Every number with its account, managed fields, pending change, last send (when, who, commit),

@@ -146,7 +146,7 @@ def plan(
         from ..kaleyra import online as checks
 
         checks.check(config, checks.in_plan(the_plan, profiles), request_log(ctx))
-    show_plan(the_plan, output)
+    show_plan(the_plan, output, max_changes=config.max_changes)
     if out_file:
         atomic_write(Path(out_file), (json_text(the_plan.to_saved(), indent=2) + "\n").encode())
         echo(f"Saved the plan to {out_file} (checksum {the_plan.checksum}).\n", err=True)

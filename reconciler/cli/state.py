@@ -7,9 +7,11 @@ the lock, journaled and audited.
 from __future__ import annotations
 
 import re
+import subprocess
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, ClassVar
 
 import click
@@ -22,6 +24,7 @@ from ..escape import escape, json_text
 from ..state import audit, edits
 from ..state.backends import open_store
 from ..state.edits import record_locally
+from ..state.files import atomic_write
 from ..state.lock import locked, unlock
 from ..state.model import State
 from .common import PHONE, config_of, echo, lock_timeout_option, notify
@@ -38,6 +41,7 @@ def state() -> None:
       reconciler state rm +14155550100
       reconciler state mv old-label new-label
       reconciler state unlock --force
+      reconciler state pull
     """
 
 
@@ -206,6 +210,78 @@ def _recorded_at(record: dict[str, Any]) -> datetime | None:
     except ValueError:
         return None
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+BRANCH_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
+
+
+@state.command(name="pull")
+@click.option("--branch", default="reconciler-state", show_default=True, help="The state branch CI writes.")
+@click.option("--remote", default="origin", show_default=True, help="The git remote that holds it.")
+@click.pass_context
+def state_pull(ctx: click.Context, branch: str, remote: str) -> int:
+    """Copy the applied state from the state branch CI keeps, to plan locally against the real state.
+
+    Fetches BRANCH from REMOTE with your own git credentials and writes its state file and audit log
+    over the local copies, at the paths reconciler.yaml gives them. Nothing else changes: your
+    checkout, branch and index stay as they are. A state on S3 needs no pull: plan reads the bucket.
+
+    \b
+    Example:
+      reconciler state pull && reconciler plan
+    """
+    config = config_of(ctx)
+    if config.state_backend != "local":
+        echo("The state is kept on S3 (state.backend s3): plan reads it there; nothing to pull.\n")
+        return 0
+    if not BRANCH_NAME.fullmatch(branch) or ".." in branch or not BRANCH_NAME.fullmatch(remote):
+        raise click.UsageError("--branch and --remote take a git branch and remote name")
+    root = config.path.parent
+    journal = config.state_path.with_name(config.state_path.name + ".journal")
+    if journal.exists() or config.state_path.with_name(config.state_path.name + ".lock").exists():
+        raise ReconcilerError(
+            f"{journal.parent}: a local run's journal or lock is there; finish or clear it "
+            "(`reconciler state unlock`) before pulling the state over it"
+        )
+    top = _git(root, "rev-parse", "--show-toplevel").strip()
+    fetched = subprocess.run(
+        ["git", "-C", str(root), "fetch", "--quiet", "--no-tags", remote, f"refs/heads/{branch}"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if fetched.returncode != 0:
+        said = fetched.stderr.strip().splitlines()
+        raise ReconcilerError(
+            f"cannot fetch the branch {escape(branch)} from {escape(remote)} "
+            f"({escape(said[-1] if said else 'git failed')}); "
+            "if it does not exist yet, the first apply in CI creates it"
+        )
+    pulled = []
+    for path in (config.state_path, config.audit_path):
+        inside = path.resolve().relative_to(Path(top).resolve()).as_posix()
+        shown = subprocess.run(
+            ["git", "-C", str(root), "show", f"FETCH_HEAD:{inside}"], capture_output=True, check=False
+        )
+        if shown.returncode != 0:
+            continue
+        atomic_write(path, shown.stdout)
+        pulled.append(inside)
+    if not pulled:
+        raise ReconcilerError(f"the branch {escape(branch)} holds no state at {config.state_path.name}")
+    pulled_state = open_store(config).load()
+    echo(
+        f"Pulled {', '.join(pulled)} from {escape(remote)}/{escape(branch)}: {len(pulled_state.entries)} "
+        f"number(s), serial {pulled_state.serial}.\n"
+    )
+    return 0
+
+
+def _git(root: Path, *args: str) -> str:
+    result = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise ReconcilerError(f"{root}: not a git checkout ({escape(result.stderr.strip())})")
+    return result.stdout
 
 
 @click.command()

@@ -7,8 +7,8 @@ bash steps make the `gh` calls and pass their JSON in, so each rule lives in one
 - a comment or issue body fits GitHub's limit (65,536 characters) by a budget in UTF-8 bytes, and the
   `<!-- reconciler-checksum: ... -->` marker always survives the cut;
 - errors of `validate` and `plan` are shown escaped, never as markup;
-- only the workflow bot's own comment (login and type Bot) is the plan comment, and only its checksum
-  is the reviewed one;
+- only the workflow bot's own comment (login and type Bot) is the plan comment, and apply trusts it
+  only when its plan section is byte-equal to what trusted code renders for the merged commit;
 - a pull request that edits the state file is flagged with the numbers whose entries it changes;
 - a pull request that changes where the state is kept (the `state:` section of reconciler.yaml) is
   flagged, and its plan is made against the default branch's state location, not the new one.
@@ -34,6 +34,16 @@ DEFAULT_AUTHOR = "github-actions[bot]"
 BODY_BYTES = 64_000
 FLAG_BYTES = 4_000
 CHECKSUM = re.compile(r"<!-- reconciler-checksum: ([0-9a-f]{64}) -->")
+# The plan section of a comment: what apply re-renders with trusted code and compares byte for byte.
+# `budget` is the size the section was cut to (fit_plan), so apply can cut its rendering the same way.
+PLAN_BEGIN = "<!-- reconciler-plan-begin budget={budget} -->"
+PLAN_END = "<!-- reconciler-plan-end -->"
+PLAN_SECTION = re.compile(
+    r"<!-- reconciler-plan-begin budget=(\d{1,7}) -->\n(.*?)<!-- reconciler-plan-end -->", re.DOTALL
+)
+# The smallest budget a genuine comment gives its plan section: BODY_BYTES less the largest flag,
+# error section and footer. A section cut to less is not one the comment job writes.
+MIN_PLAN_BUDGET = 40_000
 CUT_NOTE = (
     "\n> **Cut to fit GitHub's comment limit.** Run `reconciler plan` for the whole plan; "
     "the checksum below covers all of it.\n"
@@ -96,7 +106,14 @@ def assemble(
     footer = cut(footer, 1_000)
     fixed = size(marker) + 1 + size(flag) + size(footer) + 2
     error_text = errors_section(errors, min(16_000, budget - fixed - min(size(plan), 1_000)))
-    plan_text = fit_plan(plan, budget - fixed - size(error_text))
+    plan_budget = budget - fixed - size(error_text)
+    if marker == PLAN_MARKER and plan.strip():
+        # Room for the markers (the begin marker's budget has at most 7 digits).
+        plan_budget -= size(PLAN_BEGIN.format(budget=0)) + 7 + size(PLAN_END) + 2
+        begin = PLAN_BEGIN.format(budget=plan_budget)
+        plan_text = f"{begin}\n{fit_plan(plan, plan_budget)}{PLAN_END}\n"
+    else:
+        plan_text = fit_plan(plan, plan_budget)
     parts = [marker, flag, error_text, plan_text]
     if not plan.strip() and not error_text:
         parts.append("_The reconciler printed no plan._\n")
@@ -269,6 +286,83 @@ def reviewed_checksum(comment: dict[str, Any] | None) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+class NotReviewed(Exception):
+    """The pull request's comments do not show the plan that would be applied."""
+
+
+def plan_comments(comments: list[dict[str, Any]], author: str) -> list[dict[str, Any]]:
+    """Every comment by the workflow's bot (login and type Bot) that starts with the plan marker."""
+    return [
+        comment
+        for comment in comments
+        if (comment.get("user") or {}).get("login") == author
+        and (comment.get("user") or {}).get("type") == "Bot"
+        and str(comment.get("body", "")).startswith(PLAN_MARKER)
+    ]
+
+
+# The plan's summary row: | create | update | unmanage | forget | unchanged | fields | PUTs |
+SUMMARY_ROW = re.compile(r"^(\| \d+ \| \d+ \| \d+ \| \d+ \| )\d+( \| \d+ \| \d+ \|)$", re.MULTILINE)
+
+
+def _unchanged_count_aside(section: str) -> str:
+    """The plan section with its count of unchanged numbers blanked: another pull request merged
+    meanwhile moves that count (its new numbers are unchanged now) but not one byte of the changes."""
+    return SUMMARY_ROW.sub(r"\1…\2", section, count=1)
+
+
+def verify_comment(comments: list[dict[str, Any]], author: str, rendered: str) -> tuple[str, bool]:
+    """Check the pull request's plan comment against `rendered`, the merged commit's plan as trusted
+    code renders it now (`reconciler plan --format markdown`). Returns (checksum, verified):
+
+    - (the plan's checksum, True): the comment's plan section is byte-equal to the rendering (cut to
+      the same budget; the count of unchanged numbers aside, which other merges move) and carries
+      the same checksum, so reviewers read exactly the changes that would be applied;
+    - (the comment's checksum, False): the comment is of another plan (a later push was not commented,
+      the state moved on, or this very plan was applied already): `apply --checksum` then refuses as a
+      stale plan, or says it was applied already, and sends nothing either way.
+
+    Raises NotReviewed when there is no such comment, more than one (the comment job keeps one,
+    updated in place: another one was posted by something else with the same identity), or when the
+    comment carries the checksum of the rendering but not its text (forged or edited).
+    """
+    found = plan_comments(comments, author)
+    if not found:
+        raise NotReviewed(f"the pull request has no plan comment by {author}, so nothing was reviewed")
+    if len(found) > 1:
+        ids = ", ".join(str(comment.get("id")) for comment in found)
+        raise NotReviewed(
+            f"the pull request has {len(found)} plan comments by {author} (ids {ids}); the comment job "
+            "keeps exactly one, so the others were posted by something else with its identity (a pull "
+            "request's own workflow can be): reviewers may have read a forged plan"
+        )
+    [comment] = found
+    body = str(comment.get("body", ""))
+    checksums = set(CHECKSUM.findall(body))
+    ours = CHECKSUM.findall(rendered)
+    if len(checksums) != 1 or len(ours) != 1:
+        raise NotReviewed(f"the plan comment ({comment.get('id')}) carries no single plan checksum")
+    [claimed] = checksums
+    sections = PLAN_SECTION.findall(body)
+    if claimed != ours[0]:
+        return claimed, False
+    if len(sections) != 1:
+        raise NotReviewed(
+            f"the plan comment ({comment.get('id')}) carries this plan's checksum but no plan section "
+            "rendered by the comment job: it was forged or edited"
+        )
+    budget, section = int(sections[0][0]), sections[0][1]
+    if budget < MIN_PLAN_BUDGET or _unchanged_count_aside(section) != _unchanged_count_aside(
+        fit_plan(rendered, budget)
+    ):
+        raise NotReviewed(
+            f"the plan comment ({comment.get('id')}) carries this plan's checksum, but its text is not "
+            "the plan trusted code renders for the merged commit: it was edited or forged, so "
+            "reviewers may have read something else than what would be applied"
+        )
+    return claimed, True
+
+
 # --- where the state lives --------------------------------------------------------------------------
 
 
@@ -358,6 +452,12 @@ def main(argv: list[str] | None = None) -> int:
     flag.add_argument("--after", help="the pull request's copy (absent: none)")
     flag.add_argument("--trusted-source", default="the state the last apply saved")
 
+    verify = commands.add_parser(
+        "verify-comment", help="check the plan comment (JSON lines on stdin) against a trusted rendering"
+    )
+    verify.add_argument("--author", default=DEFAULT_AUTHOR)
+    verify.add_argument("--plan", required=True, help="`reconciler plan --format markdown` of the merge")
+
     for name in ("pick-comment", "reviewed-checksum"):
         pick = commands.add_parser(name, help="read comments (JSON lines) on stdin")
         pick.add_argument("--author", default=DEFAULT_AUTHOR)
@@ -407,6 +507,21 @@ def main(argv: list[str] | None = None) -> int:
                 file=sys.stderr,
             )
             return 1
+        print(checksum)
+    elif args.command == "verify-comment":
+        try:
+            checksum, verified = verify_comment(read_comments(sys.stdin), args.author, _read(args.plan))
+        except NotReviewed as error:
+            print(f"error: {error}; nothing was applied", file=sys.stderr)
+            return 1
+        if verified:
+            print("The plan comment is byte-equal to the merged commit's plan.", file=sys.stderr)
+        else:
+            print(
+                "The plan comment is not the merged commit's plan as it stands now; apply only checks "
+                "whether it was applied already, and sends nothing otherwise.",
+                file=sys.stderr,
+            )
         print(checksum)
     elif args.command == "state-files":
         for path in state_files(args.config):

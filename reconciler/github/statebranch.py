@@ -8,8 +8,10 @@ only seeds a branch that does not exist yet); `save` commits what apply changed 
 on races, or fails loudly and leaves the files for an artifact. A remote backend (issue 13) keeps no
 state in git: `state_files` then lists nothing and both commands do nothing.
 
-Run as `python -I -m reconciler.github.statebranch fetch|save` inside the action. Git is authenticated with
-GH_TOKEN through GIT_CONFIG_* variables, so the token is in neither argv nor .git/config.
+Run as `python -I -m reconciler.github.statebranch fetch|save` inside the action, and as
+`... statebranch git ARGS...` for the action's other git calls that reach GitHub. Git is authenticated
+with GH_TOKEN through GIT_CONFIG_* variables (so the token is in neither argv nor .git/config), which
+replace whatever the environment held: every request carries exactly one Authorization header.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ from .comment import state_backend, state_files, stray_state_files
 BOT_NAME = "github-actions[bot]"
 BOT_EMAIL = "41898282+github-actions[bot]@users.noreply.github.com"
 PUSH_ATTEMPTS = 5
+# Variables through which a caller's git settings would reach our git calls after ours.
+_REPLACED = ("GIT_CONFIG_COUNT", "GIT_CONFIG_PARAMETERS")
 
 
 class StateBranchError(Exception):
@@ -52,16 +56,36 @@ def unsaved_dir() -> Path:
     return _temp() / "reconciler-unsaved-state"
 
 
-def _git_env() -> dict[str, str]:
-    env = dict(os.environ)
-    token = os.environ.get("GH_TOKEN", "")
+def remote_url() -> str:
     server = os.environ.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
+    return f"{server}/{os.environ['GITHUB_REPOSITORY']}"
+
+
+def _git_env() -> dict[str, str]:
+    """The environment of every git call: exactly one Authorization header, GH_TOKEN's.
+
+    github.com answers a request with two Authorization headers with `400 Duplicate header`, and git
+    sends one per `http.extraheader` it finds: in the repository's config (actions/checkout writes one
+    for `<server>/`), in the global config, in GIT_CONFIG_* or GIT_CONFIG_PARAMETERS variables a caller
+    exported. So the caller's GIT_CONFIG_* variables are replaced, never appended to, and the header is
+    set for the repository's own URL (more specific than any `<server>/` entry, so git's URL matching
+    lets it win) after an empty value, which makes git drop every header collected before it.
+    """
+    env = {
+        name: value
+        for name, value in os.environ.items()
+        if not (name.startswith(("GIT_CONFIG_KEY_", "GIT_CONFIG_VALUE_")) or name in _REPLACED)
+    }
+    token = os.environ.get("GH_TOKEN", "")
+    settings: list[tuple[str, str]] = []
     if token:
         basic = base64.b64encode(f"x-access-token:{token}".encode()).decode()
-        count = int(env.get("GIT_CONFIG_COUNT", "0"))
-        env[f"GIT_CONFIG_KEY_{count}"] = f"http.{server}/.extraheader"
-        env[f"GIT_CONFIG_VALUE_{count}"] = f"AUTHORIZATION: basic {basic}"
-        env["GIT_CONFIG_COUNT"] = str(count + 1)
+        key = f"http.{remote_url()}.extraheader"
+        settings = [(key, ""), (key, f"AUTHORIZATION: basic {basic}")]
+    for index, (key, value) in enumerate(settings):
+        env[f"GIT_CONFIG_KEY_{index}"] = key
+        env[f"GIT_CONFIG_VALUE_{index}"] = value
+    env["GIT_CONFIG_COUNT"] = str(len(settings))
     env.update(
         GIT_TERMINAL_PROMPT="0",
         GIT_AUTHOR_NAME=BOT_NAME,
@@ -79,11 +103,6 @@ def git(*args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProces
     if check and result.returncode != 0:
         raise StateBranchError(f"git {args[0]} failed: {result.stderr.strip() or result.stdout.strip()}")
     return result
-
-
-def remote_url() -> str:
-    server = os.environ.get("GITHUB_SERVER_URL", "https://github.com").rstrip("/")
-    return f"{server}/{os.environ['GITHUB_REPOSITORY']}"
 
 
 def _digest(path: Path) -> str | None:
@@ -212,10 +231,13 @@ def save(branch: str, config: str | None, message: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["git"]:  # git ARGS...: one git call with the one credential path, its own output
+        return subprocess.run(["git", *argv[1:]], env=_git_env(), check=False).returncode
     parser = argparse.ArgumentParser(
         prog="python -m reconciler.github.statebranch", description=__doc__.split("\n")[0]
     )
-    parser.add_argument("command", choices=["fetch", "save"])
+    parser.add_argument("command", choices=["fetch", "save", "git"])
     parser.add_argument("--branch", default="reconciler-state", help="'' when the state is not kept in git")
     parser.add_argument("--config", help="reconciler.yaml (default: ./reconciler.yaml)")
     parser.add_argument("--message", default="reconciler: record an apply")

@@ -222,6 +222,29 @@ class S3AuditLog:
                 yield from audit_records(found[0], self.location.url(key), phone_number)
 
 
+def applied_already(
+    records: Iterable[dict[str, Any]], checksum: str, commit: str, pending: set[str]
+) -> dict[str, Any] | None:
+    """The last audit record of a run that applied the plan `checksum` in full at `commit`, or None.
+
+    In full: every number apply recorded under that plan at that commit ended `applied` or
+    `recorded`, and none of them is among `pending`, the numbers the fresh plan still changes. A run
+    that failed for one number, or a plan never applied at this commit, gives None (then apply refuses
+    the checksum as stale, as before)."""
+    if not commit:
+        return None
+    latest: dict[str, dict[str, Any]] = {}
+    for record in records:
+        by = record.get("by") if isinstance(record.get("by"), dict) else {}
+        if record.get("plan") == checksum and by.get("commit") == commit:
+            latest[str(record.get("phone_number"))] = record
+    if not latest or set(latest) & pending:
+        return None
+    if any(record.get("status") not in ("applied", "recorded") for record in latest.values()):
+        return None
+    return max(latest.values(), key=lambda record: str(record.get("time", "")))
+
+
 def audit_records(data: bytes, where: str, phone_number: str | None) -> Iterator[dict[str, Any]]:
     """The records in one log (oldest first), all or those of one number; a line torn by a crash at
     the very end is skipped."""

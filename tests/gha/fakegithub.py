@@ -89,6 +89,10 @@ class FakeGitHub:
         self.labels: set[str] = set()
         self.faults: list[Fault] = []
         self.requests: list[tuple[str, str, int]] = []
+        # What was refused as github.com refuses it (method, url, why): tests assert it stays empty.
+        self.refused: list[tuple[str, str, str]] = []
+        # Pushes over HTTP (by a job's token): (actor, ref). None of them triggers a workflow run.
+        self.token_pushes: list[tuple[str, str]] = []
         self.numbers = itertools.count(1)
         self.comment_ids = itertools.count(1001)
         self.bare.parent.mkdir(parents=True, exist_ok=True)
@@ -422,9 +426,17 @@ class FakeGitHub:
             "REMOTE_ADDR": "127.0.0.1",
             "FAKEGH_ACTOR": token.actor["login"],
         }
+        receiving = handler.command == "POST" and match.group(2).endswith("git-receive-pack")
+        before = git("for-each-ref", cwd=self.bare) if receiving else ""
         result = subprocess.run(
             ["git", "http-backend"], input=body, env=env, capture_output=True, check=False
         )
+        if receiving:
+            # A push with a job's token (GITHUB_TOKEN) triggers no workflow run on GitHub; the fake
+            # records it here and never sends it to the runner.
+            moved = set(git("for-each-ref", cwd=self.bare).splitlines()) - set(before.splitlines())
+            with self.lock:
+                self.token_pushes += [(token.actor["login"], line.split()[-1]) for line in sorted(moved)]
         head, _, payload = result.stdout.partition(b"\r\n\r\n")
         if not _:
             head, _, payload = result.stdout.partition(b"\n\n")
@@ -482,7 +494,21 @@ class FakeGitHub:
                     "Host", ""
                 ).split(":")[0]
                 path = urlsplit(url).path
-                token = hub._token(self.headers.get("Authorization"))
+                authorizations = self.headers.get_all("Authorization") or []
+                if len(authorizations) > 1:
+                    # github.com refuses a request carrying two Authorization headers (git's answer
+                    # then reads `remote: Duplicate header: "Authorization"`), whichever host it is for.
+                    with hub.lock:
+                        hub.requests.append((self.command, path, 400))
+                        hub.refused.append((self.command, url, "duplicate Authorization header"))
+                    message = b'Duplicate header: "Authorization"\n'
+                    self.send_response(400)
+                    self.send_header("Content-Type", "text/plain")
+                    self.send_header("Content-Length", str(len(message)))
+                    self.end_headers()
+                    self.wfile.write(message)
+                    return
+                token = hub._token(authorizations[0] if authorizations else None)
                 if host == GIT_HOST:
                     hub._git(self, url, token, body)
                     return

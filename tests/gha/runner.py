@@ -164,8 +164,13 @@ class Runner:
         self.default_branch = "main"
         self.pending: list[tuple[str, dict[str, Any], str, str, dict[str, Any]]] = []
         self.site_packages = sysconfig.get_paths()["purelib"]
-        # The project's own CI (ci.yml runs .ci/run, these tests included) is not part of the story.
-        self.skip: set[str] = {".github/workflows/ci.yml"}
+        # The project's own CI (ci.yml runs .ci/run, these tests included), its docs site and its
+        # releases are not part of the story.
+        self.skip: set[str] = {
+            ".github/workflows/ci.yml",
+            ".github/workflows/docs.yml",
+            ".github/workflows/release.yml",
+        }
         # AWS IAM as far as GitHub's OIDC meets it: role ARN -> the `sub` claims its trust policy
         # allows (patterns with `*`, as StringLike). A role not here cannot be assumed.
         self.aws_roles: dict[str, list[str]] = {}
@@ -389,7 +394,7 @@ class Runner:
         env = {
             **self.environment,
             "HOME": str(home / "home"),
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PATH": self.environment.get("PATH") or os.environ.get("PATH", "/usr/bin:/bin"),
             "LANG": "C.UTF-8",
             "CI": "true",
             "GITHUB_ACTIONS": "true",

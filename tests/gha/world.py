@@ -20,6 +20,7 @@ from reconciler.config import load_config
 from reconciler.kaleyra.sandbox import Sandbox, SandboxAccount, provision, serve_in_thread
 from reconciler.profiles import load_profiles
 
+from .examples import example_set
 from .fakegithub import FakeGitHub, git
 from .runner import Run, Runner
 
@@ -33,6 +34,7 @@ PEOPLE = {
 }
 MARKER = "<!-- kaleyra-reconciler-plan -->"
 EXTRA_NUMBERS = [f"+9199800{index:05d}" for index in range(200, 260)]
+ONBOARDING = [f"+9199811{index:05d}" for index in range(300)]  # a new team's fleet, live on Kaleyra
 READ_ROLE = "arn:aws:iam::123456789012:role/reconciler-read"
 APPLY_ROLE = "arn:aws:iam::123456789012:role/reconciler-apply"
 LOCAL_STATE = "state:\n  path: .reconciler/state.json\n"
@@ -96,6 +98,10 @@ class World:
         for name, data in project_files().items():
             (self.clone / name).parent.mkdir(parents=True, exist_ok=True)
             (self.clone / name).write_bytes(data)
+        # The caller workflows users copy (examples/github/), derived for the action at `./`: the
+        # local-state set is the repository's own .github/workflows; a state on S3 gets the s3 set.
+        for name, text in example_set("s3" if s3 is not None else "local-state").items():
+            (self.clone / name).write_text(text)
         if s3 is not None:
             config = (self.clone / "reconciler.yaml").read_text()
             assert LOCAL_STATE in config, "the project's reconciler.yaml no longer has the state section"
@@ -106,7 +112,7 @@ class World:
         config = load_config(str(self.clone / "reconciler.yaml"))
         accounts = provision(config, load_profiles(config))
         accounts = [
-            SandboxAccount(a.sid, a.waba_id, {**a.numbers, **{n: {} for n in EXTRA_NUMBERS}})
+            SandboxAccount(a.sid, a.waba_id, {**a.numbers, **{n: {} for n in EXTRA_NUMBERS + ONBOARDING}})
             for a in accounts
         ]
         self.kaleyra = serve_in_thread(Sandbox(accounts, api_key=None))

@@ -5,6 +5,7 @@ installed them. Anything else is refused, loudly."""
 
 from __future__ import annotations
 
+import ast
 import fnmatch
 import importlib.metadata
 import re
@@ -13,6 +14,21 @@ import sys
 import sysconfig
 import tomllib
 from pathlib import Path
+
+
+def version(source: Path, project: dict) -> str:
+    """`project.version`, or the dynamic version setuptools reads from a module's attribute
+    (`[tool.setuptools.dynamic] version = {attr = "package.__version__"}`), read without importing it."""
+    if "version" in project["project"]:
+        return project["project"]["version"]
+    attr = project["tool"]["setuptools"]["dynamic"]["version"]["attr"]
+    module, name = attr.rsplit(".", 1)
+    path = source / Path(*module.split("."))
+    path = path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == name for t in node.targets):
+            return ast.literal_eval(node.value)
+    sys.exit(f"emulated pip: no {attr} in {path}")
 
 
 def install(source: Path, extras: list[str]) -> None:
@@ -39,7 +55,7 @@ def install(source: Path, extras: list[str]) -> None:
         if (folder / "__init__.py").exists() and any(fnmatch.fnmatch(folder.name, p) for p in patterns):
             shutil.rmtree(site / folder.name, ignore_errors=True)
             shutil.copytree(folder, site / folder.name, ignore=shutil.ignore_patterns("__pycache__"))
-    meta = project["project"]
+    meta = {**project["project"], "version": version(source, project)}
     dist = site / f"{meta['name'].replace('-', '_')}-{meta['version']}.dist-info"
     dist.mkdir(exist_ok=True)
     (dist / "METADATA").write_text(
