@@ -394,3 +394,17 @@ def test_a_replace_selector_that_is_nothing_known_is_a_usage_error_naming_unveri
     assert_clean_failure(result)
     assert "--replace 'Unverified' is not a phone number" in result.stderr and "'unverified'" in result.stderr
     assert len(put_bodies(sandbox)) == 2
+
+
+def test_import_then_reassert_on_an_s3_state_sends_and_audits_the_unverified(s3_project, sandbox):
+    project = s3_project
+    project.write_config(reassert={"every_days": 30, "max_per_run": 5})
+    project.write_profile(A, about="Body care")
+    assert project.run("import", "--auto-approve").exit_code == 0
+    assert "1 number(s) unverified" in project.run("plan").stdout
+    result = project.run("reassert", "--auto-approve")
+    assert result.exit_code == 0, result.output
+    assert put_bodies(sandbox) == [{"phone_number": A, "about": "Body care"}]
+    assert project.store().load().entries[A].unverified is False
+    records = [r for r in project.audit() if r["action"] == "replace"]
+    assert [(r["phone_number"], r["result"], r["reassert"]) for r in records] == [(A, "WA200", True)]
