@@ -412,16 +412,20 @@ def note_unaudited(report: ApplyReport, numbers: set[str]) -> None:
     )
 
 
-def entry_after(change: Change, state: State) -> Entry | None:
+def entry_after(change: Change, state: State, unverified: bool = False) -> Entry | None:
+    """The state entry once `change` succeeded. An entry stays unverified (recorded, never sent) until a
+    create or replace sends every field; `unverified` marks one recorded without sending (import)."""
     if change.action == "forget":
         return None
     before = state.entries.get(change.phone_number)
+    sent_in_full = change.action in ("create", "replace")
     return Entry(
         account=change.account,
         target=change.target,
         fields=change.applied_fields(before.fields if before else {}),
         applied_at=now(),
         digest=change.digest,
+        unverified=unverified or (not sent_in_full and before is not None and before.unverified),
     )
 
 

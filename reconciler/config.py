@@ -61,6 +61,15 @@ class S3Location:
 
 
 @dataclass(frozen=True)
+class Reassert:
+    """`reassert:`: re-send in full the numbers last sent more than `every_days` ago, at most
+    `max_per_run` of them per run of `reconciler reassert`."""
+
+    every_days: int
+    max_per_run: int
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     profiles_dir: Path
@@ -68,6 +77,7 @@ class Config:
     accounts: dict[str, Account]
     defaults: dict[str, str] = field(default_factory=dict)
     max_changes: int | None = None
+    reassert: Reassert | None = None  # None: re-assertion is off
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     document: Document | None = None
     # "local" (state_path) or "s3" (s3); s3 is also set with backend local, for `state migrate`.
@@ -109,6 +119,7 @@ def load_config(explicit: str | None = None) -> Config:
     problems += _endpoint_problems(document, accounts) + _path_problems(document, root)
     problems += _retry_problems(document)
     problems += _state_problems(document)
+    problems += _reassert_problems(document)
     defaults = dict(data.get("defaults") or {})
     default_account = defaults.get("account")
     if default_account is not None and default_account not in accounts:
@@ -132,6 +143,7 @@ def load_config(explicit: str | None = None) -> Config:
         accounts=accounts,
         defaults=defaults,
         max_changes=(data.get("safety") or {}).get("max_changes"),
+        reassert=Reassert(**data["reassert"]) if "reassert" in data else None,
         retry=RetryPolicy(**(data.get("retry") or {})),
         document=document,
     )
@@ -287,6 +299,21 @@ def _state_problems(document: Document) -> list[Problem]:
     if problem:
         problems.append(document.problem(("state", "endpoint_url"), f"state.endpoint_url: {problem}"))
     return problems
+
+
+def _reassert_problems(document: Document) -> list[Problem]:
+    """A re-assertion run larger than safety.max_changes would be refused every time: say so now."""
+    reassert, safety = document.data.get("reassert") or {}, document.data.get("safety") or {}
+    per_run, limit = reassert.get("max_per_run"), safety.get("max_changes")
+    if per_run is not None and limit is not None and per_run > limit:
+        return [
+            document.problem(
+                ("reassert", "max_per_run"),
+                f"reassert.max_per_run ({per_run}) is more than safety.max_changes ({limit}): every "
+                "re-assertion run would be refused; lower it",
+            )
+        ]
+    return []
 
 
 def remember_configured_keys(config: Config) -> None:

@@ -1,8 +1,9 @@
 """The plan: what would change, number by number and field by field. Computed without I/O.
 
 Actions: `create` (no state entry yet: send every declared field), `update` (send exactly the changed
-fields), `unmanage` (fields left the YAML: drop them from the state, send nothing), `forget` (the
-profile is gone: drop the number from the state, send nothing), `no-op`.
+fields), `replace` (`--replace`, re-assertion: send every declared field whatever the state says, since
+Kaleyra offers no read of what it holds), `unmanage` (fields left the YAML: drop them from the state,
+send nothing), `forget` (the profile is gone: drop the number from the state, send nothing), `no-op`.
 """
 
 from __future__ import annotations
@@ -18,14 +19,16 @@ from typing import Any
 
 from .errors import ReconcilerError
 from .profiles import Profile
-from .selection import Selection
+from .selection import Replacement, Selection
 from .state import audit
 from .state.model import Entry, State
 from .targets import Destination
 
-# 1.1: each change that sends has a `destination`, which the checksum covers.
+# 1.1: each change that sends has a `destination`, which the checksum covers; the `replace` action,
+# `unverified`, and drift's `compares` and `note`.
 FORMAT_VERSION = "1.1"
-ACTIONS = ("create", "update", "unmanage", "forget", "no-op")
+ACTIONS = ("create", "update", "replace", "unmanage", "forget", "no-op")
+SENDING_ACTIONS = ("create", "update", "replace")
 
 
 @dataclass(frozen=True)
@@ -48,11 +51,13 @@ class Change:
     moved_from: str | None = None
     # Where a create or update is sent; the checksum covers it (None: nothing is sent).
     destination: Destination | None = None
+    # A replace planned by scheduled re-assertion rather than asked for (`--replace`): the audit says so.
+    reassert: bool = False
 
     @property
     def sends(self) -> dict[str, str]:
         """The fields the PUT carries: every field with a desired value."""
-        if self.action not in ("create", "update"):
+        if self.action not in SENDING_ACTIONS:
             return {}
         return {name: change.after for name, change in self.fields.items() if change.after is not None}
 
@@ -115,6 +120,9 @@ class Plan:
     # The --target and --exclude selectors it covers, as a saved plan records them.
     targets: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
+    replaces: tuple[str, ...] = ()
+    # Numbers it covers whose state entry was recorded but never sent (`import`), and stays so after it.
+    unverified: tuple[str, ...] = ()
 
     @functools.cached_property
     def checksum(self) -> str:
@@ -143,6 +151,7 @@ class Plan:
             "summary": {action: self.count(action) for action in ACTIONS if action != "no-op"}
             | {"no-op": self.unchanged, "puts": len(self.puts)},
             "changes": [change.to_json() for change in self.changes],
+            "unverified": list(self.unverified),
         }
 
     def to_saved(self) -> dict[str, Any]:
@@ -154,6 +163,7 @@ class Plan:
         document["profiles_digest"] = self.profiles_digest
         document["targets"] = list(self.targets)
         document["excludes"] = list(self.excludes)
+        document["replaces"] = list(self.replaces)
         for entry, change in zip(document["changes"], self.changes, strict=True):
             entry["target"] = change.target
             entry["digest"] = change.digest
@@ -185,6 +195,8 @@ class Plan:
                 profiles_digest=str(data["profiles_digest"]),
                 targets=tuple(str(target) for target in data.get("targets", ())),
                 excludes=tuple(str(exclude) for exclude in data.get("excludes", ())),
+                replaces=tuple(str(replace) for replace in data.get("replaces", ())),
+                unverified=tuple(str(number) for number in data.get("unverified", ())),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ReconcilerError(f"not a readable saved plan ({type(error).__name__}: {error})") from None
@@ -256,12 +268,16 @@ def compute_plan(
     selection: Selection = EVERY_NUMBER,
     account_targets: dict[str, str] | None = None,
     destinations: Mapping[str, Destination] | None = None,
+    replace: Replacement | None = None,
+    reassert: bool = False,
 ) -> Plan:
     """Diff desired profiles against the applied state, for the numbers `selection` covers.
 
     `account_targets` maps account name -> "sid/waba_id" so a number whose account now points at
     another WABA is sent in full, like a number whose account changed. `destinations` (account name
-    -> where its PUTs go) is recorded on each change that sends, so the checksum covers it.
+    -> where its PUTs go) is recorded on each change that sends, so the checksum covers it. The
+    numbers `replace` picks are planned as `replace` (every declared field sent), marked as
+    re-assertions when `reassert`.
     """
     account_targets = account_targets or {}
     destinations = destinations or {}
@@ -273,16 +289,36 @@ def compute_plan(
             return {owner.account for owner in (profile, entry) if owner is not None}
 
         numbers = selection.choose(numbers, accounts_of)
+    replaced: set[str] = set()
+    if replace:
+
+        def owners(number: str) -> set[str]:
+            profile, entry = desired.get(number), state.entries.get(number)
+            return {owner.account for owner in (profile, entry) if owner is not None}
+
+        def is_unverified(number: str) -> bool:
+            entry = state.entries.get(number)
+            return entry is not None and entry.unverified
+
+        replaced = replace.choose(numbers, owners, desired.__contains__, is_unverified)
     changes: list[Change] = []
     unchanged = 0
+    unverified: list[str] = []
     for number in numbers:
-        change = _diff(desired.get(number), state.entries.get(number), number, account_targets)
+        profile, entry = desired.get(number), state.entries.get(number)
+        change = _diff(profile, entry, number, account_targets, number in replaced, reassert)
         if change is None:
             unchanged += 1
         else:
             if change.needs_put:
                 change = dataclasses.replace(change, destination=destinations.get(change.account))
             changes.append(change)
+        if (
+            entry is not None
+            and entry.unverified
+            and (change is None or change.action in ("update", "unmanage"))
+        ):
+            unverified.append(number)
     targets, excludes = selection.texts()
     return Plan(
         changes=tuple(changes),
@@ -293,6 +329,8 @@ def compute_plan(
         profiles_digest=profiles_digest(desired, numbers),
         targets=targets,
         excludes=excludes,
+        replaces=replace.texts() if replace else (),
+        unverified=tuple(unverified),
     )
 
 
@@ -315,7 +353,12 @@ def profiles_digest(desired: dict[str, Profile], numbers: list[str]) -> str:
 
 
 def _diff(
-    profile: Profile | None, entry: Entry | None, number: str, account_targets: dict[str, str]
+    profile: Profile | None,
+    entry: Entry | None,
+    number: str,
+    account_targets: dict[str, str],
+    replace: bool = False,
+    reassert: bool = False,
 ) -> Change | None:
     if profile is None:
         assert entry is not None, "a number is in the plan because it has a profile or a state entry"
@@ -328,6 +371,14 @@ def _diff(
         if moved_from == profile.account:
             moved_from = f"{entry.account} ({entry.target})"
         return Change(number, profile.account, "create", fields, target, profile.digest, moved_from)
+    if replace:
+        # Every declared field, as the state has it before and the profile after (equal or not): what
+        # Kaleyra holds is unknown. Fields that left the YAML are dropped from the state, as in an update.
+        fields = {
+            str(name): FieldChange(entry.fields.get(name), profile.fields.get(name))
+            for name in sorted(entry.fields.keys() | profile.fields.keys())
+        }
+        return Change(number, profile.account, "replace", fields, target, profile.digest, reassert=reassert)
     if entry.fields == profile.fields:
         # The state's field values are the truth; its digest is only a cache and is never trusted over
         # them (a hand-edited value under an old digest must show as a change).
@@ -354,4 +405,7 @@ def _changed_names(applied: dict[str, str], desired: dict[str, str]) -> set[str]
 def audit_record(change: Change, result: str, message: str, actor: dict[str, str]) -> dict[str, Any]:
     """The audit record of one change's result."""
     fields = {name: (field.before, field.after) for name, field in change.fields.items()}
-    return audit.entry(change.phone_number, change.account, change.action, fields, result, message, actor)
+    record = audit.entry(change.phone_number, change.account, change.action, fields, result, message, actor)
+    if change.action == "replace":
+        record["reassert"] = change.reassert
+    return record

@@ -21,14 +21,35 @@ MARKDOWN_LIMIT = 60_000
 SYMBOLS = {
     "create": ("+", "green"),
     "update": ("~", "yellow"),
+    "replace": ("!", "magenta"),
     "unmanage": ("-", "cyan"),
     "forget": ("-", "red"),
 }
 
 
+# What drift compares, said wherever it reports (Kaleyra documents no read of profile fields).
+DRIFT_COMPARES = "desired vs recorded"
+DRIFT_NOTE = (
+    "Kaleyra offers no read of profile fields; edits made in Kaleyra's console are found by re-assertion"
+)
+DRIFT_LINE = f"Compares {DRIFT_COMPARES} ({DRIFT_NOTE})."
+
+
 def summary_line(plan: Plan) -> str:
-    parts = [f"{plan.count(action)} to {action}" for action in ("create", "update", "unmanage", "forget")]
+    actions = ("create", "update", "replace", "unmanage", "forget") if plan.count("replace") else _ACTIONS
+    parts = [f"{plan.count(action)} to {action}" for action in actions]
     return f"{', '.join(parts)}, {plan.unchanged} unchanged; {len(plan.puts)} PUT(s) to send."
+
+
+_ACTIONS = ("create", "update", "unmanage", "forget")  # replace is named only when a plan has one
+
+
+def unverified_line(plan: Plan) -> str:
+    """The numbers the state holds as recorded by import but never sent: drift cannot vouch for them."""
+    return (
+        f"{len(plan.unverified)} number(s) unverified: recorded by import, never sent; "
+        "`reconciler apply --replace unverified` sends them."
+    )
 
 
 # --- plan ----------------------------------------------------------------------------------------
@@ -50,13 +71,17 @@ def over_limit(plan: Plan, max_changes: int | None) -> str:
 
 
 def plan_text(plan: Plan, title: str = "Plan", max_changes: int | None = None) -> str:
+    unverified = [unverified_line(plan)] if plan.unverified else []
     if not plan.changes:
-        return f"No changes. {plan.unchanged} number(s) match the applied state.\n"
+        return (
+            "\n".join([f"No changes. {plan.unchanged} number(s) match the applied state.", *unverified])
+            + "\n"
+        )
     warning = over_limit(plan, max_changes)
     lines = [f"{title}: {summary_line(plan)}", *([warning] if warning else []), ""]
     for change in plan.changes:
         lines.extend(_change_text(change))
-    lines += ["", f"Checksum: {plan.checksum}"]
+    lines += ["", *unverified, f"Checksum: {plan.checksum}"]
     return "\n".join(lines) + "\n"
 
 
@@ -67,6 +92,8 @@ def _change_text(change: Change) -> list[str]:
         head += f"  moved from {change.moved_from}: sent in full"
     if change.action == "forget":
         head += "  dropped from the state; nothing is sent"
+    if change.action == "replace":
+        head += "  every managed field is sent, whatever the state says"
     # A hand-edited state can put anything in a number, an account or a field name: escape it all.
     lines = [click.style(escape(head), fg=colour, bold=True)]
     width = max((len(escape(name)) for name in change.fields), default=0)
@@ -78,6 +105,8 @@ def _change_text(change: Change) -> list[str]:
             lines.append(f"    {label} {quote(field_change.before)}")
         elif field_change.after is None:
             lines.append(f"    {label} {quote(field_change.before)}  (no longer managed; nothing sent)")
+        elif change.action == "replace" and field_change.before == field_change.after:
+            lines.append(f"    {label} {quote(field_change.after)}  (as recorded; sent again)")
         else:
             reveal = revealing(field_change.before, field_change.after)
             before, after = quote(field_change.before, reveal), quote(field_change.after, reveal)
@@ -85,8 +114,11 @@ def _change_text(change: Change) -> list[str]:
     return lines
 
 
-def plan_json(plan: Plan) -> str:
-    return json_text(plan.to_json(), indent=2) + "\n"
+def plan_json(plan: Plan, drift: bool = False) -> str:
+    document = plan.to_json()
+    if drift:
+        document |= {"compares": DRIFT_COMPARES, "note": DRIFT_NOTE}
+    return json_text(document, indent=2) + "\n"
 
 
 # Every character that could end a table cell, start markup or code, or @-mention someone.
@@ -109,25 +141,37 @@ def plan_markdown(
     title: str = "Kaleyra profile plan",
     limit: int = MARKDOWN_LIMIT,
     max_changes: int | None = None,
+    drift: bool = False,
 ) -> str:
     head = [f"### {title}", ""]
+    if drift:
+        head += [f"Compares **{DRIFT_COMPARES}** ({DRIFT_NOTE}).", ""]
     warning = over_limit(plan, max_changes)
     if warning:
         head += [f"> [!CAUTION]\n> **{warning}**", ""]
     marker = f"<!-- reconciler-checksum: {plan.checksum} -->"  # lets CI apply exactly what was reviewed
     if not plan.changes:
+        unverified = [unverified_line(plan)] if plan.unverified else []
         return "\n".join(
-            [*head, f"No changes. {plan.unchanged} number(s) match the applied state.", marker, ""]
+            [
+                *head,
+                f"No changes. {plan.unchanged} number(s) match the applied state.",
+                *unverified,
+                marker,
+                "",
+            ]
         )
     fields_changed = sum(len(change.fields) for change in plan.changes)
+    actions = ("create", "update", "replace", "unmanage", "forget") if plan.count("replace") else _ACTIONS
     head += [
-        "| create | update | unmanage | forget | unchanged | fields | PUTs |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
-        f"| {plan.count('create')} | {plan.count('update')} | {plan.count('unmanage')} | "
-        f"{plan.count('forget')} | {plan.unchanged} | {fields_changed} | {len(plan.puts)} |",
+        "| " + " | ".join(actions) + " | unchanged | fields | PUTs |",
+        "|" + "---:|" * (len(actions) + 3),
+        "| " + " | ".join(str(plan.count(action)) for action in actions) + " | "
+        f"{plan.unchanged} | {fields_changed} | {len(plan.puts)} |",
         "",
     ]
-    tail = ["", f"Checksum: `{plan.checksum}`", marker, ""]
+    unverified = ["", unverified_line(plan)] if plan.unverified else []
+    tail = [*unverified, "", f"Checksum: `{plan.checksum}`", marker, ""]
     budget = limit - len("\n".join(head + tail).encode()) - 400  # bytes; room for the truncation note
     sections: list[str] = []
     shown = 0
@@ -156,6 +200,8 @@ def _change_markdown(change: Change, fold: bool) -> str:
         title += ": dropped from the state, nothing is sent"
     elif change.action == "unmanage":
         title += ": these fields are no longer managed, nothing is sent"
+    elif change.action == "replace":
+        title += ": every managed field is sent, whatever the state says"
     rows = ["| field | before | after |", "|---|---|---|"]
     for name, c in change.fields.items():
         reveal = revealing(c.before, c.after)
@@ -363,10 +409,19 @@ def state_list_text(state: State) -> str:
     if not state.entries:
         return "The state is empty: nothing has been applied yet.\n"
     rows = [
-        escape(f"{phone}  {entry.account}  {entry.applied_at}  {len(entry.fields)} field(s)")
+        escape(
+            f"{phone}  {entry.account}  {entry.applied_at}  {len(entry.fields)} field(s)"
+            + ("  unverified (recorded by import, never sent)" if entry.unverified else "")
+        )
         for phone, entry in sorted(state.entries.items())
     ]
     header = escape(f"lineage {state.lineage}, serial {state.serial}, {len(state.entries)} number(s)")
+    unverified = sum(1 for entry in state.entries.values() if entry.unverified)
+    if unverified:
+        header += (
+            f"; {unverified} unverified: recorded by import, never sent; "
+            "`reconciler apply --replace unverified` sends them"
+        )
     return "\n".join([header, *rows]) + "\n"
 
 
@@ -376,6 +431,8 @@ def entry_text(phone_number: str, entry: Entry) -> str:
         escape(f"  account:    {entry.account} ({entry.target})"),
         escape(f"  applied at: {entry.applied_at}"),
     ]
+    if entry.unverified:
+        lines.append("  unverified: recorded by import, never sent (`reconciler apply --replace unverified`)")
     lines += [f"  {escape(name)}: {quote(text)}" for name, text in entry.fields.items()]
     return "\n".join(lines) + "\n"
 

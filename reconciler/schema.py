@@ -233,6 +233,18 @@ def config_schema() -> dict[str, Any]:
                 "additionalProperties": False,
                 "properties": {"max_changes": {"type": "integer", "minimum": 0}},
             },
+            "reassert": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["every_days", "max_per_run"],
+                "description": "Scheduled re-assertion (`reconciler reassert`): re-send in full the numbers "
+                "whose last successful send is older than every_days, at most max_per_run per run. Kaleyra "
+                "has no read of profile fields, so this is how edits made in its console are corrected.",
+                "properties": {
+                    "every_days": {"type": "integer", "minimum": 1, "maximum": 3650},
+                    "max_per_run": {"type": "integer", "minimum": 1},
+                },
+            },
             "retry": {
                 "type": "object",
                 "additionalProperties": False,

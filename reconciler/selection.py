@@ -100,3 +100,75 @@ class Selection:
                 continue
             chosen.append(number)
         return chosen
+
+
+UNVERIFIED = "unverified"
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """`--replace`: the numbers whose every managed field is re-sent whatever the state says. Each
+    selector is a number, an account, a glob (as `--target`) or the word `unverified` (the numbers the
+    state holds as recorded but never sent)."""
+
+    selectors: tuple[Selector, ...] = ()
+    unverified: bool = False
+
+    @classmethod
+    def parse(cls, texts: Iterable[str], account_names: Collection[str]) -> Replacement:
+        texts = [text.strip() for text in texts]
+        selectors = []
+        for text in texts:
+            if text == UNVERIFIED:
+                continue
+            try:
+                selectors.append(Selector.parse(text, account_names, "--replace"))
+            except ReconcilerError as error:
+                raise ReconcilerError(f"{error}, or the word '{UNVERIFIED}'") from None
+        return cls(tuple(selectors), UNVERIFIED in texts)
+
+    @classmethod
+    def of_numbers(cls, numbers: Iterable[str]) -> Replacement:
+        return cls(tuple(Selector("number", number) for number in numbers))
+
+    def __bool__(self) -> bool:
+        return bool(self.selectors or self.unverified)
+
+    def texts(self) -> tuple[str, ...]:
+        """What a saved plan records, to replace the same numbers again when it is applied."""
+        return tuple(s.value for s in self.selectors) + ((UNVERIFIED,) if self.unverified else ())
+
+    def choose(
+        self,
+        numbers: Iterable[str],
+        accounts_of: Callable[[str], Collection[str]],
+        has_profile: Callable[[str], bool],
+        is_unverified: Callable[[str], bool],
+    ) -> set[str]:
+        """The numbers to re-send, among `numbers` (those the plan covers). A phone number without a
+        profile is an error (there is nothing to send; its state entry plans as a forget), as is a
+        phone number or glob that matches none of the numbers covered."""
+        numbers = list(numbers)
+        for selector in self.selectors:
+            if selector.kind == "account":
+                continue
+            matched = [n for n in numbers if selector.matches(n, accounts_of(n))]
+            if not matched:
+                what = "phone number" if selector.kind == "number" else "glob"
+                raise ReconcilerError(
+                    f"--replace {selector.value}: no profile or state entry the plan covers has that {what}"
+                )
+            if selector.kind == "number" and not has_profile(selector.value):
+                raise ReconcilerError(
+                    f"--replace {selector.value}: no profile declares this number, so there is nothing to "
+                    "send (its state entry is forgotten by apply); nothing was sent"
+                )
+        return {
+            number
+            for number in numbers
+            if has_profile(number)
+            and (
+                (self.unverified and is_unverified(number))
+                or any(selector.matches(number, accounts_of(number)) for selector in self.selectors)
+            )
+        }

@@ -161,7 +161,7 @@ def test_show_renders_a_saved_plan_as_plan_did(project):
     assert shown.exit_code == 0, shown.output
     assert shown.stdout == planned.stdout
     document = json.loads(project.run("show", "plan.json", "--format", "json").stdout)
-    assert document["format_version"] == "1.0"
+    assert document["format_version"] == "1.1"
     assert [change["phone_number"] for change in document["changes"]] == [A, B]
     assert document["summary"]["create"] == 2
     markdown = project.run("show", "plan.json", "--format", "markdown").stdout

@@ -438,3 +438,54 @@ def test_a_content_length_that_is_not_a_sane_size_is_a_payload_error_not_a_crash
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 400"), answer
     assert b'"WA400"' in answer
+
+
+def console(server, number, body, sid=None):
+    query = f"?sid={sid}" if sid else ""
+    return httpx.post(f"{server.url}/_sandbox/console/{number}{query}", content=json.dumps(body))
+
+
+def test_a_console_edit_changes_the_profile_without_an_api_request(sandbox):
+    assert put(sandbox, body={"phone_number": A, "about": "Sent"}).json()["code"] == "WA200"
+    answer = console(sandbox, A, {"about": "Console", "email": "a@example.com"}, sid=SID)
+    assert answer.status_code == 200 and answer.json()["accounts"] == [SID]
+    numbers = httpx.get(sandbox.url + "/_sandbox/numbers").json()["accounts"]
+    held = {account["sid"]: account["numbers"][A] for account in numbers}
+    assert held[SID] == {"about": "Console", "email": "a@example.com"}
+    assert held[OTHER_SID] == {}  # only the sid named
+    assert len(sandbox.sandbox.requests) == 1  # the API saw only the PUT
+
+
+@pytest.mark.parametrize(
+    ("number", "body", "status", "says"),
+    [
+        (A, {"nickname": "x"}, 400, "profile fields"),
+        (A, {"about": 1}, 400, "profile fields"),
+        (A, {}, 400, "profile fields"),
+        (A, {"email": "not an email"}, 400, "invalid email format"),
+        ("+19999999999", {"about": "x"}, 404, "holds +19999999999"),
+    ],
+)
+def test_a_console_edit_of_the_wrong_shape_is_refused(sandbox, number, body, status, says):
+    answer = console(sandbox, number, body)
+    assert answer.status_code == status and says in answer.json()["error"]
+    assert sandbox.sandbox.number(A) == {}
+
+
+def test_the_console_emulation_answers_loopback_only():
+    from reconciler.kaleyra.sandbox import _is_loopback
+
+    assert _is_loopback("127.0.0.1") and _is_loopback("::1")
+    assert not _is_loopback("192.168.1.10") and not _is_loopback("example.com")
+
+
+def test_a_console_edit_is_persisted_to_the_data_file(tmp_path):
+    data = tmp_path / "sandbox.json"
+    data.write_text(json.dumps({"accounts": [{"sid": SID, "waba_id": WABA, "numbers": {A: {"about": "x"}}}]}))
+    server = serve_in_thread(Sandbox.from_file(data))
+    try:
+        assert console(server, A, {"about": "console"}).status_code == 200
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert json.loads(data.read_text())["accounts"][0]["numbers"][A] == {"about": "console"}

@@ -1,7 +1,7 @@
 """The `reconciler` command line: the root group, and the registration of every command.
 
-Each command group lives in its own module (`review`, `apply`, `state`, `report`, `tools`) and imports what it
-shares from `common`; this module only builds the root group and registers them.
+Each command group lives in its own module (`review`, `apply`, `reassert`, `state`, `report`, `tools`)
+and imports what it shares from `common`; this module only builds the root group and registers them.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import click
 from .. import __version__
 from ..plan import FORMAT_VERSION as PLAN_FORMAT
 from ..state.model import STATE_FORMAT
-from . import apply, common, init, report, review, state, tools
+from . import apply, common, init, reassert, report, review, state, tools
 
 # A workflow pins the package version; tools that read the state file or a saved plan (`--out`,
 # `--format json`) need the format versions, which change only when those documents do.
@@ -50,6 +50,7 @@ for command in (
     review.drift,
     apply.apply,
     apply.import_,
+    reassert.reassert,
     state.state,
     state.history,
     report.report,

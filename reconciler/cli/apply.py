@@ -25,7 +25,7 @@ from ..apply import (
 )
 from ..config import Config
 from ..errors import ReconcilerError, StalePlan
-from ..escape import escape
+from ..escape import escape, quote
 from ..kaleyra.client import KaleyraClient
 from ..plan import Change, Plan, audit_record, compute_plan, differences
 from ..profiles import Profile
@@ -45,6 +45,8 @@ from .common import (
     lock_timeout_option,
     notify,
     read_saved_plan,
+    replace_option,
+    replacement_of,
     request_log,
     running_as_program,
     selection_of,
@@ -57,6 +59,7 @@ from .common import (
 @click.argument("plan_file", required=False, type=click.Path(exists=True, dir_okay=False))
 @click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
 @selection_options
+@replace_option
 @click.option("--parallelism", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--max-rps", type=Rate(), help="Hard cap on requests per second (0.01 to 10,000).")
 @click.option("--checksum", type=Checksum(), help="Refuse unless the fresh plan has this checksum.")
@@ -73,6 +76,7 @@ def apply(
     auto_approve: bool,
     targets: tuple[str, ...],
     excludes: tuple[str, ...],
+    replaces: tuple[str, ...],
     parallelism: int,
     max_rps: float | None,
     checksum: str | None,
@@ -87,10 +91,12 @@ def apply(
       reconciler apply                          # plan, show, ask, send
       reconciler apply plan.json                # exactly a saved plan
       reconciler apply --checksum 3fa9... --auto-approve   # exactly what reviewers saw
+      reconciler apply --replace unverified     # send what import recorded without sending
     """
-    if plan_file and (targets or excludes):
+    if plan_file and (targets or excludes or replaces):
         raise click.UsageError(
-            "--target and --exclude cannot be combined with a saved plan (it records its own selection)"
+            "--target, --exclude and --replace cannot be combined with a saved plan (it records its own "
+            "selection)"
         )
     config, profiles = load_desired(ctx)
     store = open_store(config)
@@ -107,7 +113,10 @@ def apply(
                 the_plan = _reviewed_plan(plan_file, profiles, state, config)
             else:
                 selection = selection_of(config, targets, excludes)
-                the_plan = compute_plan(profiles, state, selection, config.waba_keys(), config.destinations())
+                replacement = replacement_of(config, replaces)
+                the_plan = compute_plan(
+                    profiles, state, selection, config.waba_keys(), config.destinations(), replace=replacement
+                )
             if checksum and the_plan.checksum != checksum:
                 done = _applied_already(config, checksum, the_plan)
                 if done:
@@ -118,25 +127,59 @@ def apply(
                     "the state or the profiles changed since. Review the new plan"
                 )
             if not the_plan.changes:
-                _show_report(ApplyReport(), the_plan, output)
+                show_report(ApplyReport(), the_plan, output)
                 return 0
-            check_safety(the_plan, state, config.max_changes, force)
-            keys = api_keys(the_plan, config)
-            if output == "text":
-                echo(render.plan_text(the_plan))
-            if not (plan_file or checksum or auto_approve):
-                if output != "text":  # nobody approves a plan they were not shown
-                    echo(render.plan_text(the_plan), err=True)
-                _confirm("Apply these changes?")
-            guard.activate()
-            # What is alive now (config, profiles, plan, state: often 100,000s of objects) lives until
-            # the program ends: spare the collector walking it in a full collection mid-send (20 ms,
-            # all workers stalled, at 1,000 numbers). Not when driven in-process, as by tests.
-            if running_as_program():
-                gc.freeze()
-            report = _send(ctx, the_plan, config, store, state, keys, parallelism, max_rps, output, stop)
-        _show_report(report, the_plan, output)
+            approved = bool(plan_file or checksum or auto_approve)
+            report = send_reviewed(
+                ctx,
+                the_plan,
+                config,
+                store,
+                state,
+                guard,
+                stop,
+                approved,
+                force,
+                output,
+                parallelism,
+                max_rps,
+            )
+        show_report(report, the_plan, output)
     return 0 if report.ok else 1
+
+
+def send_reviewed(
+    ctx: click.Context,
+    the_plan: Plan,
+    config: Config,
+    store: StateStore,
+    state: State,
+    guard: SignalGuard,
+    stop: threading.Event,
+    approved: bool,
+    force: bool,
+    output: str,
+    parallelism: int = 8,
+    max_rps: float | None = None,
+    title: str = "Plan",
+) -> ApplyReport:
+    """Everything between a plan made under the lock and its report, for apply and reassert alike:
+    the safety limit, the API keys, the plan shown and approved, then sent and recorded."""
+    check_safety(the_plan, state, config.max_changes, force)
+    keys = api_keys(the_plan, config)
+    if output == "text":
+        echo(render.plan_text(the_plan, title))
+    if not approved:
+        if output != "text":  # nobody approves a plan they were not shown
+            echo(render.plan_text(the_plan, title), err=True)
+        _confirm("Apply these changes?")
+    guard.activate()
+    # What is alive now (config, profiles, plan, state: often 100,000s of objects) lives until
+    # the program ends: spare the collector walking it in a full collection mid-send (20 ms,
+    # all workers stalled, at 1,000 numbers). Not when driven in-process, as by tests.
+    if running_as_program():
+        gc.freeze()
+    return _send(ctx, the_plan, config, store, state, keys, parallelism, max_rps, output, stop)
 
 
 def _applied_already(config: Config, checksum: str, the_plan: Plan) -> str:
@@ -209,7 +252,7 @@ def _send(
     return report
 
 
-def _show_report(report: ApplyReport, plan: Plan, output: str) -> None:
+def show_report(report: ApplyReport, plan: Plan, output: str) -> None:
     if report.recording_failure or report.output_failure:  # on stderr whatever the format
         echo(render.recording_failure_text(report), err=True)
     if output == "json":
@@ -239,7 +282,10 @@ def _reviewed_plan(plan_file: str, profiles: dict[str, Profile], state: State, c
             "run `reconciler plan` again"
         )
     selection = selection_of(config, saved.targets, saved.excludes)
-    fresh = compute_plan(profiles, state, selection, config.waba_keys(), config.destinations())
+    replacement = replacement_of(config, saved.replaces)
+    fresh = compute_plan(
+        profiles, state, selection, config.waba_keys(), config.destinations(), replace=replacement
+    )
     if fresh.profiles_digest != saved.profiles_digest:
         raise StalePlan(
             f"stale plan: the profiles changed since {plan_file} was made; run `reconciler plan` again"
@@ -309,19 +355,29 @@ def import_(
             echo("Nothing to import: every profile already has a state entry.\n")
             return 0
         refuse_key_leaks(adopted)
+        # Every value it records, since none of them is checked against Kaleyra (which has no read).
         for change in adopted:
-            echo(f"  import {change.phone_number} ({change.account}): {len(change.fields)} field(s)\n")
+            echo(
+                escape(f"  import {change.phone_number} ({change.account}): {len(change.fields)} field(s)")
+                + "\n"
+            )
+            width = max((len(escape(name)) for name in change.fields), default=0)
+            for name, field in change.fields.items():
+                echo(f"      {escape(name).ljust(width)} = {quote(field.after)}\n")
         if not auto_approve:
             _confirm(f"Record these {len(adopted)} number(s) as applied without sending anything?")
         actor = audit.who(config.path.parent)
-        message = "imported: recorded as applied, nothing sent"
+        message = "imported: recorded as applied, nothing sent (unverified)"
         record_locally(
             store,
             state,
-            [(change.phone_number, entry_after(change, state)) for change in adopted],
+            [(change.phone_number, entry_after(change, state, unverified=True)) for change in adopted],
             [audit_record(change, "IMPORTED", message, actor) for change in adopted],
         )
-    echo(f"Imported {len(adopted)} number(s); nothing was sent.\n")
+    echo(
+        f"Imported {len(adopted)} number(s); nothing was sent. They are unverified: Kaleyra may hold other "
+        "values; `reconciler apply --replace unverified` sends them.\n"
+    )
     return 0
 
 

@@ -27,7 +27,7 @@ from ..escape import escape
 from ..plan import Plan, unknown_accounts
 from ..profiles import Profile, load_profiles, profile_files
 from ..secrets import redact
-from ..selection import Selection, normalise_phone
+from ..selection import Replacement, Selection, normalise_phone
 from ..state.backends import open_store
 from ..state.model import State
 from ..state.store import StateStore
@@ -297,6 +297,23 @@ def selection_of(config: Config, targets: tuple[str, ...], excludes: tuple[str, 
     return Selection.parse(targets, excludes, config.accounts)
 
 
+def replace_option(function: Any) -> Any:
+    """--replace: re-send every managed field of these numbers whatever the state says."""
+    return click.option(
+        "--replace",
+        "replaces",
+        multiple=True,
+        metavar="SEL",
+        shell_complete=complete_selection,
+        help="Re-send every managed field of this number, account or glob, or of the `unverified` "
+        "numbers, whatever the state says (repeatable).",
+    )(function)
+
+
+def replacement_of(config: Config, replaces: tuple[str, ...]) -> Replacement:
+    return Replacement.parse(replaces, config.accounts)
+
+
 def verbose_option(function: Any) -> Any:
     """--verbose is accepted before or after the command name."""
 
@@ -324,7 +341,7 @@ def refuse_verbose_where_nothing_is_sent(ctx: click.Context) -> None:
     if command is not None and not any(param.name == "verbose" for param in command.params):
         raise click.UsageError(
             f"--verbose logs requests, and `{ctx.info_name} {name}` sends none; it is for validate "
-            "--online, plan --online, apply and sandbox"
+            "--online, plan --online, apply, reassert and sandbox"
         )
 
 
@@ -396,13 +413,16 @@ def read_saved_plan(plan_file: str) -> Plan:
 
 
 def show_plan(plan: Plan, output: str, title: str = "Plan", max_changes: int | None = None) -> None:
-    """Print a plan; with `max_changes` (safety.max_changes), one over it says so first."""
+    """Print a plan; with `max_changes` (safety.max_changes), one over it says so first. Drift says
+    what it compares: desired with recorded, not with what Kaleyra holds."""
+    drift = title == "Drift"
     if output == "json":
-        echo(render.plan_json(plan))
+        echo(render.plan_json(plan, drift))
     elif output == "markdown":
-        echo(render.plan_markdown(plan, title=f"Kaleyra profile {title.lower()}", max_changes=max_changes))
+        title = f"Kaleyra profile {title.lower()}"
+        echo(render.plan_markdown(plan, title=title, max_changes=max_changes, drift=drift))
     else:
-        echo(render.plan_text(plan, title, max_changes))
+        echo((render.DRIFT_LINE + "\n" if drift else "") + render.plan_text(plan, title, max_changes))
 
 
 # True when running as the `reconciler` program (not driven in-process, as tests do).

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from .. import render
 from ..errors import ReconcilerError, ValidationFailed
 from ..escape import json_text
 from ..plan import compute_plan
@@ -19,6 +20,8 @@ from .common import (
     load_state,
     read_saved_plan,
     refuse_as_plan_file,
+    replace_option,
+    replacement_of,
     request_log,
     selection_of,
     selection_options,
@@ -101,6 +104,7 @@ def _validate_json(ctx: click.Context, online: bool) -> int:
 @click.command()
 @click.option("--out", "out_file", type=click.Path(dir_okay=False), help="Save the plan for `apply FILE`.")
 @selection_options
+@replace_option
 @click.option("--format", "output", type=FORMATS, default="text", show_default=True)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 2 when there are changes, 0 when none.")
 @click.option("--online", is_flag=True, help=ONLINE_HELP.format("the changes send"))
@@ -111,6 +115,7 @@ def plan(
     out_file: str | None,
     targets: tuple[str, ...],
     excludes: tuple[str, ...],
+    replaces: tuple[str, ...],
     output: str,
     detailed_exitcode: bool,
     online: bool,
@@ -124,13 +129,19 @@ def plan(
       reconciler plan --target acme-in --exclude '+9199*'
       reconciler plan --out plan.json && reconciler apply plan.json
       reconciler plan --online       # also check the callback profile ids it sends, on Kaleyra
+      reconciler plan --replace +14155550100   # re-send it in full (after an edit in Kaleyra's console)
     """
     config, profiles = load_desired(ctx)
     if out_file:
         refuse_as_plan_file(out_file, config)
     state = load_state(config)
     the_plan = compute_plan(
-        profiles, state, selection_of(config, targets, excludes), config.waba_keys(), config.destinations()
+        profiles,
+        state,
+        selection_of(config, targets, excludes),
+        config.waba_keys(),
+        config.destinations(),
+        replace=replacement_of(config, replaces),
     )
     if online:
         from ..kaleyra import online as checks
@@ -148,7 +159,11 @@ def plan(
 @click.option("--format", "output", type=FORMATS, default="text", show_default=True)
 @click.pass_context
 def drift(ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...], output: str) -> int:
-    """Report where the profiles and the applied state differ: exit 2 when they do, 0 when not.
+    """Report where the profiles and the recorded state differ: exit 2 when they do, 0 when not.
+
+    Kaleyra offers no read of profile fields, so drift compares the profiles with what the state
+    records as sent; an edit made in Kaleyra's console is not seen here. `reconciler reassert` (on a
+    schedule) or `apply --replace` corrects it.
 
     \b
     Example (a scheduled audit):
@@ -160,7 +175,11 @@ def drift(ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...
         profiles, state, selection_of(config, targets, excludes), config.waba_keys(), config.destinations()
     )
     if output == "text" and not the_plan.changes:
-        echo(f"No drift: all {the_plan.unchanged} number(s) match the applied state.\n")
+        unverified = render.unverified_line(the_plan) + "\n" if the_plan.unverified else ""
+        echo(
+            f"{render.DRIFT_LINE}\nNo drift: all {the_plan.unchanged} number(s) match the applied state.\n"
+            + unverified
+        )
     else:
         show_plan(the_plan, output, "Drift")
     return 2 if the_plan.changes else 0

@@ -225,6 +225,37 @@ def validate_urn_kaleyra_reconciler_schema_config_schema_json(data, custom_forma
                             raise JsonSchemaValueException("" + (name_prefix or "data") + ".safety.max_changes must be bigger than or equal to 0")
                 if data__safety_keys:
                     raise JsonSchemaValueException("" + (name_prefix or "data") + ".safety must not contain "+str(data__safety_keys)+" properties")
+        if "reassert" in data_keys:
+            data_keys.remove("reassert")
+            data__reassert = data["reassert"]
+            if not isinstance(data__reassert, (dict)):
+                raise JsonSchemaValueException("" + (name_prefix or "data") + ".reassert must be object")
+            data__reassert_is_dict = isinstance(data__reassert, dict)
+            if data__reassert_is_dict:
+                data__reassert__missing_keys = set(['every_days', 'max_per_run']) - data__reassert.keys()
+                if data__reassert__missing_keys:
+                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".reassert must contain ")
+                data__reassert_keys = set(data__reassert.keys())
+                if "every_days" in data__reassert_keys:
+                    data__reassert_keys.remove("every_days")
+                    data__reassert__everydays = data__reassert["every_days"]
+                    if not isinstance(data__reassert__everydays, (int)) and not (isinstance(data__reassert__everydays, float) and data__reassert__everydays.is_integer()) or isinstance(data__reassert__everydays, bool):
+                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".reassert.every_days must be integer")
+                    if isinstance(data__reassert__everydays, (int, float, Decimal)) and not isinstance(data__reassert__everydays, bool):
+                        if data__reassert__everydays < 1:
+                            raise JsonSchemaValueException("" + (name_prefix or "data") + ".reassert.every_days must be bigger than or equal to 1")
+                        if data__reassert__everydays > 3650:
+                            raise JsonSchemaValueException("" + (name_prefix or "data") + ".reassert.every_days must be smaller than or equal to 3650")
+                if "max_per_run" in data__reassert_keys:
+                    data__reassert_keys.remove("max_per_run")
+                    data__reassert__maxperrun = data__reassert["max_per_run"]
+                    if not isinstance(data__reassert__maxperrun, (int)) and not (isinstance(data__reassert__maxperrun, float) and data__reassert__maxperrun.is_integer()) or isinstance(data__reassert__maxperrun, bool):
+                        raise JsonSchemaValueException("" + (name_prefix or "data") + ".reassert.max_per_run must be integer")
+                    if isinstance(data__reassert__maxperrun, (int, float, Decimal)) and not isinstance(data__reassert__maxperrun, bool):
+                        if data__reassert__maxperrun < 1:
+                            raise JsonSchemaValueException("" + (name_prefix or "data") + ".reassert.max_per_run must be bigger than or equal to 1")
+                if data__reassert_keys:
+                    raise JsonSchemaValueException("" + (name_prefix or "data") + ".reassert must not contain "+str(data__reassert_keys)+" properties")
         if "retry" in data_keys:
             data_keys.remove("retry")
             data__retry = data["retry"]
@@ -364,4 +395,4 @@ def validate_urn_kaleyra_reconciler_schema_config_schema_json(data, custom_forma
 
 
 validate = validate_urn_kaleyra_reconciler_schema_config_schema_json
-SCHEMA_SHA256 = "d4dec9d1cd06673e29532f24e0235dd29dbeaeb90d9abe80a6e9f12e3fd9dd9f"
+SCHEMA_SHA256 = "e5c8318325887043feecca6f373314b415ce118c78a9d26c91f0130e58d29763"

@@ -2,13 +2,16 @@
 
 It answers `PUT /v2/<sid>/whatsapp/<waba_id>/number/update` and `GET /v1/<sid>/callback/profiles/<id>`
 like Kaleyra does, serves what it holds at `GET /_sandbox/numbers` (the requests it received at
-`GET /_sandbox/requests`, keys left out, and counts at `GET /_sandbox/stats`), and can be slow
+`GET /_sandbox/requests`, keys left out, and counts at `GET /_sandbox/stats`), lets a test or a demo
+edit a profile behind the API's back as Kaleyra's console would (`POST /_sandbox/console/<number>`,
+from loopback only), and can be slow
 (`latency_ms`), flaky (`fail_rate`, answered as WA500, 429, or a dropped connection) or rate limited
 (`rate_limit`: a token bucket per account answering 429) so users and tests can rehearse bad days.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import random
@@ -30,6 +33,7 @@ from ..state.files import atomic_write
 
 CALLBACK_FIELDS = ("callback_profile_id", "outgoing_callback_profile_id")
 ROUTE = re.compile(r"^/v2/(?P<sid>[^/]+)/whatsapp/(?P<waba_id>[^/]+)/number/update/?$")
+CONSOLE_ROUTE = re.compile(r"^/_sandbox/console/(?P<phone_number>[^/?]+)/?(?:\?sid=(?P<sid>[^&]*))?$")
 CALLBACK_ROUTE = re.compile(r"^/v1/(?P<sid>[^/]+)/callback/profiles/(?P<profile_id>[^/?]+)/?$")
 FAULTS = ("wa500", "429", "drop")
 RETRY_AFTER = re.compile(r"[0-9]{1,6}|none")  # --retry-after: HTTP's delta-seconds, or no header
@@ -280,6 +284,41 @@ class Sandbox:
                 )
         return SUCCESS
 
+    def console_edit(
+        self, phone_number: str, raw: bytes, sid: str | None = None
+    ) -> tuple[int, dict[str, Any]]:
+        """Change a stored profile as an edit in Kaleyra's console would: no API request, no request
+        log, nothing a client could notice. Every account holding the number (or only `sid`'s) changes."""
+        try:
+            fields = json.loads(raw)
+        except ValueError:
+            fields = None
+        if (
+            not isinstance(fields, dict)
+            or not fields
+            or set(fields) - set(FIELDS)
+            or not all(isinstance(value, str) for value in fields.values())
+        ):
+            return 400, {"error": f"send a JSON object of profile fields ({', '.join(FIELDS)}) to text"}
+        problem = _field_problem(fields)
+        if problem:
+            return 400, {"error": problem}
+        with self.lock:
+            holding = [
+                account
+                for account in self.accounts
+                if phone_number in account.numbers and (sid is None or account.sid == sid)
+            ]
+            if not holding:
+                return 404, {"error": f"no account{' ' + sid if sid else ''} holds {phone_number}"}
+            for account in holding:
+                account.numbers[phone_number].update(fields)
+            if self.data_file is not None:
+                atomic_write(
+                    self.data_file, (json.dumps(self._unlocked_snapshot(), indent=2) + "\n").encode()
+                )
+        return 200, {"phone_number": phone_number, "changed": fields, "accounts": [a.sid for a in holding]}
+
     def log_request(self, path: str, raw: bytes, code: str, started: float) -> None:
         """Remember every PUT, its answer and its span (never the api-key header), for tests and debugging."""
         try:
@@ -453,6 +492,27 @@ class _Handler(BaseHTTPRequestHandler):
         sandbox.log_request(self.path, raw, body["code"], started)
         self._send(STATUS[body["code"]], body)
 
+    def do_POST(self) -> None:
+        """Only the console emulation, and only from this machine: it changes what the sandbox holds
+        without an API key, as a person in Kaleyra's console would."""
+        length = self.headers.get("Content-Length") or "0"
+        if not (length.isascii() and length.isdigit()) or int(length) > MAX_REQUEST_BYTES:
+            self.close_connection = True
+            self._send(400, {"error": "a JSON body with a Content-Length is needed"})
+            return
+        raw = self.rfile.read(int(length))
+        route = CONSOLE_ROUTE.match(self.path)
+        if route is None:
+            self._send(404, {"code": "404", "message": "Not Found", "data": {}, "error": {}})
+            return
+        if not _is_loopback(self.client_address[0]):
+            self._send(403, {"error": "the console emulation answers requests from loopback only"})
+            return
+        number = urllib.parse.unquote(route["phone_number"])
+        sid = urllib.parse.unquote(route["sid"]) if route["sid"] else None
+        status, body = self.server.sandbox.console_edit(number, raw, sid)
+        self._send(status, body)
+
     def do_GET(self) -> None:
         sandbox = self.server.sandbox
         route = CALLBACK_ROUTE.match(self.path)
@@ -496,6 +556,13 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # quiet by default; never logs headers
         if self.server.verbose:
             super().log_message(format, *args)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.split("%")[0]).is_loopback
+    except ValueError:
+        return False
 
 
 class _Server(ThreadingHTTPServer):

@@ -26,16 +26,21 @@ class Entry:
     fields: dict[str, str]
     applied_at: str
     digest: str
+    # Recorded without being sent (by `import`): Kaleyra may hold other values until a replace sends them.
+    unverified: bool = False
 
     def to_json(self) -> dict[str, Any]:
         # By hand: dataclasses.asdict deep-copies, and this runs for every number of every apply.
-        return {
+        data: dict[str, Any] = {
             "account": self.account,
             "target": self.target,
             "fields": self.fields,
             "applied_at": self.applied_at,
             "digest": self.digest,
         }
+        if self.unverified:  # only when true: states written before it existed load unchanged
+            data["unverified"] = True
+        return data
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> Entry:
@@ -51,12 +56,16 @@ class Entry:
         fields = data["fields"]
         if not isinstance(fields, dict) or not all(isinstance(v, str) for v in fields.values()):
             raise StateCorrupt(f"{where}: 'fields' must map field names to text")
+        unverified = data.get("unverified", False)
+        if not isinstance(unverified, bool):
+            raise StateCorrupt(f"{where}: 'unverified' must be true or false, not {_kind(unverified)}")
         return cls(
             account=data["account"],
             target=data.get("target", ""),
             fields=dict(fields),
             applied_at=data.get("applied_at", ""),
             digest=data.get("digest", ""),
+            unverified=unverified,
         )
 
 
