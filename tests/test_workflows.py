@@ -752,6 +752,47 @@ def test_drift_opens_updates_and_closes_one_issue(world: World) -> None:
     assert world.hub.issues[decoy["number"]]["body"] == "people talk"
 
 
+def test_reassert_on_corrects_a_console_edit_saves_the_state_then_drift_runs(world: World) -> None:
+    """Kaleyra offers no read of profile fields: a console edit is corrected by re-sending, which the
+    drift workflow's reassert job does when the repository variable RECONCILER_REASSERT is true."""
+    state = seed_applied(world)
+    for entry in state["numbers"].values():
+        entry["applied_at"] = "2020-01-01T00:00:00Z"  # every number last sent long ago
+    audit = world.show("refs/heads/reconciler-state", ".reconciler/audit.jsonl") or ""
+    world.put_state({".reconciler/state.json": json.dumps(state), ".reconciler/audit.jsonl": audit})
+    config = world.show("refs/heads/main", "reconciler.yaml") or ""
+    world.push_main(
+        {"reconciler.yaml": config.rstrip("\n") + "\nreassert:\n  every_days: 30\n  max_per_run: 1\n"}
+    )
+    number = "+14155550100"  # the first of the oldest (all equally old: by number)
+    desired = world.kaleyra_numbers()[number]["about"]
+    edited = json.dumps({"about": "Edited in Kaleyra's console"}).encode()
+    assert world.kaleyra.sandbox.console_edit(number, edited)[0] == 200
+
+    # Off (the default): the reassert job is skipped, drift runs and cannot see the edit.
+    run = only(world.schedule(), "reconciler drift")
+    assert run.jobs["reassert"].conclusion == "skipped" and run.jobs["drift"].conclusion == "success"
+    assert world.kaleyra_numbers()[number]["about"] == "Edited in Kaleyra's console"
+
+    world.runner.vars["RECONCILER_REASSERT"] = "true"
+    run = only(world.schedule(), "reconciler drift")
+    assert run.jobs["reassert"].conclusion == "success", run.jobs["reassert"].log
+    assert run.jobs["drift"].conclusion == "success", run.jobs["drift"].log
+    assert run.jobs["reassert"].permissions.get("contents") == "write"
+    assert run.jobs["drift"].permissions.get("contents") == "read", "the drift job itself stays read-only"
+    assert world.kaleyra_numbers()[number]["about"] == desired
+    saved = world.saved_state()
+    assert saved is not None and saved["numbers"][number]["applied_at"] != "2020-01-01T00:00:00Z"
+    others = [n for n in saved["numbers"] if n != number]
+    assert all(saved["numbers"][n]["applied_at"] == "2020-01-01T00:00:00Z" for n in others)  # max_per_run
+    records = [
+        json.loads(line)
+        for line in (world.show("refs/heads/reconciler-state", ".reconciler/audit.jsonl") or "").splitlines()
+    ]
+    assert records[-1]["phone_number"] == number and records[-1]["reassert"] is True
+    assert drift_issues(world) == []
+
+
 def test_defect_6_a_crashed_drift_check_fails_and_leaves_the_issue_alone(world: World) -> None:
     seed_applied(world)
     world.push_main(edit(world, SUPPORT, "Order status and returns", "Drifted"))

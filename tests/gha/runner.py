@@ -306,7 +306,14 @@ class Runner:
     def _execute(self, run: Run, document: dict[str, Any]) -> None:
         self.runs.append(run)
         for job_id, job in (document.get("jobs") or {}).items():
-            run.jobs[job_id] = self._job(run, document, job_id, job)
+            needs = job.get("needs") or []
+            needs = [needs] if isinstance(needs, str) else list(needs)
+            # Jobs run one after another here, in the file's order: a job may only need an earlier one
+            # (stricter than GitHub, which orders them by `needs` itself).
+            unknown = [name for name in needs if name not in run.jobs]
+            if unknown:
+                raise ValueError(f"{run.path}: job {job_id} needs {unknown}, which do not run before it")
+            run.jobs[job_id] = self._job(run, document, job_id, job, {name: run.jobs[name] for name in needs})
 
     def _github_context(self, run: Run, job_id: str, token: str, workspace: Path) -> dict[str, Any]:
         event = run.event
@@ -346,7 +353,14 @@ class Runner:
             return dict.fromkeys(SCOPES, "write")
         return {scope: str(level) for scope, level in (declared or {}).items()}
 
-    def _job(self, run: Run, document: dict[str, Any], job_id: str, job: dict[str, Any]) -> JobResult:
+    def _job(
+        self,
+        run: Run,
+        document: dict[str, Any],
+        job_id: str,
+        job: dict[str, Any],
+        needed: dict[str, JobResult] | None = None,
+    ) -> JobResult:
         home = self.root / "runs" / f"{run.id}-{run.attempt}-{job_id}"
         workspace, temp = home / "work", home / "temp"
         for folder in (workspace, temp, home / "home", home / "toolcache"):
@@ -370,7 +384,9 @@ class Runner:
             "vars": self.vars,
             "secrets": secrets,
             "inputs": run.inputs,
-            "needs": {},
+            "needs": {
+                name: {"result": done.conclusion, "outputs": {}} for name, done in (needed or {}).items()
+            },
             "matrix": {},
             "strategy": {},
             "runner": {
@@ -383,7 +399,16 @@ class Runner:
             "env": {},
             "steps": {},
         }
-        evaluator = Evaluator(contexts)
+        # A job whose needed jobs did not all succeed is skipped, unless its `if:` asks for a status
+        # (always(), failure(), ...): success() at job level means every needed job succeeded.
+        results = [done.conclusion for done in (needed or {}).values()]
+        statuses = {
+            "success": all(result == "success" for result in results),
+            "failure": "failure" in results,
+            "cancelled": False,
+            "always": True,
+        }
+        evaluator = Evaluator(contexts, status=statuses.__getitem__)
         if not condition(job.get("if"), evaluator):
             result.conclusion = "skipped"
             self.hub.revoke(token)
