@@ -138,8 +138,11 @@ def test_two_accounts_give_two_secret_lines_and_validate(tmp_path):
     for name in scaffold.WORKFLOWS:
         text = (tmp_path / ".github" / "workflows" / name).read_text()
         assert f"uses: acme/kaleyra-reconciler@{SHA}\n" in text
-        if name != "reconciler-apply.yml":
-            assert not SECRET_LINE.search(text)
+        # The keys go only to the jobs that send: apply, and the drift workflow's reassert job.
+        if name in ("reconciler-apply.yml", "reconciler-drift.yml"):
+            assert SECRET_LINE.findall(text) == SECRET_LINE.findall(apply), name
+        else:
+            assert not SECRET_LINE.search(text), name
     config = (tmp_path / "reconciler.yaml").read_text()
     assert "api_key_env: KALEYRA_API_KEY_ACME_US" in config and "api_version: v1" in config
     assert run(tmp_path, "validate").exit_code == 0

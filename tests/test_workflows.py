@@ -1204,7 +1204,9 @@ def test_s3_a_job_without_id_token_write_gets_no_credentials_and_fails_closed(s3
     requests = len(world.hub.requests)
     run = only(world.schedule(), "reconciler drift")
     assert run.conclusion == "failure"
-    assert any("`id-token` permission" in error for error in run.job().errors()), run.job().errors()
+    assert any("`id-token` permission" in error for error in run.jobs["drift"].errors()), run.jobs[
+        "drift"
+    ].errors()
     assert [s.workflow for s in world.runner.aws_sessions].count("reconciler drift") == 1, "only the first"
     assert world.hub.requests[requests:] == [], "no call to GitHub's API: the drift issue is left alone"
     assert drift_issues(world) == [issue]
