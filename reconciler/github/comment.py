@@ -21,6 +21,7 @@ import html
 import json
 import re
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -431,7 +432,7 @@ def _optional(path: str | None) -> str | None:
     return Path(path).read_text(encoding="utf-8", errors="replace") if path and Path(path).exists() else None
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m reconciler.github", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -477,72 +478,105 @@ def main(argv: list[str] | None = None) -> int:
         "--pin", action="store_true", help="instead, give --config the base's state section"
     )
 
-    args = parser.parse_args(argv)
-    if args.command == "body":
-        marker = PLAN_MARKER if args.marker == "plan" else DRIFT_MARKER
-        text = assemble(
-            marker, _read(args.plan), _read(args.errors), _read(args.flag), args.footer, args.max_bytes
-        )
-        if args.json:
-            document: dict[str, Any] = {"body": text}
-            if args.title:
-                document["title"] = args.title
-            if args.label:
-                document["labels"] = [args.label]
-            text = json.dumps(document)
-        sys.stdout.write(text)
-    elif args.command == "state-flag":
-        sys.stdout.write(
-            state_edit_flag(args.path, _optional(args.before), _optional(args.after), args.trusted_source)
-        )
-    elif args.command == "pick-comment":
-        comment = plan_comment(read_comments(sys.stdin), args.author)
-        if comment:
-            print(comment["id"])
-    elif args.command == "reviewed-checksum":
-        checksum = reviewed_checksum(plan_comment(read_comments(sys.stdin), args.author))
-        if not checksum:
-            print(
-                f"error: no plan comment by {args.author} with one checksum marker; nothing was reviewed",
-                file=sys.stderr,
-            )
-            return 1
-        print(checksum)
-    elif args.command == "verify-comment":
-        try:
-            checksum, verified = verify_comment(read_comments(sys.stdin), args.author, _read(args.plan))
-        except NotReviewed as error:
-            print(f"error: {error}; nothing was applied", file=sys.stderr)
-            return 1
-        if verified:
-            print("The plan comment is byte-equal to the merged commit's plan.", file=sys.stderr)
-        else:
-            print(
-                "The plan comment is not the merged commit's plan as it stands now; apply only checks "
-                "whether it was applied already, and sends nothing otherwise.",
-                file=sys.stderr,
-            )
-        print(checksum)
-    elif args.command == "state-files":
-        for path in state_files(args.config):
-            print(path)
-    elif args.command == "stray-files":
-        for path in stray_state_files(args.config):
-            print(path)
-    elif args.command == "state-backend":
-        print(state_backend(args.config))
-    elif args.command == "state-location":
-        base_loaded, base = _state_section(args.base)
-        loaded, section = _state_section(args.config)
-        if not base_loaded:
-            print(f"note: {args.base} does not load; trusting the default state location", file=sys.stderr)
-        if not loaded or not Path(args.config).is_file():
-            return 0  # validate says what is wrong with it, and there is no plan
-        if not args.pin:
-            sys.stdout.write(state_location_flag(base, section, Path(args.config).name))
-        elif pin_state_location(args.config, base):
-            print("note: the plan reads the state where the default branch keeps it", file=sys.stderr)
+    return parser
+
+
+def _body(args: argparse.Namespace) -> int:
+    marker = PLAN_MARKER if args.marker == "plan" else DRIFT_MARKER
+    text = assemble(
+        marker, _read(args.plan), _read(args.errors), _read(args.flag), args.footer, args.max_bytes
+    )
+    if args.json:
+        document: dict[str, Any] = {"body": text}
+        if args.title:
+            document["title"] = args.title
+        if args.label:
+            document["labels"] = [args.label]
+        text = json.dumps(document)
+    sys.stdout.write(text)
     return 0
+
+
+def _state_flag(args: argparse.Namespace) -> int:
+    sys.stdout.write(
+        state_edit_flag(args.path, _optional(args.before), _optional(args.after), args.trusted_source)
+    )
+    return 0
+
+
+def _pick_comment(args: argparse.Namespace) -> int:
+    comment = plan_comment(read_comments(sys.stdin), args.author)
+    if comment:
+        print(comment["id"])
+    return 0
+
+
+def _reviewed_checksum(args: argparse.Namespace) -> int:
+    checksum = reviewed_checksum(plan_comment(read_comments(sys.stdin), args.author))
+    if not checksum:
+        print(
+            f"error: no plan comment by {args.author} with one checksum marker; nothing was reviewed",
+            file=sys.stderr,
+        )
+        return 1
+    print(checksum)
+    return 0
+
+
+def _verify_comment(args: argparse.Namespace) -> int:
+    try:
+        checksum, verified = verify_comment(read_comments(sys.stdin), args.author, _read(args.plan))
+    except NotReviewed as error:
+        print(f"error: {error}; nothing was applied", file=sys.stderr)
+        return 1
+    if verified:
+        print("The plan comment is byte-equal to the merged commit's plan.", file=sys.stderr)
+    else:
+        print(
+            "The plan comment is not the merged commit's plan as it stands now; apply only checks "
+            "whether it was applied already, and sends nothing otherwise.",
+            file=sys.stderr,
+        )
+    print(checksum)
+    return 0
+
+
+def _print_lines(lines: Iterable[str]) -> int:
+    for line in lines:
+        print(line)
+    return 0
+
+
+def _state_location(args: argparse.Namespace) -> int:
+    base_loaded, base = _state_section(args.base)
+    loaded, section = _state_section(args.config)
+    if not base_loaded:
+        print(f"note: {args.base} does not load; trusting the default state location", file=sys.stderr)
+    if not loaded or not Path(args.config).is_file():
+        return 0  # validate says what is wrong with it, and there is no plan
+    if not args.pin:
+        sys.stdout.write(state_location_flag(base, section, Path(args.config).name))
+    elif pin_state_location(args.config, base):
+        print("note: the plan reads the state where the default branch keeps it", file=sys.stderr)
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "body": _body,
+    "state-flag": _state_flag,
+    "pick-comment": _pick_comment,
+    "reviewed-checksum": _reviewed_checksum,
+    "verify-comment": _verify_comment,
+    "state-files": lambda args: _print_lines(state_files(args.config)),
+    "stray-files": lambda args: _print_lines(stray_state_files(args.config)),
+    "state-backend": lambda args: _print_lines([state_backend(args.config)]),
+    "state-location": _state_location,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    return COMMANDS[args.command](args)
 
 
 if __name__ == "__main__":
