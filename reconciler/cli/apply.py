@@ -27,7 +27,7 @@ from ..config import Config
 from ..errors import ReconcilerError, StalePlan
 from ..escape import escape, quote
 from ..kaleyra.client import KaleyraClient
-from ..plan import Change, Plan, audit_record, compute_plan, differences
+from ..plan import Change, Plan, audit_record, differences
 from ..profiles import Profile
 from ..state import audit
 from ..state.backends import open_store
@@ -44,6 +44,7 @@ from .common import (
     load_state,
     lock_timeout_option,
     notify,
+    plan_for,
     read_saved_plan,
     replace_option,
     replacement_of,
@@ -101,11 +102,8 @@ def apply(
     config, profiles = load_desired(ctx)
     store = open_store(config)
     stop = threading.Event()
-    in_flight = (
-        f"finishing the requests in flight (each within {config.retry.timeout_s:g} s) and recording them"
-    )
     # Signals are deferred from the first PUT until the report is printed and the lock released.
-    with SignalGuard(stop, in_flight, ignore_after=running_as_program()) as guard:
+    with sending_guard(config, stop) as guard:
         # The plan is computed only once the lock is held: after a wait, it is a fresh plan.
         with locked(store, "apply", lock_timeout, notify):
             state = load_state(config, store)
@@ -114,9 +112,7 @@ def apply(
             else:
                 selection = selection_of(config, targets, excludes)
                 replacement = replacement_of(config, replaces)
-                the_plan = compute_plan(
-                    profiles, state, selection, config.waba_keys(), config.destinations(), replace=replacement
-                )
+                the_plan = plan_for(config, profiles, state, selection, replacement)
             if checksum and the_plan.checksum != checksum:
                 done = _applied_already(config, checksum, the_plan)
                 if done:
@@ -146,6 +142,15 @@ def apply(
             )
         show_report(report, the_plan, output)
     return 0 if report.ok else 1
+
+
+def sending_guard(config: Config, stop: threading.Event) -> SignalGuard:
+    """The signal guard of a run that sends: a signal sets `stop`, and the requests in flight finish
+    and are recorded before the process ends."""
+    in_flight = (
+        f"finishing the requests in flight (each within {config.retry.timeout_s:g} s) and recording them"
+    )
+    return SignalGuard(stop, in_flight, ignore_after=running_as_program())
 
 
 def send_reviewed(
@@ -283,9 +288,7 @@ def _reviewed_plan(plan_file: str, profiles: dict[str, Profile], state: State, c
         )
     selection = selection_of(config, saved.targets, saved.excludes)
     replacement = replacement_of(config, saved.replaces)
-    fresh = compute_plan(
-        profiles, state, selection, config.waba_keys(), config.destinations(), replace=replacement
-    )
+    fresh = plan_for(config, profiles, state, selection, replacement)
     if fresh.profiles_digest != saved.profiles_digest:
         raise StalePlan(
             f"stale plan: the profiles changed since {plan_file} was made; run `reconciler plan` again"
@@ -338,13 +341,7 @@ def import_(
     # A signal unwinds (releasing the lock) rather than killing the process with the lock held.
     with SignalGuard(threading.Event()), locked(store, "import", lock_timeout, notify):
         state = load_state(config, store)
-        the_plan = compute_plan(
-            profiles,
-            state,
-            selection_of(config, targets, excludes),
-            config.waba_keys(),
-            config.destinations(),
-        )
+        the_plan = plan_for(config, profiles, state, selection_of(config, targets, excludes))
         adopted = [
             c for c in the_plan.changes if c.action == "create" and c.phone_number not in state.entries
         ]

@@ -24,7 +24,7 @@ from .. import render, secrets
 from ..config import Config, load_config
 from ..errors import ReconcilerError
 from ..escape import escape
-from ..plan import Plan, unknown_accounts
+from ..plan import EVERY_NUMBER, Plan, compute_plan, unknown_accounts
 from ..profiles import Profile, load_profiles, profile_files
 from ..secrets import redact
 from ..selection import Replacement, Selection, normalise_phone
@@ -370,6 +370,20 @@ def load_state(config: Config, store: StateStore | None = None) -> State:
             err=True,
         )
     return state
+
+
+def plan_for(
+    config: Config,
+    profiles: dict[str, Profile],
+    state: State,
+    selection: Selection = EVERY_NUMBER,
+    replace: Replacement | None = None,
+) -> Plan:
+    """A fresh plan of `profiles` against `state` with this configuration's accounts: the WABA each
+    number belongs to, and where each sending change goes (which the checksum covers)."""
+    return compute_plan(
+        profiles, state, selection, config.waba_keys(), config.destinations(), replace=replace
+    )
 
 
 def notify(text: str) -> None:

@@ -11,12 +11,12 @@ import threading
 
 import click
 
-from ..apply import ApplyReport, SignalGuard
+from ..apply import ApplyReport
 from ..config import Reassert
 from ..reassert import Reassertion, plan_reassertion
 from ..state.backends import open_store
 from ..state.lock import locked
-from .apply import send_reviewed, show_report
+from .apply import send_reviewed, sending_guard, show_report
 from .common import (
     APPLY_FORMATS,
     echo,
@@ -24,7 +24,6 @@ from .common import (
     load_state,
     lock_timeout_option,
     notify,
-    running_as_program,
     show_plan,
     verbose_option,
 )
@@ -68,10 +67,7 @@ def reassert(ctx: click.Context, auto_approve: bool, dry_run: bool, output: str,
         return 0
     store = open_store(config)
     stop = threading.Event()
-    in_flight = (
-        f"finishing the requests in flight (each within {config.retry.timeout_s:g} s) and recording them"
-    )
-    with SignalGuard(stop, in_flight, ignore_after=running_as_program()) as guard:
+    with sending_guard(config, stop) as guard:
         with locked(store, "reassert", lock_timeout, notify):
             state = load_state(config, store)
             run = plan_reassertion(

@@ -6,11 +6,10 @@ from pathlib import Path
 
 import click
 
-from ..plan import compute_plan
 from ..report import build_report, html_page, report_markdown
 from ..state.backends import open_store
 from ..state.files import atomic_write
-from .common import echo, load_desired, load_state, notify
+from .common import echo, load_desired, load_state, notify, plan_for
 
 
 @click.command()
@@ -39,7 +38,7 @@ def report(ctx: click.Context, html_dir: str | None, output: str | None) -> int:
     config, profiles = load_desired(ctx)
     store = open_store(config)
     state = load_state(config, store)
-    the_plan = compute_plan(profiles, state, account_targets=config.waba_keys())
+    the_plan = plan_for(config, profiles, state)
     fleet = build_report(profiles, state, the_plan, store.audit_log().read())
     if html_dir:
         page = Path(html_dir) / "index.html"

@@ -10,7 +10,6 @@ import click
 from .. import render
 from ..errors import ReconcilerError, ValidationFailed
 from ..escape import json_text
-from ..plan import compute_plan
 from ..secrets import redact
 from ..state.files import atomic_write
 from .common import (
@@ -18,6 +17,7 @@ from .common import (
     echo,
     load_desired,
     load_state,
+    plan_for,
     read_saved_plan,
     refuse_as_plan_file,
     replace_option,
@@ -135,13 +135,8 @@ def plan(
     if out_file:
         refuse_as_plan_file(out_file, config)
     state = load_state(config)
-    the_plan = compute_plan(
-        profiles,
-        state,
-        selection_of(config, targets, excludes),
-        config.waba_keys(),
-        config.destinations(),
-        replace=replacement_of(config, replaces),
+    the_plan = plan_for(
+        config, profiles, state, selection_of(config, targets, excludes), replacement_of(config, replaces)
     )
     if online:
         from ..kaleyra import online as checks
@@ -171,9 +166,7 @@ def drift(ctx: click.Context, targets: tuple[str, ...], excludes: tuple[str, ...
     """
     config, profiles = load_desired(ctx)
     state = load_state(config)
-    the_plan = compute_plan(
-        profiles, state, selection_of(config, targets, excludes), config.waba_keys(), config.destinations()
-    )
+    the_plan = plan_for(config, profiles, state, selection_of(config, targets, excludes))
     if output == "text" and not the_plan.changes:
         unverified = render.unverified_line(the_plan) + "\n" if the_plan.unverified else ""
         echo(
