@@ -47,11 +47,11 @@ def after(owner: Any, name: str, label: str) -> None:
 
 
 after(cli_apply, "load_desired", "config and profiles loaded")
-after(cli_apply, "compute_plan", "plan made")
+after(cli_apply, "plan_for", "plan made")
 after(render, "plan_text", "plan rendered")
 after(kaleyra.KaleyraClient, "__init__", "client built")
 after(state.Journal, "close", "state compacted")
-after(cli_apply, "_show_report", "report printed")
+after(cli_apply, "show_report", "report printed")
 update = kaleyra.KaleyraClient.update
 
 
