@@ -431,6 +431,8 @@ def entry_text(phone_number: str, entry: Entry) -> str:
         escape(f"  account:    {entry.account} ({entry.target})"),
         escape(f"  applied at: {entry.applied_at}"),
     ]
+    if entry.sent_in_full_at:  # an update sends only what changed; re-assertion counts from this one
+        lines.append(escape(f"  sent in full at: {entry.sent_in_full_at}"))
     if entry.unverified:
         lines.append("  unverified: recorded by import, never sent (`reconciler apply --replace unverified`)")
     lines += [f"  {escape(name)}: {quote(text)}" for name, text in entry.fields.items()]

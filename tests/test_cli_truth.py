@@ -198,14 +198,15 @@ def test_an_update_keeps_an_imported_entry_unverified(project, sandbox):
 # --- scheduled re-assertion --------------------------------------------------------------------
 
 
-def age(project, days: dict[str, int]) -> None:
-    """Make the state say each number was last sent that many days ago."""
+def age(project, days: dict[str, int], keys: tuple[str, ...] = ("applied_at", "sent_in_full_at")) -> None:
+    """Make the state say each number was last sent (by default: in full) that many days ago."""
     from datetime import UTC, datetime, timedelta
 
     document = json.loads(project.state_path.read_text())
     for number, ago in days.items():
         when = datetime.now(UTC) - timedelta(days=ago)
-        document["numbers"][number]["applied_at"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        for key in keys:
+            document["numbers"][number][key] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
     project.state_path.write_text(json.dumps(document))
 
 
@@ -276,6 +277,43 @@ def test_reassert_sends_unverified_entries_first(project, sandbox):
     assert (
         "unverified" not in json.loads(project.run("state", "list", "--format", "json").stdout)["numbers"][C]
     )
+
+
+def test_an_update_of_one_field_does_not_postpone_the_reassertion_of_the_others(project, sandbox):
+    applied_two(project)
+    reassert_config(project)
+    age(project, {A: 60, B: 60})
+    console_edit(sandbox, A, address="Console street")
+    project.write_profile(A, address="1 Market St", about="Body care!")  # edited in git: only about is sent
+    assert project.run("apply", "--auto-approve").exit_code == 0
+    assert put_bodies(sandbox)[-1] == {"phone_number": A, "about": "Body care!"}
+    entry = json.loads(project.state_path.read_text())["numbers"][A]
+    assert entry["sent_in_full_at"] < entry["applied_at"]  # the update did not count as a full send
+    assert f"sent in full at: {entry['sent_in_full_at']}" in project.run("state", "show", A).stdout
+
+    dry = project.run("reassert", "--dry-run", "--format", "json")
+    assert dry.exit_code == 0, dry.output
+    assert [c["phone_number"] for c in json.loads(dry.stdout)["changes"]] == [A]  # A before B: same age
+    result = project.run("reassert", "--auto-approve")
+    assert result.exit_code == 0, result.output
+    assert put_bodies(sandbox)[-1] == {"phone_number": A, "about": "Body care!", "address": "1 Market St"}
+    assert held(sandbox, A)["address"] == "1 Market St"
+
+
+def test_an_entry_written_before_sent_in_full_at_keeps_its_applied_at_as_its_last_full_send(project, sandbox):
+    applied_two(project)
+    reassert_config(project)
+    document = json.loads(project.state_path.read_text())
+    for entry in document["numbers"].values():
+        del entry["sent_in_full_at"]  # as an older reconciler wrote it
+    project.state_path.write_text(json.dumps(document))
+    age(project, {A: 40, B: 20}, keys=("applied_at",))
+    old = json.loads(project.state_path.read_text())["numbers"][A]["applied_at"]
+    project.write_profile(A, address="1 Market St", about="Body care!")
+    assert project.run("apply", "--auto-approve").exit_code == 0
+    assert json.loads(project.state_path.read_text())["numbers"][A]["sent_in_full_at"] == old
+    dry = project.run("reassert", "--dry-run", "--format", "json")
+    assert [c["phone_number"] for c in json.loads(dry.stdout)["changes"]] == [A]
 
 
 def test_reassert_fails_at_once_while_the_lock_is_held(project, sandbox):
@@ -407,6 +445,7 @@ def test_import_then_reassert_on_an_s3_state_sends_and_audits_the_unverified(s3_
     result = project.run("reassert", "--auto-approve")
     assert result.exit_code == 0, result.output
     assert put_bodies(sandbox) == [{"phone_number": A, "about": "Body care"}]
-    assert project.store().load().entries[A].unverified is False
+    entry = project.store().load().entries[A]
+    assert entry.unverified is False and entry.sent_in_full_at == entry.applied_at
     records = [r for r in project.audit() if r["action"] == "replace"]
     assert [(r["phone_number"], r["result"], r["reassert"]) for r in records] == [(A, "WA200", True)]
