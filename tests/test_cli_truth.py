@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import urllib.request
 
+import pytest
+
 from conftest import NUMBERS, SID, assert_clean_failure, put_bodies
 
 A, B, C = NUMBERS[0], NUMBERS[1], NUMBERS[2]
@@ -314,6 +316,41 @@ def test_an_entry_written_before_sent_in_full_at_keeps_its_applied_at_as_its_las
     assert json.loads(project.state_path.read_text())["numbers"][A]["sent_in_full_at"] == old
     dry = project.run("reassert", "--dry-run", "--format", "json")
     assert [c["phone_number"] for c in json.loads(dry.stdout)["changes"]] == [A]
+
+
+@pytest.mark.parametrize("output", ["json", "jsonl", "markdown"])
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+@pytest.mark.parametrize("case", ["off", "nothing due", "due"])
+def test_reassert_stdout_is_one_json_document_jsonl_lines_or_true_markdown_on_every_path(
+    project, sandbox, case, dry_run, output
+):
+    applied_two(project)
+    if case != "off":
+        reassert_config(project)
+    if case == "due":
+        age(project, {A: 40})
+    result = project.run(
+        "reassert", "--auto-approve", "--format", output, *(["--dry-run"] if dry_run else [])
+    )
+    assert result.exit_code == 0, result.output
+    why = {"off": "Re-assertion is off", "nothing due": "Nothing to re-assert", "due": "Re-asserting 1"}[case]
+    if output == "json":
+        document = json.loads(result.stdout)  # exactly one document, nothing else
+        assert ("changes" if dry_run else "summary") in document
+        assert why in result.stderr
+    elif output == "jsonl":
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        assert lines and lines[-1]["event"] == ("plan" if dry_run else "summary")
+        if case == "due":
+            assert [line["phone_number"] for line in lines if line["event"] == "result"] == (
+                [] if dry_run else [A]
+            )
+        assert why in result.stderr
+    else:
+        assert "match the applied state" not in result.stdout and "No changes" not in result.stdout
+        assert "### Kaleyra profile" in result.stdout
+        assert why in (result.stdout if dry_run or case != "due" else result.stderr)
+    assert len(put_bodies(sandbox)) == 2 + (case == "due" and not dry_run)
 
 
 def test_reassert_fails_at_once_while_the_lock_is_held(project, sandbox):
