@@ -170,7 +170,7 @@ def test_import_prints_every_value_marks_unverified_and_replace_unverified_sends
     listed = json.loads(project.run("state", "list", "--format", "json").stdout)
     assert listed["numbers"][A]["unverified"] is True and listed["numbers"][B]["unverified"] is True
     text = project.run("state", "list").stdout
-    assert "2 unverified" in text and text.count("unverified (recorded by import, never sent)") == 2
+    assert "2 unverified" in text and text.count("unverified (recorded by import, never sent in full)") == 2
     assert "unverified: recorded by import, never sent" in project.run("state", "show", A).stdout
 
     plan = project.run("plan")
@@ -195,6 +195,18 @@ def test_an_update_keeps_an_imported_entry_unverified(project, sandbox):
     assert project.run("apply", "--auto-approve").exit_code == 0
     assert put_bodies(sandbox) == [{"phone_number": A, "about": "Body care!"}]  # address is still unsent
     assert json.loads(project.run("plan", "--format", "json").stdout)["unverified"] == [A]
+    # It has been sent, just not in full: every place that lists it says so.
+    assert "unverified: recorded by import, never sent in full" in project.run("state", "show", A).stdout
+    assert "(recorded by import, never sent in full)" in project.run("state", "list").stdout
+    assert "recorded by import, never sent in full;" in project.run("plan").stdout
+
+
+def test_history_names_an_import_once(project, sandbox):
+    project.write_profile(A, about="Body care")
+    assert project.run("import", "--auto-approve").exit_code == 0
+    history = project.run("history", A).stdout
+    assert "imported: recorded as applied, nothing sent" in history
+    assert "IMPORTED: imported" not in history and "imported: imported" not in history.lower()
 
 
 # --- scheduled re-assertion --------------------------------------------------------------------
