@@ -413,20 +413,31 @@ def note_unaudited(report: ApplyReport, numbers: set[str]) -> None:
 
 
 def entry_after(change: Change, state: State, unverified: bool = False) -> Entry | None:
-    """The state entry once `change` succeeded. An entry stays unverified (recorded, never sent) until a
-    create or replace sends every field; `unverified` marks one recorded without sending (import)."""
+    """The state entry once `change` succeeded. An entry stays unverified (recorded, never sent in full)
+    until a create or replace sends every field; `unverified` marks one recorded without sending (import).
+    `sent_in_full_at` moves only when every field was sent; an update or unmanage carries it over."""
     if change.action == "forget":
         return None
     before = state.entries.get(change.phone_number)
-    sent_in_full = change.action in ("create", "replace")
+    sent_in_full = change.action in ("create", "replace") and not unverified
+    applied_at = now()
     return Entry(
         account=change.account,
         target=change.target,
         fields=change.applied_fields(before.fields if before else {}),
-        applied_at=now(),
+        applied_at=applied_at,
         digest=change.digest,
         unverified=unverified or (not sent_in_full and before is not None and before.unverified),
+        sent_in_full_at=applied_at if sent_in_full else _last_full_send(before),
     )
+
+
+def _last_full_send(before: Entry | None) -> str:
+    """The best known time `before` was sent in full: an entry written before `sent_in_full_at` existed
+    was last sent (in full, as far as anyone knows) at its `applied_at`, unless import recorded it."""
+    if before is None or before.unverified:
+        return before.sent_in_full_at if before else ""
+    return before.sent_in_full_at or before.applied_at
 
 
 def _local_message(change: Change) -> str:

@@ -121,7 +121,8 @@ class Plan:
     targets: tuple[str, ...] = ()
     excludes: tuple[str, ...] = ()
     replaces: tuple[str, ...] = ()
-    # Numbers it covers whose state entry was recorded but never sent (`import`), and stays so after it.
+    # Numbers it covers whose state entry was recorded (`import`) but never sent in full, and stays so
+    # after it.
     unverified: tuple[str, ...] = ()
 
     @functools.cached_property

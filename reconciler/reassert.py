@@ -1,9 +1,10 @@
 """Scheduled re-assertion: which numbers to re-send in full, since Kaleyra offers no read of profile
 fields and an edit made in its console can only be corrected by sending the desired values again.
 
-A number is due when its last successful send (its state entry's `applied_at`) is more than
-`every_days` old, or when it was never sent (import's unverified entries, which come first); then
-the oldest first, at most `max_per_run` of them.
+A number is due when its last full send (its state entry's `sent_in_full_at`: an update sends only
+the fields that changed, so it does not count) is more than `every_days` old, or when it was never
+sent in full (import's unverified entries, which come first); then the oldest first, at most
+`max_per_run` of them.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ class Reassertion:
 
 
 def last_sent(entry: Entry) -> datetime:
-    """When the entry was last sent; an entry with no readable time counts as never sent."""
+    """When every field of the entry was last sent; an entry written before `sent_in_full_at` existed
+    was last sent at its `applied_at`; one with no readable time counts as never sent."""
     try:
-        return datetime.strptime(entry.applied_at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        return datetime.strptime(entry.sent_in_full_at or entry.applied_at, "%Y-%m-%dT%H:%M:%SZ").replace(
+            tzinfo=UTC
+        )
     except ValueError:
         return NEVER
 

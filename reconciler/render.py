@@ -45,9 +45,10 @@ _ACTIONS = ("create", "update", "unmanage", "forget")  # replace is named only w
 
 
 def unverified_line(plan: Plan) -> str:
-    """The numbers the state holds as recorded by import but never sent: drift cannot vouch for them."""
+    """The numbers the state holds as recorded by import but never sent in full: drift cannot vouch for
+    them."""
     return (
-        f"{len(plan.unverified)} number(s) unverified: recorded by import, never sent; "
+        f"{len(plan.unverified)} number(s) unverified: recorded by import, never sent in full; "
         "`reconciler apply --replace unverified` sends them."
     )
 
@@ -411,7 +412,7 @@ def state_list_text(state: State) -> str:
     rows = [
         escape(
             f"{phone}  {entry.account}  {entry.applied_at}  {len(entry.fields)} field(s)"
-            + ("  unverified (recorded by import, never sent)" if entry.unverified else "")
+            + ("  unverified (recorded by import, never sent in full)" if entry.unverified else "")
         )
         for phone, entry in sorted(state.entries.items())
     ]
@@ -419,7 +420,7 @@ def state_list_text(state: State) -> str:
     unverified = sum(1 for entry in state.entries.values() if entry.unverified)
     if unverified:
         header += (
-            f"; {unverified} unverified: recorded by import, never sent; "
+            f"; {unverified} unverified: recorded by import, never sent in full; "
             "`reconciler apply --replace unverified` sends them"
         )
     return "\n".join([header, *rows]) + "\n"
@@ -431,8 +432,12 @@ def entry_text(phone_number: str, entry: Entry) -> str:
         escape(f"  account:    {entry.account} ({entry.target})"),
         escape(f"  applied at: {entry.applied_at}"),
     ]
+    if entry.sent_in_full_at:  # an update sends only what changed; re-assertion counts from this one
+        lines.append(escape(f"  sent in full at: {entry.sent_in_full_at}"))
     if entry.unverified:
-        lines.append("  unverified: recorded by import, never sent (`reconciler apply --replace unverified`)")
+        lines.append(
+            "  unverified: recorded by import, never sent in full (`reconciler apply --replace unverified`)"
+        )
     lines += [f"  {escape(name)}: {quote(text)}" for name, text in entry.fields.items()]
     return "\n".join(lines) + "\n"
 
@@ -447,7 +452,8 @@ def history_text(records: list[dict[str, Any]]) -> str:
         by = entry.get("by") if isinstance(entry.get("by"), dict) else {}
         who = str(by.get("actor", "?")) + (f"@{str(by['commit'])[:10]}" if by.get("commit") else "")
         result, message = str(entry.get("result", "")), str(entry.get("message", ""))
-        outcome = message if message.startswith(f"{result}:") else f"{result}: {message}"
+        # A message may start with its result already, in either case ("imported: ..." for IMPORTED).
+        outcome = message if message.lower().startswith(f"{result.lower()}:") else f"{result}: {message}"
         lines.append(
             escape(
                 f"{entry.get('time')}  {who}  {entry.get('phone_number')} ({entry.get('account')})  "

@@ -109,7 +109,7 @@ UNVERIFIED = "unverified"
 class Replacement:
     """`--replace`: the numbers whose every managed field is re-sent whatever the state says. Each
     selector is a number, an account, a glob (as `--target`) or the word `unverified` (the numbers the
-    state holds as recorded but never sent)."""
+    state holds as recorded but never sent in full)."""
 
     selectors: tuple[Selector, ...] = ()
     unverified: bool = False

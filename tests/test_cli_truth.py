@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import urllib.request
 
+import pytest
+
 from conftest import NUMBERS, SID, assert_clean_failure, put_bodies
 
 A, B, C = NUMBERS[0], NUMBERS[1], NUMBERS[2]
@@ -168,7 +170,7 @@ def test_import_prints_every_value_marks_unverified_and_replace_unverified_sends
     listed = json.loads(project.run("state", "list", "--format", "json").stdout)
     assert listed["numbers"][A]["unverified"] is True and listed["numbers"][B]["unverified"] is True
     text = project.run("state", "list").stdout
-    assert "2 unverified" in text and text.count("unverified (recorded by import, never sent)") == 2
+    assert "2 unverified" in text and text.count("unverified (recorded by import, never sent in full)") == 2
     assert "unverified: recorded by import, never sent" in project.run("state", "show", A).stdout
 
     plan = project.run("plan")
@@ -193,19 +195,32 @@ def test_an_update_keeps_an_imported_entry_unverified(project, sandbox):
     assert project.run("apply", "--auto-approve").exit_code == 0
     assert put_bodies(sandbox) == [{"phone_number": A, "about": "Body care!"}]  # address is still unsent
     assert json.loads(project.run("plan", "--format", "json").stdout)["unverified"] == [A]
+    # It has been sent, just not in full: every place that lists it says so.
+    assert "unverified: recorded by import, never sent in full" in project.run("state", "show", A).stdout
+    assert "(recorded by import, never sent in full)" in project.run("state", "list").stdout
+    assert "recorded by import, never sent in full;" in project.run("plan").stdout
+
+
+def test_history_names_an_import_once(project, sandbox):
+    project.write_profile(A, about="Body care")
+    assert project.run("import", "--auto-approve").exit_code == 0
+    history = project.run("history", A).stdout
+    assert "imported: recorded as applied, nothing sent" in history
+    assert "IMPORTED: imported" not in history and "imported: imported" not in history.lower()
 
 
 # --- scheduled re-assertion --------------------------------------------------------------------
 
 
-def age(project, days: dict[str, int]) -> None:
-    """Make the state say each number was last sent that many days ago."""
+def age(project, days: dict[str, int], keys: tuple[str, ...] = ("applied_at", "sent_in_full_at")) -> None:
+    """Make the state say each number was last sent (by default: in full) that many days ago."""
     from datetime import UTC, datetime, timedelta
 
     document = json.loads(project.state_path.read_text())
     for number, ago in days.items():
         when = datetime.now(UTC) - timedelta(days=ago)
-        document["numbers"][number]["applied_at"] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+        for key in keys:
+            document["numbers"][number][key] = when.strftime("%Y-%m-%dT%H:%M:%SZ")
     project.state_path.write_text(json.dumps(document))
 
 
@@ -276,6 +291,78 @@ def test_reassert_sends_unverified_entries_first(project, sandbox):
     assert (
         "unverified" not in json.loads(project.run("state", "list", "--format", "json").stdout)["numbers"][C]
     )
+
+
+def test_an_update_of_one_field_does_not_postpone_the_reassertion_of_the_others(project, sandbox):
+    applied_two(project)
+    reassert_config(project)
+    age(project, {A: 60, B: 60})
+    console_edit(sandbox, A, address="Console street")
+    project.write_profile(A, address="1 Market St", about="Body care!")  # edited in git: only about is sent
+    assert project.run("apply", "--auto-approve").exit_code == 0
+    assert put_bodies(sandbox)[-1] == {"phone_number": A, "about": "Body care!"}
+    entry = json.loads(project.state_path.read_text())["numbers"][A]
+    assert entry["sent_in_full_at"] < entry["applied_at"]  # the update did not count as a full send
+    assert f"sent in full at: {entry['sent_in_full_at']}" in project.run("state", "show", A).stdout
+
+    dry = project.run("reassert", "--dry-run", "--format", "json")
+    assert dry.exit_code == 0, dry.output
+    assert [c["phone_number"] for c in json.loads(dry.stdout)["changes"]] == [A]  # A before B: same age
+    result = project.run("reassert", "--auto-approve")
+    assert result.exit_code == 0, result.output
+    assert put_bodies(sandbox)[-1] == {"phone_number": A, "about": "Body care!", "address": "1 Market St"}
+    assert held(sandbox, A)["address"] == "1 Market St"
+
+
+def test_an_entry_written_before_sent_in_full_at_keeps_its_applied_at_as_its_last_full_send(project, sandbox):
+    applied_two(project)
+    reassert_config(project)
+    document = json.loads(project.state_path.read_text())
+    for entry in document["numbers"].values():
+        del entry["sent_in_full_at"]  # as an older reconciler wrote it
+    project.state_path.write_text(json.dumps(document))
+    age(project, {A: 40, B: 20}, keys=("applied_at",))
+    old = json.loads(project.state_path.read_text())["numbers"][A]["applied_at"]
+    project.write_profile(A, address="1 Market St", about="Body care!")
+    assert project.run("apply", "--auto-approve").exit_code == 0
+    assert json.loads(project.state_path.read_text())["numbers"][A]["sent_in_full_at"] == old
+    dry = project.run("reassert", "--dry-run", "--format", "json")
+    assert [c["phone_number"] for c in json.loads(dry.stdout)["changes"]] == [A]
+
+
+@pytest.mark.parametrize("output", ["json", "jsonl", "markdown"])
+@pytest.mark.parametrize("dry_run", [True, False], ids=["dry-run", "run"])
+@pytest.mark.parametrize("case", ["off", "nothing due", "due"])
+def test_reassert_stdout_is_one_json_document_jsonl_lines_or_true_markdown_on_every_path(
+    project, sandbox, case, dry_run, output
+):
+    applied_two(project)
+    if case != "off":
+        reassert_config(project)
+    if case == "due":
+        age(project, {A: 40})
+    result = project.run(
+        "reassert", "--auto-approve", "--format", output, *(["--dry-run"] if dry_run else [])
+    )
+    assert result.exit_code == 0, result.output
+    why = {"off": "Re-assertion is off", "nothing due": "Nothing to re-assert", "due": "Re-asserting 1"}[case]
+    if output == "json":
+        document = json.loads(result.stdout)  # exactly one document, nothing else
+        assert ("changes" if dry_run else "summary") in document
+        assert why in result.stderr
+    elif output == "jsonl":
+        lines = [json.loads(line) for line in result.stdout.splitlines()]
+        assert lines and lines[-1]["event"] == ("plan" if dry_run else "summary")
+        if case == "due":
+            assert [line["phone_number"] for line in lines if line["event"] == "result"] == (
+                [] if dry_run else [A]
+            )
+        assert why in result.stderr
+    else:
+        assert "match the applied state" not in result.stdout and "No changes" not in result.stdout
+        assert "### Kaleyra profile" in result.stdout
+        assert why in (result.stdout if dry_run or case != "due" else result.stderr)
+    assert len(put_bodies(sandbox)) == 2 + (case == "due" and not dry_run)
 
 
 def test_reassert_fails_at_once_while_the_lock_is_held(project, sandbox):
@@ -407,6 +494,7 @@ def test_import_then_reassert_on_an_s3_state_sends_and_audits_the_unverified(s3_
     result = project.run("reassert", "--auto-approve")
     assert result.exit_code == 0, result.output
     assert put_bodies(sandbox) == [{"phone_number": A, "about": "Body care"}]
-    assert project.store().load().entries[A].unverified is False
+    entry = project.store().load().entries[A]
+    assert entry.unverified is False and entry.sent_in_full_at == entry.applied_at
     records = [r for r in project.audit() if r["action"] == "replace"]
     assert [(r["phone_number"], r["result"], r["reassert"]) for r in records] == [(A, "WA200", True)]

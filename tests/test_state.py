@@ -78,6 +78,19 @@ def test_a_journal_already_compacted_is_not_applied_twice(tmp_path):
     assert recovered.serial == 2 and set(recovered.entries) == {"+1", "+2"}
 
 
+def test_sent_in_full_at_survives_the_journal_and_compaction_and_is_written_only_when_set(tmp_path):
+    store = LocalStateStore(tmp_path / "state.json")
+    state = store.load()
+    full = dataclasses.replace(entry("a"), sent_in_full_at="2026-11-01T00:00:00Z")
+    journal = store.writer(state).__enter__()  # never exited: recovered from the journal
+    journal.record([("+1", full), ("+2", entry("b"))])
+    assert LocalStateStore(store.path).load().entries == {"+1": full, "+2": entry("b")}
+    journal.close()  # compacted
+    saved = json.loads(store.path.read_text())["numbers"]
+    assert saved["+1"]["sent_in_full_at"] == "2026-11-01T00:00:00Z" and "sent_in_full_at" not in saved["+2"]
+    assert LocalStateStore(store.path).load().entries == {"+1": full, "+2": entry("b")}
+
+
 def test_a_corrupt_state_file_is_a_clear_error(tmp_path):
     path = tmp_path / "state.json"
     path.write_text("{not json")

@@ -12,10 +12,13 @@ import threading
 import click
 
 from ..apply import ApplyReport
-from ..config import Reassert
+from ..config import Config, Reassert
+from ..escape import json_line
+from ..plan import Plan
 from ..reassert import Reassertion, plan_reassertion
 from ..state.backends import open_store
 from ..state.lock import locked
+from ..state.model import State
 from .apply import send_reviewed, sending_guard, show_report
 from .common import (
     APPLY_FORMATS,
@@ -41,7 +44,7 @@ def reassert(ctx: click.Context, auto_approve: bool, dry_run: bool, output: str,
 
     Kaleyra offers no read of profile fields, so an edit made in its console is invisible to `drift`;
     re-sending the desired values on a schedule corrects it. Unverified numbers (recorded by import,
-    never sent) go first, then the oldest, at most reassert.max_per_run per run.
+    never sent in full) go first, then the oldest, at most reassert.max_per_run per run.
 
     \b
     Examples:
@@ -51,19 +54,16 @@ def reassert(ctx: click.Context, auto_approve: bool, dry_run: bool, output: str,
     config, profiles = load_desired(ctx)
     settings = config.reassert
     if settings is None:
-        echo(
-            "Re-assertion is off: add `reassert: {every_days: N, max_per_run: M}` to "
-            f"{config.path.name} to re-send every number at least every N days.\n",
-            err=output != "text",
-        )
+        _show_nothing(_nothing(load_state(config)), None, config, output, None if dry_run else ApplyReport())
         return 0
     if dry_run:
         run = plan_reassertion(
             profiles, load_state(config), settings, config.waba_keys(), destinations=config.destinations()
         )
-        _announce(run, settings, output)
-        if run.plan.changes or output != "text":  # text: "Nothing to re-assert" says it all
-            show_plan(run.plan, "json" if output == "jsonl" else output, "Re-assert")
+        if run.plan.changes:
+            _show_dry_run(run, settings, output)
+        else:
+            _show_nothing(run, settings, config, output)
         return 0
     store = open_store(config)
     stop = threading.Event()
@@ -73,11 +73,10 @@ def reassert(ctx: click.Context, auto_approve: bool, dry_run: bool, output: str,
             run = plan_reassertion(
                 profiles, state, settings, config.waba_keys(), destinations=config.destinations()
             )
-            _announce(run, settings, output)
             if not run.plan.changes:
-                if output != "text":
-                    show_report(ApplyReport(), run.plan, output)
+                _show_nothing(run, settings, config, output, ApplyReport())
                 return 0
+            echo(_announcement(run, settings), err=output != "text")
             report = send_reviewed(
                 ctx,
                 run.plan,
@@ -95,17 +94,61 @@ def reassert(ctx: click.Context, auto_approve: bool, dry_run: bool, output: str,
     return 0 if report.ok else 1
 
 
-def _announce(run: Reassertion, settings: Reassert, output: str) -> None:
-    """One line on what is due (on stderr when stdout carries a document)."""
-    if not run.due:
-        text = f"Nothing to re-assert: every number was sent in the last {settings.every_days} day(s).\n"
+def _nothing(state: State) -> Reassertion:
+    return Reassertion(Plan(changes=(), lineage=state.lineage, serial=state.serial), 0, ())
+
+
+def _show_dry_run(run: Reassertion, settings: Reassert, output: str) -> None:
+    """The plan of a dry run with something due: the sentence on stderr when stdout carries a document."""
+    echo(_announcement(run, settings), err=output not in ("text", "markdown"))
+    _show_planned(run.plan, output)
+
+
+def _show_planned(plan: Plan, output: str) -> None:
+    if output == "jsonl":  # one object per line: the whole plan is one event
+        echo(json_line({"event": "plan", **plan.to_json()}))
     else:
-        waiting = run.due - len(run.chosen)
-        later = (
-            f"; {waiting} more wait for the next run (max_per_run {settings.max_per_run})" if waiting else ""
+        show_plan(plan, output, "Re-assert")
+
+
+def _show_nothing(
+    run: Reassertion,
+    settings: Reassert | None,
+    config: Config,
+    output: str,
+    report: ApplyReport | None = None,
+) -> None:
+    """Nothing to send (re-assertion is off, or nothing is due): the sentence that says why, and in json
+    and jsonl the same empty document as a run or dry run that sent nothing, so stdout always parses.
+    Never "No changes ... match the applied state": nothing was compared."""
+    if settings is None:
+        sentence = (
+            "Re-assertion is off: add `reassert: {every_days: N, max_per_run: M}` to "
+            f"{config.path.name} to re-send every number at least every N days.\n"
         )
-        text = (
-            f"Re-asserting {len(run.chosen)} number(s): unverified, or last sent more than "
-            f"{settings.every_days} day(s) ago{later}.\n"
+    else:
+        sentence = _announcement(run, settings)
+    if output == "text":
+        echo(sentence)
+    elif output == "markdown":
+        echo(f"### Kaleyra profile re-assert\n\n{sentence}")
+    else:
+        echo(sentence, err=True)
+        if report is not None:
+            show_report(report, run.plan, output)
+        else:
+            _show_planned(run.plan, output)
+
+
+def _announcement(run: Reassertion, settings: Reassert) -> str:
+    """One line on what is due."""
+    if not run.due:
+        return (
+            f"Nothing to re-assert: every number was sent in full in the last {settings.every_days} day(s).\n"
         )
-    echo(text, err=output != "text")
+    waiting = run.due - len(run.chosen)
+    later = f"; {waiting} more wait for the next run (max_per_run {settings.max_per_run})" if waiting else ""
+    return (
+        f"Re-asserting {len(run.chosen)} number(s): unverified, or last sent in full more than "
+        f"{settings.every_days} day(s) ago{later}.\n"
+    )

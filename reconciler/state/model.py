@@ -28,6 +28,9 @@ class Entry:
     digest: str
     # Recorded without being sent (by `import`): Kaleyra may hold other values until a replace sends them.
     unverified: bool = False
+    # When every managed field was last sent (a create or replace); "" when unknown. An update sends only
+    # what changed, so `applied_at` alone cannot tell re-assertion when a console edit was last overwritten.
+    sent_in_full_at: str = ""
 
     def to_json(self) -> dict[str, Any]:
         # By hand: dataclasses.asdict deep-copies, and this runs for every number of every apply.
@@ -40,6 +43,8 @@ class Entry:
         }
         if self.unverified:  # only when true: states written before it existed load unchanged
             data["unverified"] = True
+        if self.sent_in_full_at:  # likewise only when known
+            data["sent_in_full_at"] = self.sent_in_full_at
         return data
 
     @classmethod
@@ -50,7 +55,7 @@ class Entry:
         for name in ("account", "fields"):
             if name not in data:
                 raise StateCorrupt(f"{where}: the entry has no '{name}'")
-        for name in ("account", "target", "applied_at", "digest"):
+        for name in ("account", "target", "applied_at", "digest", "sent_in_full_at"):
             if not isinstance(data.get(name, ""), str):
                 raise StateCorrupt(f"{where}: '{name}' must be text, not {_kind(data[name])}")
         fields = data["fields"]
@@ -66,6 +71,7 @@ class Entry:
             applied_at=data.get("applied_at", ""),
             digest=data.get("digest", ""),
             unverified=unverified,
+            sent_in_full_at=data.get("sent_in_full_at", ""),
         )
 
 
