@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from . import schema, secrets
 from .errors import MissingApiKey, Problem, ReconcilerError, ValidationFailed
 from .targets import Destination, RetryPolicy, Target, pod_base_url
-from .yamlfile import MAX_CONFIG_NODES, Document, load_mapping
+from .yamlfile import MAX_CONFIG_NODES, Document, NotARegularFile, load_mapping, refuse_unless_regular
 
 DEFAULT_CONFIG = "reconciler.yaml"
 DEFAULT_STATE_PATH = ".reconciler/state.json"
@@ -104,11 +104,17 @@ def config_path(explicit: str | None) -> Path:
 def load_config(explicit: str | None = None) -> Config:
     """Load and check reconciler.yaml; raise ValidationFailed listing every problem in it."""
     path = config_path(explicit)
-    if not path.is_file():
+    try:
+        refuse_unless_regular(path.stat().st_mode)
+    except NotARegularFile as error:
+        raise ReconcilerError(f"{path}: {error}; --config takes the path of reconciler.yaml") from None
+    except FileNotFoundError:
         raise ReconcilerError(
-            f"{path}: no such configuration file; run in the project root, or pass --config PATH "
-            "or set RECONCILER_CONFIG"
-        )
+            f"{path}: no such configuration file; run in the project root, pass --config PATH or set "
+            "RECONCILER_CONFIG, or run `reconciler init` to create one"
+        ) from None
+    except OSError as error:
+        raise ReconcilerError(f"{path}: cannot be read ({error.strerror or error})") from None
     document = load_mapping(path, display_path(path), max_nodes=MAX_CONFIG_NODES)
     problems = schema.check("config", document)
     if problems:

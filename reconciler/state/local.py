@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StateCorrupt
+from ..yamlfile import NotARegularFile, refuse_unless_regular
 from .audit import LocalAuditLog
 from .files import _fsync_dir, atomic_write, drop_torn_tail, open_appending, sync_appended, write_all
 from .journal import journal_lines, journal_records, remember_batch, replay
@@ -95,18 +96,22 @@ class LocalStateStore:
 
     def _read_state_file(self) -> State:
         try:
+            refuse_unless_regular(self.path.stat().st_mode)
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return State()
+        except NotARegularFile as error:
+            raise StateCorrupt(f"{self.path}: {error}") from None
         except OSError as error:
             raise StateCorrupt(f"{self.path}: cannot be read ({error.strerror})") from None
         return parse_state(raw, str(self.path), "restore it from version control")
 
     def _read_journal(self) -> Iterator[tuple[str, dict[str, Any]]]:
         try:
+            refuse_unless_regular(self.journal_path.stat().st_mode)
             data = self.journal_path.read_bytes()
         except OSError as error:
-            raise StateCorrupt(f"{self.journal_path}: cannot be read ({error.strerror})") from None
+            raise StateCorrupt(f"{self.journal_path}: cannot be read ({error.strerror or error})") from None
         return journal_records(data, str(self.journal_path), torn_tail_allowed=True)
 
     # The lock: a file created with O_EXCL, so exactly one process can create it.
