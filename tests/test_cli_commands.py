@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from conftest import NUMBERS, SID, WABA, Project, assert_clean_failure, put_bodies
+from conftest import API_KEY, NUMBERS, SID, WABA, Project, assert_clean_failure, put_bodies
 
 A, B, C = NUMBERS[0], NUMBERS[1], NUMBERS[2]
 
@@ -197,3 +197,13 @@ def test_state_pull_reports_gits_whole_message_and_does_not_claim_a_missing_remo
     message = " ".join(result.stderr.split())
     assert "(git says: fatal: 'nowhere' does not appear to be a git repository" in message
     assert "if the remote is right and the branch does not exist yet" in message
+
+
+def test_state_pull_redacts_a_key_in_gits_message(project, tmp_path):
+    subprocess.run(["git", "init", "-q", str(project.root)], check=True)
+    remote = str(tmp_path / f"mirror-{API_KEY}")
+    subprocess.run(["git", "-C", str(project.root), "remote", "add", "origin", remote], check=True)
+    result = project.run("state", "pull")
+    assert_clean_failure(result)
+    assert "does not appear to be a git repository" in result.stderr
+    assert API_KEY not in result.stderr and API_KEY[:12] not in result.stderr
