@@ -7,6 +7,7 @@ ourselves, checking each node as we go.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass, field
@@ -150,14 +151,25 @@ def _read_at_most(file: Path | str, limit: int) -> tuple[bytes, int]:
 class NotARegularFile(OSError):
     """A FIFO, socket, device or folder where a file is read: reading it could block or never end."""
 
+    def __str__(self) -> str:
+        return str(self.strerror)
 
-def refuse_unless_regular(mode: int) -> None:
+
+def refuse_unless_regular(mode: int, doing: str = "read") -> None:
     """Raise NotARegularFile, naming what the file is, unless `mode` (st_mode) is a regular file's."""
     if stat.S_ISREG(mode):
         return
     kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
     kind = next((name for test, name in kinds if test(mode)), "a device")
-    raise NotARegularFile(f"is {kind}, not a regular file; it is not read")
+    raise NotARegularFile(errno.EINVAL, f"is {kind}, not a regular file; it is not {doing}")
+
+
+def read_regular(path: Path | str) -> bytes:
+    """The whole of a regular file; a FIFO, socket, device or folder is refused without waiting on it."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(descriptor, "rb") as file:
+        refuse_unless_regular(os.fstat(descriptor).st_mode)
+        return file.read()
 
 
 def parse_mapping(text: str, display: str, max_nodes: int = MAX_NODES) -> Document:

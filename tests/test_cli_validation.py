@@ -286,3 +286,22 @@ def test_a_fifo_as_the_config_or_the_state_file_is_refused_before_it_is_read(pro
 def _open_and_close_for_writing(fifo) -> None:
     with contextlib.suppress(OSError):
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_a_fifo_as_the_audit_log_is_refused_by_history_and_apply_without_waiting(project):
+    project.write_profile(A, about="x")
+    audit = project.root / ".reconciler" / "audit.jsonl"
+    audit.parent.mkdir()
+    os.mkfifo(audit)
+    unblock = threading.Timer(10, _open_and_close_for_writing, [audit])
+    unblock.start()
+    try:
+        history = project.run("history")
+    finally:
+        unblock.cancel()
+    assert_clean_failure(history)
+    assert f"{audit}: is a FIFO (named pipe), not a regular file; it is not read" in history.stderr
+    applied = project.run("apply", "--auto-approve")
+    assert_clean_failure(applied)
+    assert "is a FIFO (named pipe), not a regular file; it is not written" in applied.stderr
+    assert "nothing was sent" in applied.stderr
