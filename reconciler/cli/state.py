@@ -27,6 +27,7 @@ from ..state.edits import record_locally
 from ..state.files import atomic_write
 from ..state.lock import locked, unlock
 from ..state.model import State, parse_state
+from ..yamlfile import read_regular
 from .common import PHONE, config_of, echo, lock_timeout_option, notify
 
 
@@ -313,7 +314,7 @@ def _refuse_or_back_up(config: Config, pulled: State, force: bool) -> Path | Non
     backup.mkdir()
     for path in (config.state_path, config.audit_path):
         if path.exists():
-            atomic_write(backup / path.name, path.read_bytes())
+            atomic_write(backup / path.name, read_regular(path))
     return backup
 
 
