@@ -179,6 +179,11 @@ def test_state_pull_refuses_to_replace_a_local_state_of_another_lineage_or_a_hig
     assert (backups[0] / "state.json").read_text() == local
     assert (backups[0] / "audit.jsonl").read_text() == '{"local": true}\n'
 
+    project.state_path.write_text(local)
+    again = project.run("state", "pull", "--force")
+    assert again.exit_code == 0, again.output + again.stderr
+    assert len(list((project.root / ".reconciler").glob("state.json.before-pull-*"))) == 2
+
 
 def test_state_pull_over_an_older_state_of_the_same_lineage_needs_no_force(project, tmp_path):
     _state_branch(project, tmp_path, "aaaa", 3)

@@ -301,17 +301,23 @@ def _refuse_or_back_up(config: Config, pulled: State, force: bool) -> Path | Non
         return None
     if not force:
         why = (
-            f"its lineage {local.lineage} is not the branch's {pulled.lineage}"
+            f"its lineage {local.lineage} is not the branch's {pulled.lineage or '(none)'}"
             if local.lineage not in (None, pulled.lineage)
             else f"its serial {local.serial} is newer than the branch's {pulled.serial}"
         )
         raise ReconcilerError(
-            f"{config.state_path}: the local state holds records the branch may lack ({escape(why)}); "
-            "nothing was written. Apply or push it first, or pass --force to replace it (a backup is kept)"
+            f"{config.state_path}: the local state may hold records the branch lacks ({escape(why)}), "
+            "so it was not replaced and nothing was written; compare them (`reconciler state list`), "
+            "or pass --force to replace it (a backup of it is kept)"
         )
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     backup = config.state_path.with_name(f"{config.state_path.name}.before-pull-{stamp}")
-    backup.mkdir()
+    for attempt in range(2, 100):  # two forced pulls in one second each keep their own backup
+        try:
+            backup.mkdir()
+            break
+        except FileExistsError:
+            backup = backup.with_name(f"{config.state_path.name}.before-pull-{stamp}-{attempt}")
     for path in (config.state_path, config.audit_path):
         if path.exists():
             atomic_write(backup / path.name, read_regular(path))
