@@ -107,7 +107,10 @@ def load_config(explicit: str | None = None) -> Config:
     try:
         refuse_unless_regular(path.stat().st_mode)
     except NotARegularFile as error:
-        raise ReconcilerError(f"{path}: {error}; --config takes the path of reconciler.yaml") from None
+        raise ReconcilerError(
+            f"{path}: is {error.kind}, not a regular file; point --config (or RECONCILER_CONFIG) at "
+            "reconciler.yaml itself"
+        ) from None
     except FileNotFoundError:
         raise ReconcilerError(
             f"{path}: no such configuration file; run in the project root, pass --config PATH or set "

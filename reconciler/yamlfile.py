@@ -151,6 +151,8 @@ def _read_at_most(file: Path | str, limit: int) -> tuple[bytes, int]:
 class NotARegularFile(OSError):
     """A FIFO, socket, device or folder where a file is read: reading it could block or never end."""
 
+    kind = "not a regular file"  # "a FIFO (named pipe)", "a folder"...
+
     def __str__(self) -> str:
         return str(self.strerror)
 
@@ -161,7 +163,9 @@ def refuse_unless_regular(mode: int, doing: str = "read") -> None:
         return
     kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
     kind = next((name for test, name in kinds if test(mode)), "a device")
-    raise NotARegularFile(errno.EINVAL, f"is {kind}, not a regular file; it is not {doing}")
+    error = NotARegularFile(errno.EINVAL, f"is {kind}, not a regular file; it is not {doing}")
+    error.kind = kind
+    raise error
 
 
 def read_regular(path: Path | str) -> bytes:
