@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 from . import schema, secrets
 from .errors import MissingApiKey, Problem, ReconcilerError, ValidationFailed
 from .targets import Destination, RetryPolicy, Target, pod_base_url
-from .yamlfile import MAX_CONFIG_NODES, Document, load_mapping
+from .yamlfile import MAX_CONFIG_NODES, Document, NotARegularFile, load_mapping, refuse_unless_regular
 
 DEFAULT_CONFIG = "reconciler.yaml"
 DEFAULT_STATE_PATH = ".reconciler/state.json"
@@ -104,11 +104,20 @@ def config_path(explicit: str | None) -> Path:
 def load_config(explicit: str | None = None) -> Config:
     """Load and check reconciler.yaml; raise ValidationFailed listing every problem in it."""
     path = config_path(explicit)
-    if not path.is_file():
+    try:
+        refuse_unless_regular(path.stat().st_mode)
+    except NotARegularFile as error:
         raise ReconcilerError(
-            f"{path}: no such configuration file; run in the project root, or pass --config PATH "
-            "or set RECONCILER_CONFIG"
-        )
+            f"{path}: is {error.kind}, not a regular file; point --config (or RECONCILER_CONFIG) at "
+            "reconciler.yaml itself"
+        ) from None
+    except FileNotFoundError:
+        raise ReconcilerError(
+            f"{path}: no such configuration file; run in the project root, pass --config PATH or set "
+            "RECONCILER_CONFIG, or run `reconciler init` to create one"
+        ) from None
+    except OSError as error:
+        raise ReconcilerError(f"{path}: cannot be read ({error.strerror or error})") from None
     document = load_mapping(path, display_path(path), max_nodes=MAX_CONFIG_NODES)
     problems = schema.check("config", document)
     if problems:
@@ -116,7 +125,7 @@ def load_config(explicit: str | None = None) -> Config:
     data = document.data
     accounts = {name: Account(name=name, **fields) for name, fields in data["accounts"].items()}
     root = Path(os.path.abspath(path.parent))  # absolute: later chdirs must not move the state
-    problems += _endpoint_problems(document, accounts) + _path_problems(document, root)
+    problems += _endpoint_problems(document, accounts) + _path_problems(document, path, root)
     problems += _retry_problems(document)
     problems += _state_problems(document)
     problems += _reassert_problems(document)
@@ -223,7 +232,7 @@ def _retry_problems(document: Document) -> list[Problem]:
     return problems
 
 
-def _path_problems(document: Document, root: Path) -> list[Problem]:
+def _path_problems(document: Document, config_file: Path, root: Path) -> list[Problem]:
     """profiles_dir and state.path stay inside the folder of reconciler.yaml, symlinks resolved: a
     config must not walk the whole disk (`/`) or read and write beside the repository (`..`)."""
     data = document.data
@@ -255,7 +264,45 @@ def _path_problems(document: Document, root: Path) -> list[Problem]:
             problems.append(
                 Problem(display_path(path), 0, 0, "is a symlink; the state's files must be plain files")
             )
+    overlap = _overlap(document, config_file, root, state_path)
+    if overlap:
+        # Point at the key the user wrote: state.path, else profiles_dir (the state's is the default).
+        written = "path" in (data.get("state") or {}) or "profiles_dir" not in data
+        problems.append(document.problem(("state", "path") if written else ("profiles_dir",), overlap))
     return problems
+
+
+def _overlap(document: Document, config_file: Path, root: Path, state_path: Path) -> str | None:
+    """Why the files the reconciler writes (the state, its journal, lock and audit log) would land on
+    the files it reads (reconciler.yaml, the profiles), or None. The first apply would overwrite
+    reconciler.yaml, or drop state.json among the profiles, where validate and plan then trip on it."""
+    relative = (document.data.get("state") or {}).get("path", DEFAULT_STATE_PATH)
+    profiles_dir = document.data.get("profiles_dir", "profiles")
+    config = os.path.realpath(config_file)
+    profiles = os.path.realpath(root / profiles_dir)
+    written = [
+        os.path.realpath(path)
+        for path in (
+            state_path,
+            state_path.with_name(state_path.name + ".journal"),
+            state_path.with_name(state_path.name + ".lock"),
+            state_path.with_name("audit.jsonl"),
+        )
+    ]
+    if config in written:
+        return (
+            f"state.path '{relative}' would write the state, its journal, lock or audit.jsonl over "
+            f"{document.path}; keep them apart (the default state.path is .reconciler/state.json)"
+        )
+    if any(path == profiles or path.startswith(os.path.join(profiles, "")) for path in written):
+        return (
+            f"state.path '{relative}' is inside profiles_dir '{profiles_dir}': "
+            "the state, its journal, lock and audit.jsonl would be written where profiles are read; keep "
+            "the two folders apart (the defaults are profiles/ and .reconciler/state.json)"
+        )
+    if written[0] == written[3]:
+        return f"state.path '{relative}' is the name of the audit log beside it (audit.jsonl); rename it"
+    return None
 
 
 # S3's limit on an object key, in UTF-8 bytes. The longest key the reconciler puts beside the state is

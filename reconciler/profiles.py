@@ -15,7 +15,7 @@ from pathlib import Path
 from . import schema
 from .config import Config, display_path
 from .errors import Problem, ValidationFailed
-from .yamlfile import Document, load_mapping
+from .yamlfile import Document, NotARegularFile, load_mapping, refuse_unless_regular
 
 PROFILE_SUFFIXES = (".yaml", ".yml")
 # A file named like a phone number must hold that number; any other name (`support-line.yaml`) is fine.
@@ -114,8 +114,20 @@ def profile_files(root: Path, problems: list[Problem]) -> list[str]:
                 elif entry.is_dir(follow_symlinks=False):
                     folders.append(entry.path)
                 elif entry.name.endswith(PROFILE_SUFFIXES):
-                    found.append(entry.path)
+                    # A FIFO or device named *.yaml would block the read: named here, never opened.
+                    if entry.is_file():
+                        found.append(entry.path)
+                    else:
+                        problems.append(Problem(display_path(entry.path), 0, 0, _not_regular(entry.path)))
     return sorted(found)
+
+
+def _not_regular(path: str) -> str:
+    try:
+        refuse_unless_regular(os.stat(path).st_mode)
+    except OSError as error:
+        return str(error) if isinstance(error, NotARegularFile) else f"cannot be read ({error.strerror})"
+    return "is not a regular file; it is not read"
 
 
 def _display_below(root: Path) -> Callable[[str], str]:

@@ -7,7 +7,9 @@ ourselves, checking each node as we go.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,6 +111,8 @@ def read_source(file: Path | str, display: str) -> tuple[bytes, str]:
     """The bytes of `file` and their text (UTF-8, a byte-order mark dropped), within the size limit."""
     try:
         raw, size = _read_at_most(file, MAX_FILE_BYTES)
+    except NotARegularFile as error:
+        raise _fail(display, 0, 0, str(error)) from None
     except OSError as error:
         raise _fail(display, 0, 0, f"cannot be read ({error.strerror or error})") from None
     if size > MAX_FILE_BYTES:
@@ -127,8 +131,10 @@ def _read_at_most(file: Path | str, limit: int) -> tuple[bytes, int]:
     os.read on a descriptor, not open(): the buffered file object costs about as much again as the
     read itself, which counts over 10,000 profiles (bench/plan.py).
     """
-    descriptor = os.open(file, os.O_RDONLY)
+    # Non-blocking, then checked: reading a FIFO (or a terminal) named *.yaml would wait forever.
+    descriptor = os.open(file, os.O_RDONLY | os.O_NONBLOCK)
     try:
+        refuse_unless_regular(os.fstat(descriptor).st_mode)
         chunks: list[bytes] = []
         size = 0
         while size <= limit:
@@ -140,6 +146,34 @@ def _read_at_most(file: Path | str, limit: int) -> tuple[bytes, int]:
         return b"".join(chunks), max(size, os.fstat(descriptor).st_size)
     finally:
         os.close(descriptor)
+
+
+class NotARegularFile(OSError):
+    """A FIFO, socket, device or folder where a file is read: reading it could block or never end."""
+
+    kind = "not a regular file"  # "a FIFO (named pipe)", "a folder"...
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def refuse_unless_regular(mode: int, doing: str = "read") -> None:
+    """Raise NotARegularFile, naming what the file is, unless `mode` (st_mode) is a regular file's."""
+    if stat.S_ISREG(mode):
+        return
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a socket"))
+    kind = next((name for test, name in kinds if test(mode)), "a device")
+    error = NotARegularFile(errno.EINVAL, f"is {kind}, not a regular file; it is not {doing}")
+    error.kind = kind
+    raise error
+
+
+def read_regular(path: Path | str) -> bytes:
+    """The whole of a regular file; a FIFO, socket, device or folder is refused without waiting on it."""
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with os.fdopen(descriptor, "rb") as file:
+        refuse_unless_regular(os.fstat(descriptor).st_mode)
+        return file.read()
 
 
 def parse_mapping(text: str, display: str, max_nodes: int = MAX_NODES) -> Document:

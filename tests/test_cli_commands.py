@@ -8,7 +8,7 @@ import os
 import subprocess
 import sys
 
-from conftest import NUMBERS, SID, WABA, Project, assert_clean_failure, put_bodies
+from conftest import API_KEY, NUMBERS, SID, WABA, Project, assert_clean_failure, put_bodies
 
 A, B, C = NUMBERS[0], NUMBERS[1], NUMBERS[2]
 
@@ -136,3 +136,79 @@ def test_state_pull_without_the_branch_is_one_clear_error_and_writes_nothing(pro
     assert "the first apply in CI creates it" in result.stderr
     assert not project.state_path.exists()
     assert project.run("state", "pull", "--branch", "--upload-pack=evil").exit_code == 1
+
+
+def _state_document(lineage: str, serial: int, phone_number: str) -> str:
+    fields = {"about": "x"}
+    entry = {"account": "main", "fields": fields}
+    numbers = {phone_number: entry}
+    return json.dumps({"format_version": 1, "lineage": lineage, "serial": serial, "numbers": numbers})
+
+
+def _state_branch(project, tmp_path, lineage: str, serial: int) -> None:
+    """An `origin` whose reconciler-state branch holds a state of `lineage` at `serial`."""
+    upstream = tmp_path / "upstream"
+    (upstream / ".reconciler").mkdir(parents=True)
+    (upstream / ".reconciler" / "state.json").write_text(_state_document(lineage, serial, A))
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.com"]
+    subprocess.run([*git, "init", "-q", "-b", "reconciler-state", str(upstream)], check=True)
+    subprocess.run([*git, "-C", str(upstream), "add", "-A"], check=True)
+    subprocess.run([*git, "-C", str(upstream), "commit", "-q", "-m", "state"], check=True)
+    subprocess.run(["git", "init", "-q", str(project.root)], check=True)
+    subprocess.run(["git", "-C", str(project.root), "remote", "add", "origin", str(upstream)], check=True)
+
+
+def test_state_pull_refuses_to_replace_a_local_state_of_another_lineage_or_a_higher_serial(project, tmp_path):
+    _state_branch(project, tmp_path, "aaaa", 1)
+    project.state_path.parent.mkdir(parents=True, exist_ok=True)
+    for lineage, serial in (("bbbb", 5), ("bbbb", 0), ("aaaa", 5)):
+        local = _state_document(lineage, serial, B)
+        project.state_path.write_text(local)
+        (project.root / ".reconciler" / "audit.jsonl").write_text('{"local": true}\n')
+        result = project.run("state", "pull")
+        assert_clean_failure(result)
+        assert "--force" in result.stderr and "nothing was written" in result.stderr
+        assert project.state_path.read_text() == local
+        assert (project.root / ".reconciler" / "audit.jsonl").read_text() == '{"local": true}\n'
+
+    forced = project.run("state", "pull", "--force")
+    assert forced.exit_code == 0, forced.output + forced.stderr
+    assert set(project.applied()) == {A}
+    backups = list((project.root / ".reconciler").glob("state.json.before-pull-*"))
+    assert len(backups) == 1 and str(backups[0]) in forced.stdout.replace("\n", "")
+    assert (backups[0] / "state.json").read_text() == local
+    assert (backups[0] / "audit.jsonl").read_text() == '{"local": true}\n'
+
+    project.state_path.write_text(local)
+    again = project.run("state", "pull", "--force")
+    assert again.exit_code == 0, again.output + again.stderr
+    assert len(list((project.root / ".reconciler").glob("state.json.before-pull-*"))) == 2
+
+
+def test_state_pull_over_an_older_state_of_the_same_lineage_needs_no_force(project, tmp_path):
+    _state_branch(project, tmp_path, "aaaa", 3)
+    project.state_path.parent.mkdir(parents=True, exist_ok=True)
+    project.state_path.write_text(_state_document("aaaa", 2, B))
+    result = project.run("state", "pull")
+    assert result.exit_code == 0, result.output + result.stderr
+    assert set(project.applied()) == {A}
+    assert not list((project.root / ".reconciler").glob("state.json.before-pull-*"))
+
+
+def test_state_pull_reports_gits_whole_message_and_does_not_claim_a_missing_remote_exists(project):
+    subprocess.run(["git", "init", "-q", str(project.root)], check=True)
+    result = project.run("state", "pull", "--remote", "nowhere")
+    assert_clean_failure(result)
+    message = " ".join(result.stderr.split())
+    assert "(git says: fatal: 'nowhere' does not appear to be a git repository" in message
+    assert "if the remote is right and the branch does not exist yet" in message
+
+
+def test_state_pull_redacts_a_key_in_gits_message(project, tmp_path):
+    subprocess.run(["git", "init", "-q", str(project.root)], check=True)
+    remote = str(tmp_path / f"mirror-{API_KEY}")
+    subprocess.run(["git", "-C", str(project.root), "remote", "add", "origin", remote], check=True)
+    result = project.run("state", "pull")
+    assert_clean_failure(result)
+    assert "does not appear to be a git repository" in result.stderr
+    assert API_KEY not in result.stderr and API_KEY[:12] not in result.stderr

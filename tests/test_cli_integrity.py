@@ -902,3 +902,36 @@ def test_no_run_of_twelve_characters_of_a_key_reaches_any_output_or_file(tmp_pat
     assert any("bad key [redacted]" in text for text in written), "the audit log holds the message"
     for text in [output.lower() for output in outputs] + written:
         assert not [fragment for fragment in fragments if fragment in text], text
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({"state": {"path": "profiles/state.json"}}, "is inside profiles_dir 'profiles'"),
+        ({"state": {"path": "profiles/.reconciler/state.json"}}, "is inside profiles_dir 'profiles'"),
+        ({"state": {"path": f"profiles/{A}.yaml"}}, "is inside profiles_dir 'profiles'"),
+        ({"state": {"path": "reconciler.yaml"}}, "over reconciler.yaml"),
+        ({"state": {"path": "profiles/../reconciler.yaml"}}, "over reconciler.yaml"),
+        ({"state": {"path": "audit.jsonl"}}, "is the name of the audit log beside it"),
+        ({"profiles_dir": "."}, "is inside profiles_dir '.'"),
+        ({"profiles_dir": ".reconciler"}, "is inside profiles_dir '.reconciler'"),
+    ],
+)
+def test_a_state_path_overlapping_the_config_or_the_profiles_is_one_error_at_its_line(project, extra, says):
+    project.write_profile(A, about="x")
+    project.write_config(**extra)
+    key = "state:" if "state" in extra else "profiles_dir:"
+    line = 1 + next(
+        number
+        for number, text in enumerate((project.root / "reconciler.yaml").read_text().splitlines())
+        if text.startswith(key)
+    )
+    line += "state" in extra  # the value of state.path is on the line below `state:`
+    for command in ("validate", "plan", "apply"):
+        result = project.run(command, *(["--auto-approve"] if command == "apply" else []))
+        assert_clean_failure(result)
+        errors = [text for text in result.stderr.splitlines() if text.startswith("reconciler.yaml:")]
+        assert len(errors) == 1 and errors[0].startswith(f"reconciler.yaml:{line}:"), result.stderr
+        assert says in errors[0]
+    assert not project.state_path.exists()
+    assert not (project.root / "profiles" / "state.json").exists()

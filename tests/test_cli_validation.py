@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 
 import pytest
 import yaml
@@ -220,3 +222,86 @@ def test_a_missing_config_file_is_a_clear_error(tmp_path):
     result = CliRunner().invoke(cli, ["--config", str(tmp_path / "nope.yaml"), "validate"])
     assert_clean_failure(result)
     assert "no such configuration file" in result.stderr
+
+
+def test_a_config_that_is_a_folder_or_not_a_regular_file_is_named_as_such(tmp_path):
+    from click.testing import CliRunner
+
+    from reconciler.cli import cli
+
+    folder = CliRunner().invoke(cli, ["--config", str(tmp_path), "validate"])
+    assert_clean_failure(folder)
+    assert f"{tmp_path}: is a folder, not a regular file" in folder.stderr
+    assert "no such configuration file" not in folder.stderr
+    device = CliRunner().invoke(cli, ["--config", "/dev/null", "validate"])
+    assert_clean_failure(device)
+    assert "/dev/null: is a device, not a regular file" in device.stderr
+    assert "no such configuration file" not in device.stderr
+
+
+def test_a_missing_config_in_an_empty_folder_says_to_run_init(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from reconciler.cli import cli
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("RECONCILER_CONFIG", raising=False)
+    result = CliRunner().invoke(cli, ["validate"])
+    assert_clean_failure(result)
+    assert "reconciler.yaml: no such configuration file" in result.stderr
+    assert "run `reconciler init` to create one" in result.stderr
+
+
+def test_a_fifo_named_yaml_under_profiles_is_an_error_naming_it_not_a_hang(project):
+    project.write_profile(A, about="x")
+    fifo = project.root / "profiles" / "pipe.yaml"
+    os.mkfifo(fifo)
+    # Should a reader block on it, a writer that opens and closes it ends the read, and the test fails.
+    unblock = threading.Timer(10, _open_and_close_for_writing, [fifo])
+    unblock.start()
+    try:
+        result = project.run("validate")
+    finally:
+        unblock.cancel()
+    assert_clean_failure(result)
+    assert "profiles/pipe.yaml: is a FIFO (named pipe), not a regular file" in result.stderr
+
+
+def test_a_fifo_as_the_config_or_the_state_file_is_refused_before_it_is_read(project):
+    project.write_profile(A, about="x")
+    config = project.root / "reconciler.yaml"
+    fifo_config = project.root / "other.yaml"
+    os.mkfifo(fifo_config)
+    result = project.run("--config", str(fifo_config), "validate")
+    assert_clean_failure(result)
+    assert "other.yaml: is a FIFO (named pipe), not a regular file" in result.stderr
+    assert config.exists()
+    project.state_path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(project.state_path)
+    planned = project.run("plan")
+    assert_clean_failure(planned)
+    assert f"{project.state_path}: is a FIFO (named pipe), not a regular file" in planned.stderr
+
+
+def _open_and_close_for_writing(fifo) -> None:
+    with contextlib.suppress(OSError):
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_a_fifo_as_the_audit_log_is_refused_by_history_and_apply_without_waiting(project):
+    project.write_profile(A, about="x")
+    audit = project.root / ".reconciler" / "audit.jsonl"
+    audit.parent.mkdir()
+    os.mkfifo(audit)
+    unblock = threading.Timer(10, _open_and_close_for_writing, [audit])
+    unblock.start()
+    try:
+        history = project.run("history")
+    finally:
+        unblock.cancel()
+    assert_clean_failure(history)
+    assert f"{audit}: is a FIFO (named pipe), not a regular file; it is not read" in history.stderr
+    applied = project.run("apply", "--auto-approve")
+    assert_clean_failure(applied)
+    assert "is a FIFO (named pipe), not a regular file; it is not written" in applied.stderr
+    assert "nothing was sent" in applied.stderr

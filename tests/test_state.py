@@ -257,3 +257,14 @@ def test_every_backend_implements_the_whole_state_store_protocol():
             assert hasattr(backend, name), f"{backend.__name__} lacks {name}"
             found = inspect.signature(getattr(backend, name))
             assert list(found.parameters) == list(signature.parameters), f"{backend.__name__}.{name}"
+
+
+def test_a_state_that_is_not_utf8_is_named_in_a_whole_sentence(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_bytes(b"\xff\xfe{}")
+    with pytest.raises(StateCorrupt) as error:
+        LocalStateStore(path).load()
+    assert str(error.value) == (
+        f"{path}: is not a valid state file (not UTF-8 text: byte 0xff at offset 0 is not valid UTF-8); "
+        "restore it from version control"
+    )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import threading
+
 import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reconciler.errors import ValidationFailed
-from reconciler.yamlfile import MAX_FILE_BYTES, _Composer, load_mapping, parse_mapping
+from reconciler.yamlfile import MAX_FILE_BYTES, _Composer, load_mapping, parse_mapping, read_source
 
 
 def problems(text: str) -> list[str]:
@@ -104,3 +107,19 @@ RESOLVER_SAMPLES = [
 def test_the_composer_resolves_every_tag_as_pyyaml_does(value, implicit, kind):
     ours = _Composer("").resolve(kind, value, implicit)
     assert ours == yaml.resolver.Resolver().resolve(kind, value, implicit)
+
+
+def test_read_source_refuses_a_fifo_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "pipe.yaml"
+    os.mkfifo(fifo)
+    # Should the read block, a writer that opens and closes the FIFO ends it, and the test fails.
+    unblock = threading.Timer(10, lambda: os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)))
+    unblock.start()
+    try:
+        with pytest.raises(ValidationFailed) as error:
+            read_source(fifo, "pipe.yaml")
+    finally:
+        unblock.cancel()
+    assert [str(problem) for problem in error.value.problems] == [
+        "pipe.yaml: is a FIFO (named pipe), not a regular file; it is not read"
+    ]

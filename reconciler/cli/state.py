@@ -26,7 +26,8 @@ from ..state.backends import open_store
 from ..state.edits import record_locally
 from ..state.files import atomic_write
 from ..state.lock import locked, unlock
-from ..state.model import State
+from ..state.model import State, parse_state
+from ..yamlfile import read_regular
 from .common import PHONE, config_of, echo, lock_timeout_option, notify
 
 
@@ -218,13 +219,20 @@ BRANCH_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._/-]{0,199}")
 @state.command(name="pull")
 @click.option("--branch", default="reconciler-state", show_default=True, help="The state branch CI writes.")
 @click.option("--remote", default="origin", show_default=True, help="The git remote that holds it.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace a local state of another lineage or a higher serial (a backup is kept beside it).",
+)
 @click.pass_context
-def state_pull(ctx: click.Context, branch: str, remote: str) -> int:
+def state_pull(ctx: click.Context, branch: str, remote: str, force: bool) -> int:
     """Copy the applied state from the state branch CI keeps, to plan locally against the real state.
 
     Fetches BRANCH from REMOTE with your own git credentials and writes its state file and audit log
     over the local copies, at the paths reconciler.yaml gives them. Nothing else changes: your
     checkout, branch and index stay as they are. A state on S3 needs no pull: plan reads the bucket.
+    A local state of another lineage, or with a higher serial, is not replaced without --force; with
+    it, the local files are first copied to a backup beside them.
 
     \b
     Example:
@@ -251,30 +259,69 @@ def state_pull(ctx: click.Context, branch: str, remote: str) -> int:
         check=False,
     )
     if fetched.returncode != 0:
-        said = fetched.stderr.strip().splitlines()
+        said = " ".join(line.strip() for line in fetched.stderr.splitlines() if line.strip())
         raise ReconcilerError(
-            f"cannot fetch the branch {escape(branch)} from {escape(remote)} "
-            f"({escape(said[-1] if said else 'git failed')}); "
-            "if it does not exist yet, the first apply in CI creates it"
+            f"cannot fetch the branch {escape(branch)} from {escape(remote)} (git says: "
+            f"{escape(said or 'nothing')}); if the remote is right and the branch does not exist yet, "
+            "the first apply in CI creates it"
         )
-    pulled = []
+    fetched_files: dict[Path, bytes] = {}
     for path in (config.state_path, config.audit_path):
         inside = path.resolve().relative_to(Path(top).resolve()).as_posix()
         shown = subprocess.run(
             ["git", "-C", str(root), "show", f"FETCH_HEAD:{inside}"], capture_output=True, check=False
         )
-        if shown.returncode != 0:
-            continue
-        atomic_write(path, shown.stdout)
-        pulled.append(inside)
-    if not pulled:
+        if shown.returncode == 0:
+            fetched_files[path] = shown.stdout
+    if config.state_path not in fetched_files:
         raise ReconcilerError(f"the branch {escape(branch)} holds no state at {config.state_path.name}")
-    pulled_state = open_store(config).load()
+    where = f"{remote}/{branch}:{config.state_path.name}"
+    pulled_state = parse_state(fetched_files[config.state_path], escape(where), "fix the state branch")
+    backup = _refuse_or_back_up(config, pulled_state, force)
+    pulled = []
+    for path, content in fetched_files.items():
+        atomic_write(path, content)
+        pulled.append(path.resolve().relative_to(Path(top).resolve()).as_posix())
     echo(
         f"Pulled {', '.join(pulled)} from {escape(remote)}/{escape(branch)}: {len(pulled_state.entries)} "
         f"number(s), serial {pulled_state.serial}.\n"
     )
+    if backup is not None:
+        echo(f"The local state it replaced is kept in {escape(str(backup))}.\n")
     return 0
+
+
+def _refuse_or_back_up(config: Config, pulled: State, force: bool) -> Path | None:
+    """A pull must not silently drop records only the local state holds (an `import`, a local apply):
+    another lineage or a higher serial is refused, or with --force copied aside first."""
+    if not config.state_path.exists():
+        return None
+    local = open_store(config).load()
+    if local.lineage in (None, pulled.lineage) and local.serial <= pulled.serial:
+        return None
+    if not force:
+        why = (
+            f"its lineage {local.lineage} is not the branch's {pulled.lineage or '(none)'}"
+            if local.lineage not in (None, pulled.lineage)
+            else f"its serial {local.serial} is newer than the branch's {pulled.serial}"
+        )
+        raise ReconcilerError(
+            f"{config.state_path}: the local state may hold records the branch lacks ({escape(why)}), "
+            "so it was not replaced and nothing was written; compare them (`reconciler state list`), "
+            "or pass --force to replace it (a backup of it is kept)"
+        )
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    backup = config.state_path.with_name(f"{config.state_path.name}.before-pull-{stamp}")
+    for attempt in range(2, 100):  # two forced pulls in one second each keep their own backup
+        try:
+            backup.mkdir()
+            break
+        except FileExistsError:
+            backup = backup.with_name(f"{config.state_path.name}.before-pull-{stamp}-{attempt}")
+    for path in (config.state_path, config.audit_path):
+        if path.exists():
+            atomic_write(backup / path.name, read_regular(path))
+    return backup
 
 
 def _git(root: Path, *args: str) -> str:

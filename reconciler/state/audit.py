@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import ReconcilerError
 from ..escape import json_line
+from ..yamlfile import NotARegularFile, read_regular
 from .files import drop_torn_tail, open_appending, sync_appended, write_all
 from .lock import github_run_url
 from .model import RecordingFailed, now
@@ -138,9 +139,11 @@ class LocalAuditLog:
     def read(self, phone_number: str | None = None) -> Iterator[dict[str, Any]]:
         """Every record, oldest first; a line torn by a crash at the very end is skipped."""
         try:
-            data = self.path.read_bytes()
+            data = read_regular(self.path)
         except FileNotFoundError:
             return
+        except NotARegularFile as error:
+            raise ReconcilerError(f"{self.path}: {error}") from None
         except OSError as error:
             raise ReconcilerError(f"{self.path}: cannot be read ({error.strerror})") from None
         yield from audit_records(data, str(self.path), phone_number)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Any
+
+from ..yamlfile import NotARegularFile, refuse_unless_regular
 
 
 def atomic_write(path: Path, data: bytes) -> None:
@@ -30,8 +33,29 @@ def open_appending(path: Path) -> Any:
     """A JSON Lines file opened for appending without a Python buffer: a failed write leaves nothing
     pending in memory, so `truncate` can cut the file back to its last whole record. A symlink is
     refused (O_NOFOLLOW): a link committed in a pull request must not make us write elsewhere."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    # Non-blocking, then checked: opening a FIFO to write would wait for a reader forever (non-blocking,
+    # it fails with ENXIO when there is none).
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+    try:
+        descriptor = os.open(path, flags, 0o644)
+    except OSError as error:
+        if error.errno == errno.ENXIO:
+            _refuse_unless_regular(path, os.stat(path).st_mode)
+        raise
+    try:
+        _refuse_unless_regular(path, os.fstat(descriptor).st_mode)
+    except NotARegularFile:
+        os.close(descriptor)
+        raise
     return os.fdopen(descriptor, "ab", buffering=0)
+
+
+def _refuse_unless_regular(path: Path, mode: int) -> None:
+    try:
+        refuse_unless_regular(mode, "written")
+    except NotARegularFile as error:
+        error.filename = os.fspath(path)
+        raise
 
 
 def write_all(file: Any, data: bytes) -> None:

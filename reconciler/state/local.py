@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StateCorrupt
+from ..yamlfile import NotARegularFile, read_regular
 from .audit import LocalAuditLog
 from .files import _fsync_dir, atomic_write, drop_torn_tail, open_appending, sync_appended, write_all
 from .journal import journal_lines, journal_records, remember_batch, replay
@@ -95,18 +96,20 @@ class LocalStateStore:
 
     def _read_state_file(self) -> State:
         try:
-            raw = self.path.read_bytes()
+            raw = read_regular(self.path)
         except FileNotFoundError:
             return State()
+        except NotARegularFile as error:
+            raise StateCorrupt(f"{self.path}: {error}") from None
         except OSError as error:
             raise StateCorrupt(f"{self.path}: cannot be read ({error.strerror})") from None
         return parse_state(raw, str(self.path), "restore it from version control")
 
     def _read_journal(self) -> Iterator[tuple[str, dict[str, Any]]]:
         try:
-            data = self.journal_path.read_bytes()
+            data = read_regular(self.journal_path)
         except OSError as error:
-            raise StateCorrupt(f"{self.journal_path}: cannot be read ({error.strerror})") from None
+            raise StateCorrupt(f"{self.journal_path}: cannot be read ({error.strerror or error})") from None
         return journal_records(data, str(self.journal_path), torn_tail_allowed=True)
 
     # The lock: a file created with O_EXCL, so exactly one process can create it.
@@ -132,7 +135,7 @@ class LocalStateStore:
 
     def read_lock(self) -> LockInfo | None:
         try:
-            return LockInfo.from_json(json.loads(self.lock_path.read_text()))
+            return LockInfo.from_json(json.loads(read_regular(self.lock_path)))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, RecursionError):

@@ -122,7 +122,8 @@ def parse_state(raw: bytes, where: str, advice: str) -> State:
         text = raw.decode("utf-8-sig")  # json.loads would name a codec, not the file, for bad bytes
     except UnicodeDecodeError as error:
         raise StateCorrupt(
-            f"{where}: is not a valid state file (not UTF-8 text: byte {error.start} is not); {advice}"
+            f"{where}: is not a valid state file (not UTF-8 text: byte 0x{raw[error.start]:02x} at offset "
+            f"{error.start} is not valid UTF-8); {advice}"
         ) from None
     try:
         data = json.loads(text)
