@@ -27,8 +27,9 @@ from ..config import Config
 from ..errors import ReconcilerError, StalePlan
 from ..escape import escape, quote
 from ..kaleyra.client import KaleyraClient
-from ..plan import Change, Plan, audit_record, differences
+from ..plan import Change, Plan, audit_record, differences, reviewed_targets, with_targets
 from ..profiles import Profile
+from ..selection import Replacement, Selection
 from ..state import audit
 from ..state.backends import open_store
 from ..state.edits import record_locally
@@ -290,9 +291,7 @@ def _reviewed_plan(plan_file: str, profiles: dict[str, Profile], state: State, c
     replacement = replacement_of(config, saved.replaces)
     fresh = plan_for(config, profiles, state, selection, replacement)
     if fresh.profiles_digest != saved.profiles_digest:
-        raise StalePlan(
-            f"stale plan: the profiles changed since {plan_file} was made; run `reconciler plan` again"
-        )
+        raise _stale_inputs(plan_file, saved, profiles, state, config, selection, replacement)
     found = differences(saved, fresh)
     if found:
         raise StalePlan(
@@ -384,3 +383,32 @@ def _why_skipped(change: Change) -> str:
     if change.moved_from:
         return f"managed under {change.moved_from}; `reconciler apply` sends it to its new account"
     return f"already managed, {change.action} pending; `reconciler apply` applies it"
+
+
+def _stale_inputs(
+    plan_file: str,
+    saved: Plan,
+    profiles: dict[str, Profile],
+    state: State,
+    config: Config,
+    selection: Selection,
+    replacement: Replacement | None,
+) -> StalePlan:
+    """Why a saved plan no longer covers the same desired profiles: an account now sending to another
+    WABA (its sid or waba_id edited in reconciler.yaml), the profiles themselves, or both."""
+    reviewed = reviewed_targets(saved, profiles, state)
+    now = config.waba_keys()
+    moved = {name: target for name, target in reviewed.items() if name in now and now[name] != target}
+    if not moved:
+        return StalePlan(
+            f"stale plan: the profiles changed since {plan_file} was made; run `reconciler plan` again"
+        )
+    as_reviewed = plan_for(config, with_targets(profiles, moved), state, selection, replacement)
+    what = "the WABA" if len(moved) == 1 else "the WABAs"
+    names = ", ".join(repr(name) for name in sorted(moved))
+    also = "" if as_reviewed.profiles_digest == saved.profiles_digest else ", and the profiles changed too"
+    return StalePlan(
+        f"stale plan: {what} of account {names} changed in {config.path.name} since {plan_file} was "
+        f"made{also}; nothing was sent. Run `reconciler plan` again and review where it sends:",
+        [f"{name} sid/waba_id: {moved[name]} reviewed, {now[name]} now" for name in sorted(moved)],
+    )
