@@ -247,6 +247,17 @@ def test_a_saved_plan_stale_for_its_wabas_destination_says_so_not_that_the_profi
     assert len(put_bodies(sandbox)) == 1  # only the first apply's
 
 
+def test_apply_checksum_stale_after_a_waba_edit_names_the_destination_as_a_possible_cause(project, sandbox):
+    project.write_profile(A, about="x")
+    reviewed = json.loads(project.run("plan", "--format", "json").stdout)["checksum"]
+    config = (project.root / "reconciler.yaml").read_text()
+    (project.root / "reconciler.yaml").write_text(config.replace(WABA, "766000000000009", 1))
+    refused = project.run("apply", "--checksum", reviewed)
+    assert_clean_failure(refused)
+    assert "where an account sends (its sid, waba_id, pod, endpoint or api_version" in refused.stderr
+    assert put_bodies(sandbox) == []
+
+
 def test_apply_checksum_applies_only_the_reviewed_plan(project, sandbox):
     project.write_profile(A, about="x")
     reviewed = json.loads(project.run("plan", "--format", "json").stdout)["checksum"]

@@ -121,7 +121,8 @@ def apply(
                     return 0
                 raise StalePlan(
                     f"stale plan: the plan is now {the_plan.checksum}, not the reviewed {checksum}; "
-                    "the state or the profiles changed since. Review the new plan"
+                    "the state, the profiles or where an account sends (its sid, waba_id, pod, endpoint "
+                    "or api_version in reconciler.yaml) changed since. Review the new plan"
                 )
             if not the_plan.changes:
                 show_report(ApplyReport(), the_plan, output)
