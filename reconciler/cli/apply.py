@@ -294,6 +294,12 @@ def _reviewed_plan(plan_file: str, profiles: dict[str, Profile], state: State, c
     if fresh.profiles_digest != saved.profiles_digest:
         raise _stale_inputs(plan_file, saved, profiles, state, config, selection, replacement)
     found = differences(saved, fresh)
+    if found and all(" destination." in line for line in found):
+        raise StalePlan(
+            f"stale plan: where an account sends (its pod, endpoint or api_version in "
+            f"{config.path.name}) changed since {plan_file} was made; nothing was sent. What differs:",
+            found,
+        )
     if found:
         raise StalePlan(
             f"stale plan: {plan_file} does not match a fresh plan of the same state and profiles "
