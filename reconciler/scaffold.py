@@ -203,23 +203,25 @@ class Scaffold:
     notes: list[str] = field(default_factory=list)
     # Accounts given to init that the existing reconciler.yaml does not have (or has otherwise): init
     # never edits that file, so the user adds them by hand.
-    not_added: list[NewAccount] = field(default_factory=list)
+    not_added: list[tuple[NewAccount, str]] = field(default_factory=list)
 
 
-def accounts_not_in(root: Path, accounts: list[NewAccount]) -> list[NewAccount]:
-    """The accounts an existing reconciler.yaml lacks or holds with other values; all of them when it
-    does not load (nothing can be said about it then)."""
+def accounts_not_in(root: Path, accounts: list[NewAccount]) -> list[tuple[NewAccount, str]]:
+    """The accounts an existing reconciler.yaml does not have as given, each with why: "missing",
+    "different" (held with other values), or "unreadable" (the file does not load)."""
     try:
         config = load_config(str(root / CONFIG_FILE))
     except ReconcilerError:
-        return list(accounts)
-    missing = []
+        return [(account, "unreadable") for account in accounts]
+    found = []
+    parts = ("sid", "waba_id", "pod", "api_version", "api_key_env")
     for account in accounts:
         held = config.accounts.get(account.name)
-        parts = ("sid", "waba_id", "pod", "api_version", "api_key_env")
-        if held is None or any(getattr(held, part) != getattr(account, part) for part in parts):
-            missing.append(account)
-    return missing
+        if held is None:
+            found.append((account, "missing"))
+        elif any(getattr(held, part) != getattr(account, part) for part in parts):
+            found.append((account, "different"))
+    return found
 
 
 def existing_key_variables(root: Path) -> list[str] | None:

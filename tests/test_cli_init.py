@@ -233,6 +233,16 @@ def test_an_account_the_existing_reconciler_yaml_lacks_is_refused_with_the_block
     )
     assert run(tmp_path, "validate").exit_code == 0
 
+    changed = run(tmp_path, "init", "--account", "other:HXAP16XXXXXX97IN:766000000000003:eu")
+    assert_clean_failure(changed)
+    assert "it has, with other values, the account 'other' as given with --account" in changed.stderr
+    (tmp_path / "reconciler.yaml").write_text("accounts: [\n")
+    broken = run(tmp_path, "init", "--account", "acme-in:HXAP16XXXXXX97IN:766000000000001:in")
+    assert_clean_failure(broken)
+    assert (
+        "does not load (`reconciler validate` says why), so it was not checked for 'acme-in'" in broken.stderr
+    )
+
 
 def caller_as_template(text: str) -> str:
     """A caller workflow of examples/github/local-state as the template init writes it from: the

@@ -73,17 +73,27 @@ def init(account_specs: tuple[str, ...], action: str | None, directory: str) -> 
     return 0
 
 
-def _refuse_unadded(accounts: list[scaffold.NewAccount]) -> None:
-    """init never edits an existing reconciler.yaml: an account given with --account that it lacks is
-    not added, and that is an error (exit 1), so a script cannot go on as if it had been."""
-    names = ", ".join(repr(account.name) for account in accounts)
+def _refuse_unadded(not_added: list[tuple[scaffold.NewAccount, str]]) -> None:
+    """init never edits an existing reconciler.yaml: an account given with --account that it does not
+    have as given is not added, and that is an error (exit 1), so a script cannot go on as if it were."""
+    config = scaffold.CONFIG_FILE
+    why = {
+        "missing": "has no account",
+        "different": "has, with other values, the account",
+        "unreadable": "does not load (`reconciler validate` says why), so it was not checked for",
+    }
+    reasons = []
+    for reason, text in why.items():
+        names = [repr(account.name) for account, given in not_added if given == reason]
+        if names:
+            reasons.append(f"it {text} {', '.join(names)}")
     raise AccountsNotAdded(
-        f"{scaffold.CONFIG_FILE} exists and init never edits it: it has no account {names} as given with "
-        f"--account, so {'it was' if len(accounts) == 1 else 'they were'} not added (the other files are "
-        "as listed above).",
+        f"{config} exists and init never edits it: {'; '.join(reasons)} as given with --account, so "
+        f"{'that account was' if len(not_added) == 1 else 'those accounts were'} not added (the other "
+        "files are as listed above).",
         [
-            f"Add this under `accounts:` in {scaffold.CONFIG_FILE} by hand, then run `reconciler validate`:",
-            *(line for account in accounts for line in scaffold.account_yaml(account)),
+            f"Add (or correct) this under `accounts:` in {config} by hand, then run `reconciler validate`:",
+            *(line for account, _ in not_added for line in scaffold.account_yaml(account)),
         ],
     )
 
