@@ -65,6 +65,17 @@ class StalePlan(ReconcilerError):
         return [f"error: {self}", *(f"  {line}" for line in self.details)]
 
 
+class AccountsNotAdded(ReconcilerError):
+    """`init --account` named accounts that the existing reconciler.yaml lacks; init never edits it."""
+
+    def __init__(self, message: str, block: list[str]):
+        self.block = block
+        super().__init__(message)
+
+    def lines(self) -> list[str]:
+        return [f"error: {self}", *self.block]
+
+
 class MissingApiKey(ReconcilerError):
     """Accounts with changes lack a usable API key in the environment; every one is listed at once."""
 

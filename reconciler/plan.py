@@ -12,13 +12,14 @@ import dataclasses
 import functools
 import hashlib
 import json
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import ReconcilerError
-from .profiles import Profile
+from .profiles import Profile, profile_digest
 from .selection import Replacement, Selection
 from .state import audit
 from .state.model import Entry, State
@@ -342,6 +343,40 @@ def unknown_accounts(state: State, accounts: Mapping[str, object]) -> dict[str, 
         if entry.account not in accounts:
             found.setdefault(entry.account, []).append(number)
     return found
+
+
+_UPDATE_URL = re.compile(r"/v2/(?P<sid>[^/]+)/whatsapp/(?P<waba_id>[^/]+)/number/update$")
+
+
+def reviewed_targets(reviewed: Plan, desired: dict[str, Profile], state: State) -> dict[str, str]:
+    """Account name -> the WABA ("sid/waba_id") its profiles were planned against when `reviewed` was
+    made, as far as the plan and the state (unchanged since, or the plan is stale for that) tell: a
+    change that sends names it in its URL, and a number without a change was at its state entry's."""
+    targets: dict[str, str] = {}
+    for change in reviewed.changes:
+        found = _UPDATE_URL.search(change.destination.url) if change.destination else None
+        if found:
+            targets.setdefault(change.account, f"{found['sid']}/{found['waba_id']}")
+    changed = {change.phone_number for change in reviewed.changes}
+    for number, profile in sorted(desired.items()):
+        entry = state.entries.get(number)
+        if number not in changed and entry is not None and entry.account == profile.account:
+            targets.setdefault(profile.account, entry.target)
+    return targets
+
+
+def with_targets(desired: dict[str, Profile], targets: Mapping[str, str]) -> dict[str, Profile]:
+    """`desired` as if each account named in `targets` still pointed at that WABA: to tell whether a
+    saved plan is stale for its profiles or only for where its accounts send."""
+    return {
+        number: dataclasses.replace(
+            profile,
+            digest=profile_digest(number, profile.account, targets[profile.account], profile.fields),
+        )
+        if profile.account in targets
+        else profile
+        for number, profile in desired.items()
+    }
 
 
 def profiles_digest(desired: dict[str, Profile], numbers: list[str]) -> str:

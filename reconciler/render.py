@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import click
@@ -442,11 +443,24 @@ def entry_text(phone_number: str, entry: Entry) -> str:
     return "\n".join(lines) + "\n"
 
 
-def history_text(records: list[dict[str, Any]]) -> str:
+def history_text(
+    records: list[dict[str, Any]],
+    phone_number: str | None = None,
+    since: datetime | None = None,
+    earlier: int = 0,
+) -> str:
     """When, who, which number, the result, and each field's old and new value; newest last. Every
-    part may have been written by hand or echoed by a server, so every part is escaped."""
+    part may have been written by hand or echoed by a server, so every part is escaped. With none to
+    show, says which filter left none: `earlier` records are in the log but before `since`."""
     if not records:
-        return "No history yet.\n"
+        of = f" for {phone_number}" if phone_number else ""
+        if since is not None and earlier:
+            moment = since.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            return (
+                f"No history{of} since {moment}; {earlier} earlier record{'s' if earlier != 1 else ''} "
+                "(`reconciler history` without --since shows them).\n"
+            )
+        return f"No history{of} yet.\n"
     lines = []
     for entry in records:
         by = entry.get("by") if isinstance(entry.get("by"), dict) else {}

@@ -57,6 +57,16 @@ class NewAccount:
 EXAMPLE_ACCOUNT = NewAccount(name="example", sid="HXEXAMPLE0000000", waba_id="000000000000000", pod="in")
 
 
+# The allowed form of each part of an account, checked before anything is templated into YAML: the
+# same patterns as the config schema, with the words a user needs to fix a value.
+ACCOUNT_PARTS = (
+    ("name", "name", re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*"), "letters, digits, '.', '_' or '-', "
+     "starting with a letter or digit (e.g. acme-in)"),
+    ("sid", "SID", re.compile(r"[A-Za-z0-9]+"), "letters and digits only (e.g. HXAP16XXXXXX97IN)"),
+    ("waba_id", "WABA id", re.compile(r"[0-9]+"), "digits only (e.g. 766000000000001)"),
+)  # fmt: skip
+
+
 def parse_account(text: str) -> NewAccount:
     """`NAME:SID:WABA_ID:POD[:API_VERSION]`, as `--account` takes it; checked by `check_accounts`."""
     parts = text.split(":")
@@ -67,19 +77,39 @@ def parse_account(text: str) -> NewAccount:
     return NewAccount(*parts)
 
 
-def check_accounts(accounts: list[NewAccount]) -> None:
-    """Refuse accounts that reconciler.yaml would not accept, with the schema's own messages."""
+def part_problem(part: str, value: str) -> str | None:
+    """What is wrong with one part of an account ("name", "sid", "waba_id", "pod", "api_version")."""
+    for key, label, pattern, form in ACCOUNT_PARTS:
+        if key == part and not pattern.fullmatch(value):
+            return f"{label} {value!r} must be {form}"
+    if part == "pod" and value not in schema.PODS:
+        return f"pod {value!r} must be one of {', '.join(schema.PODS)}"
+    if part == "api_version" and value not in schema.API_VERSIONS:
+        return f"API version {value!r} must be one of {', '.join(schema.API_VERSIONS)}"
+    return None
+
+
+def account_problems(account: NewAccount) -> list[str]:
+    parts = ("name", "sid", "waba_id", "pod", "api_version")
+    return [problem for part in parts if (problem := part_problem(part, getattr(account, part)))]
+
+
+def check_accounts(accounts: list[NewAccount], *, from_flags: bool = True) -> None:
+    """Refuse accounts that reconciler.yaml would not accept. Each part is checked on its own first, so
+    a message names the value and its allowed form, never a line of a document the user did not write.
+    `from_flags` False words the messages for answers typed at the terminal (no --account there)."""
+    source = "--account" if from_flags else "accounts"
     problems: list[Problem] = []
     names = [account.name for account in accounts]
     for name in sorted({name for name in names if names.count(name) > 1}):
-        problems.append(Problem("--account", 0, 0, f"account '{name}' is given twice"))
+        problems.append(Problem(source, 0, 0, f"account '{name}' is given twice"))
     variables: dict[str, str] = {}
     for account in accounts:
         other = variables.setdefault(account.api_key_env, account.name)
         if other != account.name:
             problems.append(
                 Problem(
-                    "--account",
+                    source,
                     0,
                     0,
                     f"accounts '{other}' and '{account.name}' would share the key variable "
@@ -87,11 +117,29 @@ def check_accounts(accounts: list[NewAccount]) -> None:
                 )
             )
     for account in accounts:
-        document = parse_mapping(config_text([account], example=False), "--account")
-        where = f"--account {account.name}"
-        problems += [Problem(where, 0, 0, problem.message) for problem in schema.check("config", document)]
+        shown = account.name if part_problem("name", account.name) is None else repr(account.name)
+        where = f"--account {shown}" if from_flags else f"account {shown}"
+        own = account_problems(account)
+        problems += [Problem(where, 0, 0, message) for message in own]
+        if not own:  # a safety net: the parts are valid, so the templated document should be too
+            document = parse_mapping(config_text([account], example=False), where)
+            problems += [
+                Problem(where, 0, 0, problem.message) for problem in schema.check("config", document)
+            ]
     if problems:
         raise ValidationFailed(problems)
+
+
+def account_yaml(account: NewAccount, indent: str = "  ") -> list[str]:
+    """The lines of one account under `accounts:` in reconciler.yaml."""
+    return [
+        f"{indent}{account.name}:",
+        f"{indent}  sid: {account.sid}",
+        f'{indent}  waba_id: "{account.waba_id}"',
+        f"{indent}  pod: {account.pod}",
+        f"{indent}  api_version: {account.api_version}",
+        f"{indent}  api_key_env: {account.api_key_env}",
+    ]
 
 
 def config_text(accounts: list[NewAccount], *, example: bool) -> str:
@@ -112,14 +160,7 @@ def config_text(accounts: list[NewAccount], *, example: bool) -> str:
             "  # Rename the account as you like, and its key variable with it.",
         ]
     for account in accounts:
-        lines += [
-            f"  {account.name}:",
-            f"    sid: {account.sid}",
-            f'    waba_id: "{account.waba_id}"',
-            f"    pod: {account.pod}",
-            f"    api_version: {account.api_version}",
-            f"    api_key_env: {account.api_key_env}",
-        ]
+        lines += account_yaml(account)
     return "\n".join(lines) + "\n"
 
 
@@ -160,6 +201,27 @@ class Scaffold:
     written: list[str] = field(default_factory=list)
     existing: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # Accounts given to init that the existing reconciler.yaml does not have (or has otherwise): init
+    # never edits that file, so the user adds them by hand.
+    not_added: list[tuple[NewAccount, str]] = field(default_factory=list)
+
+
+def accounts_not_in(root: Path, accounts: list[NewAccount]) -> list[tuple[NewAccount, str]]:
+    """The accounts an existing reconciler.yaml does not have as given, each with why: "missing",
+    "different" (held with other values), or "unreadable" (the file does not load)."""
+    try:
+        config = load_config(str(root / CONFIG_FILE))
+    except ReconcilerError:
+        return [(account, "unreadable") for account in accounts]
+    found = []
+    parts = ("sid", "waba_id", "pod", "api_version", "api_key_env")
+    for account in accounts:
+        held = config.accounts.get(account.name)
+        if held is None:
+            found.append((account, "missing"))
+        elif any(getattr(held, part) != getattr(account, part) for part in parts):
+            found.append((account, "different"))
+    return found
 
 
 def existing_key_variables(root: Path) -> list[str] | None:
@@ -193,6 +255,8 @@ def scaffold(root: Path, accounts: list[NewAccount] | None, action: str | None) 
             )
         else:
             key_variables = found
+        if not example:
+            done.not_added = accounts_not_in(root, accounts)
     else:
         _write(done, root, CONFIG_FILE, config_text(accounts, example=example))
         if example:

@@ -220,6 +220,44 @@ def test_a_saved_plan_applies_exactly_and_is_refused_once_stale(project, sandbox
     assert len(put_bodies(sandbox, A)) == 1
 
 
+@pytest.mark.parametrize(("part", "now"), [("waba_id", "766000000000009"), ("sid", "HXTEST0000000009")])
+@pytest.mark.parametrize("profiles_too", [False, True])
+def test_a_saved_plan_stale_for_its_wabas_destination_says_so_not_that_the_profiles_changed(
+    project, sandbox, tmp_path, part, now, profiles_too
+):
+    """Editing an account's sid or waba_id after `plan --out` changes where it sends, not the profiles:
+    the refusal names the account and both WABAs, and mentions the profiles only if they changed too."""
+    project.write_profile(A, about="x")
+    assert project.run("apply", "--auto-approve").exit_code == 0  # A has a state entry, no change
+    project.write_profile(NUMBERS[1], about="new")  # a change that sends
+    plan_file = tmp_path / "plan.json"
+    assert project.run("plan", "--out", str(plan_file)).exit_code == 0
+    config = (project.root / "reconciler.yaml").read_text()
+    was = {"sid": SID, "waba_id": WABA}[part]
+    (project.root / "reconciler.yaml").write_text(config.replace(was, now, 1))
+    if profiles_too:
+        project.write_profile(A, about="y")
+    stale = project.run("apply", str(plan_file))
+    assert_clean_failure(stale)
+    assert "the WABA of account 'main' changed in reconciler.yaml since" in stale.stderr
+    assert ("and the profiles changed too" in stale.stderr) is profiles_too
+    assert "the profiles changed since" not in stale.stderr
+    reviewed, current = f"{SID}/{WABA}", f"{SID}/{WABA}".replace(was, now)
+    assert f"main sid/waba_id: {reviewed} reviewed, {current} now" in stale.stderr
+    assert len(put_bodies(sandbox)) == 1  # only the first apply's
+
+
+def test_apply_checksum_stale_after_a_waba_edit_names_the_destination_as_a_possible_cause(project, sandbox):
+    project.write_profile(A, about="x")
+    reviewed = json.loads(project.run("plan", "--format", "json").stdout)["checksum"]
+    config = (project.root / "reconciler.yaml").read_text()
+    (project.root / "reconciler.yaml").write_text(config.replace(WABA, "766000000000009", 1))
+    refused = project.run("apply", "--checksum", reviewed)
+    assert_clean_failure(refused)
+    assert "where an account sends (its sid, waba_id, pod, endpoint or api_version" in refused.stderr
+    assert put_bodies(sandbox) == []
+
+
 def test_apply_checksum_applies_only_the_reviewed_plan(project, sandbox):
     project.write_profile(A, about="x")
     reviewed = json.loads(project.run("plan", "--format", "json").stdout)["checksum"]

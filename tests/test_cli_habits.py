@@ -274,6 +274,26 @@ def test_history_since_a_duration_or_a_date_and_limit_keep_the_newest(project):
     assert "record 3" in text.stdout and "record 2" not in text.stdout
 
 
+def test_history_since_after_every_record_says_so_not_that_there_is_none(project):
+    write_history(project, [24 * 3, 1])
+    result = project.run("history", "--since", "2030-01-01")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (
+        "No history since 2030-01-01 00:00:00 UTC; 2 earlier records "
+        "(`reconciler history` without --since shows them).\n"
+    )
+    other = project.run("history", NUMBERS[5])
+    assert other.stdout == f"No history for {NUMBERS[5]} yet.\n"
+    (project.root / ".reconciler" / "audit.jsonl").unlink()
+    assert project.run("history", "--since", "2030-01-01").stdout == "No history yet.\n"
+
+
+@pytest.mark.parametrize("since", ["99999999d", "999999w", "1" + "0" * 40 + "m"])
+def test_history_since_a_duration_before_the_calendar_begins_means_from_the_start(project, since):
+    write_history(project, [24 * 40, 1])
+    assert history_messages(project, "--since", since) == ["record 0", "record 1"]
+
+
 @pytest.mark.parametrize(
     ("args", "said"), [(["--since", "yesterday"], "neither a date"), (["--limit", "0"], "--limit")]
 )

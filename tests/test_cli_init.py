@@ -83,7 +83,7 @@ def test_init_twice_overwrites_nothing_and_says_what_exists(tmp_path):
     assert run(tmp_path, "init").exit_code == 0
     (tmp_path / "reconciler.yaml").write_text("# mine\n" + (tmp_path / "reconciler.yaml").read_text())
     before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
-    result = run(tmp_path, "init", "--account", "other:HX1:1:eu")
+    result = run(tmp_path, "init")
     assert result.exit_code == 0, result.output
     after = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
     assert after == before
@@ -109,7 +109,7 @@ def test_init_in_an_existing_repository_adds_only_what_is_missing(tmp_path):
 def test_the_secret_lines_of_an_existing_reconciler_yaml_are_used(tmp_path):
     assert run(tmp_path, "init", "--account", "first:HX1:1:in", "--account", "second:HX2:2:na").exit_code == 0
     shutil.rmtree(tmp_path / ".github")
-    result = run(tmp_path, "init", "--account", "ignored:HX3:3:in")
+    result = run(tmp_path, "init", "--account", "second:HX2:2:na")  # already there: nothing to add
     assert result.exit_code == 0, result.output
     apply = (tmp_path / ".github" / "workflows" / "reconciler-apply.yml").read_text()
     assert SECRET_LINE.findall(apply) == [
@@ -152,9 +152,15 @@ def test_two_accounts_give_two_secret_lines_and_validate(tmp_path):
     ("args", "said"),
     [
         (["--account", "acme:HX1:1"], "write NAME:SID:WABA_ID:POD[:API_VERSION]"),
-        (["--account", "acme:HX-1:1:in"], "--account acme: sid: 'HX-1' is not an account SID"),
-        (["--account", "acme:HX1:1:moon"], "--account acme: pod: 'moon' is not one of the allowed values"),
-        (["--account", "acme:HX1:1:in:v3"], "api_version"),
+        (["--account", "acme:HX-1:1:in"], "--account acme: SID 'HX-1' must be letters and digits only"),
+        (["--account", "acme:HX1:1:moon"], "--account acme: pod 'moon' must be one of in, ap, sg, eu, na"),
+        (["--account", "acme:HX1:1:in:v3"], "--account acme: API version 'v3' must be one of v1, v2"),
+        (["--account", "acme:HX1\n  x:1:in"], "--account acme: SID 'HX1\\n  x' must be letters and digits"),
+        (["--account", "acme:HX1:1\n:in"], "--account acme: WABA id '1\\n' must be digits only"),
+        (
+            ["--account", "bad name:HX1:1:in"],
+            "--account 'bad name': name 'bad name' must be letters, digits, '.', '_' or '-', starting with",
+        ),
         (["--account", "a-b:HX1:1:in", "--account", "a.b:HX2:2:in"], "would share the key variable"),
         (["--account", "a:HX1:1:in", "--account", "a:HX2:2:in"], "account 'a' is given twice"),
         (["--action", "acme/reconciler@v1"], "OWNER/REPO@<full 40-character commit sha>"),
@@ -183,12 +189,17 @@ def test_on_a_terminal_init_asks_for_the_accounts(tmp_path, monkeypatch):
     monkeypatch.setattr(init_command, "_interactive", lambda: True)
     answers = [
         "acme-in", "HXAP16XXXXXX97IN", "766000000000001", "in", "v2", "y",
-        "acme-us", "HX-bad", "1", "na", "v1",  # refused: asked again
-        "acme-us", "HXUS22XXXXXX41NA", "766000000000002", "na", "v1", "n",
+        "acme us",  # refused at once, before any other question
+        "acme-in",  # given already
+        "acme-us", "HX-bad", "HXUS22XXXXXX41NA", "12x", "766000000000002", "na", "v1", "n",
     ]  # fmt: skip
     result = run(tmp_path, "init", input="\n".join(answers) + "\n")
     assert result.exit_code == 0, result.output
-    assert "is not an account SID" in result.output
+    assert "name 'acme us' must be letters, digits" in result.output
+    assert "account 'acme-in' is already given" in result.output
+    assert "SID 'HX-bad' must be letters and digits only" in result.output
+    assert "WABA id '12x' must be digits only" in result.output
+    assert "--account" not in result.output
     config = (tmp_path / "reconciler.yaml").read_text()
     assert "  acme-in:\n    sid: HXAP16XXXXXX97IN\n" in config
     assert "  acme-us:\n    sid: HXUS22XXXXXX41NA\n" in config and "HX-bad" not in config
@@ -196,6 +207,41 @@ def test_on_a_terminal_init_asks_for_the_accounts(tmp_path, monkeypatch):
     apply = (tmp_path / ".github" / "workflows" / "reconciler-apply.yml").read_text()
     assert len(SECRET_LINE.findall(apply)) == 2
     assert run(tmp_path, "validate").exit_code == 0
+
+
+def test_an_account_the_existing_reconciler_yaml_lacks_is_refused_with_the_block_to_paste(tmp_path):
+    """init never edits reconciler.yaml: an account given with --account that it lacks is not added,
+    and init says so and exits 1, with the YAML to add by hand, rather than exit 0 having ignored it."""
+    assert run(tmp_path, "init", "--account", "acme-in:HXAP16XXXXXX97IN:766000000000001:in").exit_code == 0
+    before = (tmp_path / "reconciler.yaml").read_text()
+    result = run(
+        tmp_path,
+        "init",
+        "--account",
+        "acme-in:HXAP16XXXXXX97IN:766000000000001:in",  # there already: not reported
+        "--account",
+        "other:HXAP16XXXXXX97IN:766000000000002:eu",
+    )
+    assert_clean_failure(result)
+    assert "reconciler.yaml exists and init never edits it: it has no account 'other'" in result.stderr
+    assert "'acme-in'" not in result.stderr
+    block = '  other:\n    sid: HXAP16XXXXXX97IN\n    waba_id: "766000000000002"\n    pod: eu\n'
+    assert block in result.stderr
+    assert (tmp_path / "reconciler.yaml").read_text() == before
+    (tmp_path / "reconciler.yaml").write_text(
+        before + result.stderr.split("by hand, then run `reconciler validate`:\n")[1]
+    )
+    assert run(tmp_path, "validate").exit_code == 0
+
+    changed = run(tmp_path, "init", "--account", "other:HXAP16XXXXXX97IN:766000000000003:eu")
+    assert_clean_failure(changed)
+    assert "it has, with other values, the account 'other' as given with --account" in changed.stderr
+    (tmp_path / "reconciler.yaml").write_text("accounts: [\n")
+    broken = run(tmp_path, "init", "--account", "acme-in:HXAP16XXXXXX97IN:766000000000001:in")
+    assert_clean_failure(broken)
+    assert (
+        "does not load (`reconciler validate` says why), so it was not checked for 'acme-in'" in broken.stderr
+    )
 
 
 def caller_as_template(text: str) -> str:

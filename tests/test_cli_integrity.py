@@ -826,6 +826,11 @@ def test_a_plan_reviewed_for_one_destination_is_never_sent_to_another(project, s
     by_file = project.run("apply", str(saved))
     assert_clean_failure(by_file)
     assert "stale plan" in by_file.stderr
+    # The refusal names what moved: the account's WABA, or where it sends; not the profiles or an edit.
+    moved_waba = "sid" in moved or "waba_id" in moved
+    said = "the WABA of account 'main' changed" if moved_waba else "where an account sends (its pod"
+    assert said in by_file.stderr, by_file.stderr
+    assert "profiles changed" not in by_file.stderr and "was it edited?" not in by_file.stderr
     assert put_bodies(sandbox) == [] and not project.state_path.exists()
 
 

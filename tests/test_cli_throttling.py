@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -191,11 +190,11 @@ def test_an_account_paused_past_the_deadline_fails_at_once_and_the_other_is_sent
     assert result.returncode == 1, result.stdout + result.stderr
     assert set(NUMBERS[10:20]) <= set(project.applied())  # every number of the other account
     assert "Traceback" not in result.stderr and "OverflowError" not in result.stdout + result.stderr
-    assert "past this number's 10s deadline" in result.stderr
+    assert "Retry-After 600 s is beyond this number's remaining deadline (" in result.stderr
+    assert "gave up at the" not in result.stderr
     assert requests_by_sid(one_paused).count(SID) <= 4  # what was in flight when the 429 came; no more
-    # The summary says how long the account was really paused, not the 600 s Kaleyra asked for.
-    paused = re.search(r"paused 1 time for Retry-After \(([0-9.]+) s\)", result.stdout)
-    assert paused and float(paused.group(1)) < 60, result.stdout
+    # No number waited in the 600 s pause Kaleyra asked for: the summary counts no pause.
+    assert "for Retry-After" not in result.stdout, result.stdout
 
 
 def test_workers_send_the_other_accounts_numbers_during_a_pause(tmp_path, one_paused):

@@ -700,11 +700,36 @@ def test_an_absurd_retry_after_fails_the_number_at_once_with_a_clear_message(clo
         with pytest.raises(KaleyraError) as second:
             client.update(target(), KEY, "+914846000102", {"about": "x"})
     assert route.call_count == 1 and clock.sleeps == []
-    assert first.value.code == "HTTP429" and "gave up at the 5s deadline" in first.value.describe()
+    assert first.value.code == "HTTP429" and "deadline" in first.value.describe()
+    assert "Retry-After 3600 s is beyond this number's remaining deadline (5 s" in first.value.describe()
+    assert "gave up at the" not in first.value.describe()
     assert second.value.code == "PAUSED" and second.value.attempts == 0
-    assert "paused this account (Retry-After) for 3600s more, past this number's 5s deadline" in (
-        second.value.describe()
+    assert (
+        "paused this account (Retry-After) for 3600 s more, beyond this number's remaining deadline (5 s"
+        in (second.value.describe())
     )
+    assert "paused" not in (client.throttling_summary() or "")  # no worker waited: no pause taken
+
+
+@respx.mock
+def test_a_retry_after_longer_than_the_time_left_says_so_with_the_time_left(clock):
+    """Retry-After: 60 after 60.5 s of a 120 s deadline fails at once: the message names the
+    Retry-After and what was left of the deadline, not a deadline that has not come."""
+    policy = RetryPolicy(attempts=3, backoff_base_s=0.001, deadline_s=120)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        clock.sleep(60.5)  # the attempt takes a minute
+        return httpx.Response(429, headers={"Retry-After": "60"}, json={"message": "slow"})
+
+    respx.put(target().url).mock(side_effect=answer)
+    with KaleyraClient(policy, sleep=clock.sleep, clock=clock) as client:
+        with pytest.raises(KaleyraError) as raised:
+            client.update(target(), KEY, "+914846000101", {"about": "x"})
+        summary = client.throttling_summary() or ""
+    said = raised.value.describe()
+    assert "Retry-After 60 s is beyond this number's remaining deadline (59.5 s" in said, said
+    assert "gave up at the 120s deadline" not in said
+    assert "paused" not in summary, summary
 
 
 @respx.mock

@@ -95,11 +95,16 @@ def test_retry_after_pauses_the_account_and_the_curve_waits_for_the_pause():
     rate.succeeded()
     rate.throttled_at(clock.now, retry_after=3.0)
     assert rate.try_start() == pytest.approx(3.0)  # every worker waits out the pause
-    clock.now += 2.0
+
+    def stopped_after_two_seconds(seconds: float) -> bool:
+        clock.now += 2.0
+        return True
+
+    assert not rate.acquire(stopped_after_two_seconds)
     rate.succeeded()  # a late success during the pause does not regrow the rate
     restart = ratelimit.RESTART_FACTOR * 1.0  # (twice) the accepted rate of the last second
     assert rate.current() == pytest.approx(max(MIN_RATE, restart))
-    assert (rate.pauses, rate.paused_s) == (1, 2.0)  # the time really paused so far, not what was asked
+    assert (rate.pauses_taken, rate.paused_s) == (1, 2.0)  # the time really paused so far, not what was asked
     clock.now += 5.0
     assert rate.paused_s == 3.0
 
@@ -109,8 +114,25 @@ def test_a_pause_counts_the_time_really_waited_not_the_retry_after_asked():
     rate = AdaptiveRate(clock)
     send(rate, clock, 10, 0.01)
     rate.throttled_at(clock.now, retry_after=999999.0)
+
+    def waited(seconds: float) -> bool:  # a worker waits 25 s in the pause, then the run is stopped
+        clock.now += 25.0
+        return True
+
+    assert not rate.acquire(waited)
+    assert (rate.pauses, rate.pauses_taken, rate.paused_s) == (1, 1, 25.0)
+
+
+def test_a_pause_no_worker_waited_in_is_not_counted_as_taken():
+    """Every number gave up at once (the pause ends past its deadline): the account was asked to pause,
+    but nothing paused, so the summary must not say it did."""
+    clock = Clock()
+    rate = AdaptiveRate(clock)
+    send(rate, clock, 10, 0.01)
+    rate.throttled_at(clock.now, retry_after=999999.0)
+    assert not rate.acquire(lambda seconds: True)  # gives up without waiting
     clock.now += 25.0
-    assert (rate.pauses, rate.paused_s) == (1, 25.0)
+    assert (rate.pauses, rate.pauses_taken, rate.paused_s) == (1, 0, 0.0)
 
 
 def test_a_rate_measured_over_a_few_milliseconds_is_not_reported():

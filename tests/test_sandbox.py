@@ -12,7 +12,7 @@ import types
 import httpx
 import pytest
 
-from reconciler.kaleyra.sandbox import Sandbox, SandboxAccount, TokenBucket, serve_in_thread
+from reconciler.kaleyra.sandbox import FIELDS, Sandbox, SandboxAccount, TokenBucket, serve_in_thread
 
 from conftest import NUMBERS, OTHER_SID, OTHER_WABA, SID, WABA
 
@@ -489,3 +489,45 @@ def test_a_console_edit_is_persisted_to_the_data_file(tmp_path):
         server.shutdown()
         server.server_close()
     assert json.loads(data.read_text())["accounts"][0]["numbers"][A] == {"about": "console"}
+
+
+@pytest.mark.parametrize("host", ["evil.example", "evil.example:8080", "127.0.0.1.nip.io", ""])
+@pytest.mark.parametrize("method, path", [("GET", "/_sandbox/numbers"), ("POST", f"/_sandbox/console/{A}")])
+def test_the_sandbox_endpoints_refuse_a_host_that_is_not_loopback(sandbox, host, method, path):
+    """A page on a name rebound to 127.0.0.1 sends its own name as Host: it must not read or edit."""
+    body = json.dumps({"about": "rebound"}).encode()
+    host_line = f"Host: {host}\r\n" if host else ""
+    request = (
+        f"{method} {path} HTTP/1.1\r\n{host_line}Content-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + (body if method == "POST" else b"")
+    with socket.create_connection(sandbox.server_address[:2]) as connection:
+        connection.sendall(request)
+        answer = b"".join(iter(lambda: connection.recv(65536), b""))
+    assert answer.startswith(b"HTTP/1.1 403"), answer
+    assert sandbox.sandbox.number(A) != {"about": "rebound"}
+
+
+@pytest.mark.parametrize("host", ["localhost", "LOCALHOST:8080", "127.0.0.1:1", "[::1]:8080"])
+def test_the_sandbox_endpoints_answer_a_loopback_host(sandbox, host):
+    response = httpx.get(sandbox.url + "/_sandbox/numbers", headers={"Host": host})
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    "origin, status", [("https://evil.example", 403), ("null", 403), ("http://localhost:3000", 200)]
+)
+def test_the_console_edit_refuses_a_cross_origin_browser_request(sandbox, origin, status):
+    response = httpx.post(
+        sandbox.url + f"/_sandbox/console/{A}", json={"about": "from a page"}, headers={"Origin": origin}
+    )
+    assert response.status_code == status
+    assert (sandbox.sandbox.number(A).get("about") == "from a page") is (status == 200)
+
+
+def test_a_console_edit_of_the_wrong_shape_says_what_to_send(sandbox):
+    response = httpx.post(sandbox.url + f"/_sandbox/console/{A}", json=["about"])
+    assert response.status_code == 400
+    assert response.json()["error"] == (
+        "send a JSON object mapping profile fields (" + ", ".join(FIELDS) + ") to text values"
+    )

@@ -27,8 +27,9 @@ from ..config import Config
 from ..errors import ReconcilerError, StalePlan
 from ..escape import escape, quote
 from ..kaleyra.client import KaleyraClient
-from ..plan import Change, Plan, audit_record, differences
+from ..plan import Change, Plan, audit_record, differences, reviewed_targets, with_targets
 from ..profiles import Profile
+from ..selection import Replacement, Selection
 from ..state import audit
 from ..state.backends import open_store
 from ..state.edits import record_locally
@@ -120,7 +121,8 @@ def apply(
                     return 0
                 raise StalePlan(
                     f"stale plan: the plan is now {the_plan.checksum}, not the reviewed {checksum}; "
-                    "the state or the profiles changed since. Review the new plan"
+                    "the state, the profiles or where an account sends (its sid, waba_id, pod, endpoint "
+                    "or api_version in reconciler.yaml) changed since. Review the new plan"
                 )
             if not the_plan.changes:
                 show_report(ApplyReport(), the_plan, output)
@@ -290,10 +292,14 @@ def _reviewed_plan(plan_file: str, profiles: dict[str, Profile], state: State, c
     replacement = replacement_of(config, saved.replaces)
     fresh = plan_for(config, profiles, state, selection, replacement)
     if fresh.profiles_digest != saved.profiles_digest:
-        raise StalePlan(
-            f"stale plan: the profiles changed since {plan_file} was made; run `reconciler plan` again"
-        )
+        raise _stale_inputs(plan_file, saved, profiles, state, config, selection, replacement)
     found = differences(saved, fresh)
+    if found and all(" destination." in line for line in found):
+        raise StalePlan(
+            f"stale plan: where an account sends (its pod, endpoint or api_version in "
+            f"{config.path.name}) changed since {plan_file} was made; nothing was sent. What differs:",
+            found,
+        )
     if found:
         raise StalePlan(
             f"stale plan: {plan_file} does not match a fresh plan of the same state and profiles "
@@ -384,3 +390,32 @@ def _why_skipped(change: Change) -> str:
     if change.moved_from:
         return f"managed under {change.moved_from}; `reconciler apply` sends it to its new account"
     return f"already managed, {change.action} pending; `reconciler apply` applies it"
+
+
+def _stale_inputs(
+    plan_file: str,
+    saved: Plan,
+    profiles: dict[str, Profile],
+    state: State,
+    config: Config,
+    selection: Selection,
+    replacement: Replacement | None,
+) -> StalePlan:
+    """Why a saved plan no longer covers the same desired profiles: an account now sending to another
+    WABA (its sid or waba_id edited in reconciler.yaml), the profiles themselves, or both."""
+    reviewed = reviewed_targets(saved, profiles, state)
+    now = config.waba_keys()
+    moved = {name: target for name, target in reviewed.items() if name in now and now[name] != target}
+    if not moved:
+        return StalePlan(
+            f"stale plan: the profiles changed since {plan_file} was made; run `reconciler plan` again"
+        )
+    as_reviewed = plan_for(config, with_targets(profiles, moved), state, selection, replacement)
+    what = "the WABA" if len(moved) == 1 else "the WABAs"
+    names = ", ".join(repr(name) for name in sorted(moved))
+    also = "" if as_reviewed.profiles_digest == saved.profiles_digest else ", and the profiles changed too"
+    return StalePlan(
+        f"stale plan: {what} of account {names} changed in {config.path.name} since {plan_file} was "
+        f"made{also}; nothing was sent. Run `reconciler plan` again and review where it sends:",
+        [f"{name} sid/waba_id: {moved[name]} reviewed, {now[name]} now" for name in sorted(moved)],
+    )

@@ -190,9 +190,17 @@ class Since(click.ParamType):
         if isinstance(value, datetime):
             return value
         text = str(value).strip()
-        match = re.fullmatch(r"([0-9]{1,6})([mhdw])", text)
+        match = re.fullmatch(r"([0-9]+)([mhdw])", text)
         if match:
-            return datetime.now(UTC) - timedelta(seconds=int(match.group(1)) * self.UNITS[match.group(2)])
+            # Any number of units back: one from before the calendar begins means "from the start".
+            now, digits = datetime.now(UTC), match.group(1).lstrip("0") or "0"
+            earliest = datetime.min.replace(tzinfo=UTC)
+            if (
+                len(digits) > 15
+                or int(digits) * self.UNITS[match.group(2)] >= (now - earliest).total_seconds()
+            ):
+                return earliest
+            return now - timedelta(seconds=int(digits) * self.UNITS[match.group(2)])
         try:
             moment = datetime.fromisoformat(text)
         except ValueError:
@@ -349,10 +357,14 @@ def history(
       reconciler history --since 7d --limit 20
       reconciler history --since 2026-12-01 --format json
     """
-    records = list(open_store(config_of(ctx)).audit_log().read(phone_number))
+    logged = list(open_store(config_of(ctx)).audit_log().read(phone_number))
+    records = logged
     if since is not None:
         records = [r for r in records if (at := _recorded_at(r)) is not None and at >= since]
     if limit is not None:
         records = records[-limit:]
-    echo(json_text(records, indent=2) + "\n" if output == "json" else render.history_text(records))
+    if output == "json":
+        echo(json_text(records, indent=2) + "\n")
+    else:
+        echo(render.history_text(records, phone_number, since, earlier=len(logged) - len(records)))
     return 0

@@ -151,6 +151,11 @@ class AccountThrottling:
         return text
 
 
+def _seconds_left(value: float) -> str:
+    """Seconds left before a deadline, rounded down (59.98 is 59.9, not a misleading 60)."""
+    return f"{math.floor(max(0.0, value) * 10) / 10:g}"
+
+
 def _amount(value: float) -> str:
     """A rate or a duration as people read it: one decimal below 10 (0.5, not 0), whole above."""
     return f"{value:.1f}" if value < 9.95 else f"{value:.0f}"
@@ -280,7 +285,7 @@ class KaleyraClient:
             if not pace.throttled:
                 continue
             settled = pace.sustained()
-            numbers = (pace.throttled, pace.pauses, pace.paused_s, settled, pace.slowest)
+            numbers = (pace.throttled, pace.pauses_taken, pace.paused_s, settled, pace.slowest)
             report.append(AccountThrottling(base_url, sid, *numbers))
         return report
 
@@ -332,15 +337,21 @@ class KaleyraClient:
             if self.stop.is_set() or not pace.acquire(wait) or not self.ceiling.acquire(wait_for_ceiling):
                 if self.stop.is_set() or not past_deadline:
                     raise _interrupted(last)
+                left, remaining = pace.pause_left(), _seconds_left(deadline - self.clock())
                 if last is None:
                     raise KaleyraError(
                         PAUSED,
-                        f"not sent: Kaleyra paused this account (Retry-After) for "
-                        f"{pace.pause_left():.0f}s more, past this number's {self.policy.deadline_s:g}s "
-                        "deadline (retry.deadline_s)",
+                        f"not sent: Kaleyra paused this account (Retry-After) for {left:.0f} s more, "
+                        f"beyond this number's remaining deadline ({remaining} s; retry.deadline_s)",
                         retryable=True,
                     )
-                last.message += f"; gave up at the {self.policy.deadline_s:g}s deadline"
+                if left > 0:
+                    last.message += (
+                        f"; the account's Retry-After pause ({left:.0f} s more) is beyond this number's "
+                        f"remaining deadline ({remaining} s)"
+                    )
+                else:
+                    last.message += f"; gave up at the {self.policy.deadline_s:g}s deadline"
                 raise last
             attempts += 1
             started = self.clock()
@@ -364,7 +375,20 @@ class KaleyraClient:
                     raise outcome
                 delay = self.policy.backoff(errors, outcome.retry_after)
             if self.clock() + delay > deadline:
-                outcome.message += f"; gave up at the {self.policy.deadline_s:g}s deadline"
+                remaining = _seconds_left(deadline - self.clock())
+                if outcome.retry_after is not None and self.clock() + outcome.retry_after > deadline:
+                    # The server's own wait is what does not fit: say so, not that time ran out.
+                    outcome.message += (
+                        f"; Retry-After {outcome.retry_after:g} s is beyond this number's remaining "
+                        f"deadline ({remaining} s; retry.deadline_s)"
+                    )
+                elif outcome.throttled and pace.pause_left() > 0:
+                    outcome.message += (
+                        f"; the account's Retry-After pause ({pace.pause_left():.0f} s more) is beyond "
+                        f"this number's remaining deadline ({remaining} s)"
+                    )
+                else:
+                    outcome.message += f"; gave up at the {self.policy.deadline_s:g}s deadline"
                 raise outcome
             if not outcome.throttled and delay > 0 and self._wait(delay):
                 raise _interrupted(outcome)

@@ -44,6 +44,7 @@ SCALE = 0.4  # CUBIC's C: how fast the rate grows back, in requests/s per s^3
 MIN_RATE = 0.5  # requests/s; botocore's floor
 WINDOW_S = 1.0  # how far back sent and accepted rates are measured
 SETTLE_REQUESTS = 3  # requests sent at a new rate whose throttles still count as the old round
+TAKEN_MIN_S = 0.001  # a wait this long (or longer) in a pause, even if stopped, took the pause
 HOLD_PAUSES = 10  # after a Retry-After, hold the rate this many pauses' worth before probing higher
 RESTART_FACTOR = 2.0  # after the first pause, restart at this times what was accepted in the last second
 MIN_EVIDENCE = 5  # accepted requests (beyond the burst) a stretch needs for its rate to count
@@ -111,6 +112,7 @@ class AdaptiveRate:
         self.throttled = 0
         self.pauses = 0
         self.pause_spans: list[list[float]] = []  # [start, end] of each pause (an extension moves end)
+        self.taken: set[int] = set()  # the pauses (indexes in pause_spans) a worker waited in
         self.slowest: float | None = None
         self.limited_since: float | None = None  # the first throttle
         self.accepted_since_limited = 0
@@ -125,7 +127,16 @@ class AdaptiveRate:
             delay = self.try_start()
             if delay <= 0:
                 return True
-            if wait(delay):
+            with self.lock:
+                pause = len(self.pause_spans) - 1 if self.paused_until > self.clock() else None
+            before = self.clock()
+            gave_up = wait(delay)
+            # A pause counts as taken once a worker waits in it: fully, or stopped part-way (the clock
+            # moved). A worker that gives up at once (the pause ends past its deadline) took none.
+            if pause is not None and (not gave_up or self.clock() - before >= TAKEN_MIN_S):
+                with self.lock:
+                    self.taken.add(pause)
+            if gave_up:
                 return False
 
     def try_start(self) -> float:
@@ -205,12 +216,19 @@ class AdaptiveRate:
             return max(0.0, self.paused_until - self.clock())
 
     @property
+    def pauses_taken(self) -> int:
+        """The Retry-After pauses a worker waited in (`pauses` counts those the server asked for)."""
+        with self.lock:
+            return len(self.taken)
+
+    @property
     def paused_s(self) -> float:
-        """Seconds the account has really been paused so far: what Retry-After asked, cut at now (a
-        run that ended, or whose numbers failed at once, did not wait out a pause of an hour)."""
+        """Seconds the account has really been paused so far: the pauses taken, each cut at now (a run
+        that ended, or whose numbers failed at once, did not wait out a pause of an hour)."""
         with self.lock:
             now = self.clock()
-            return sum(max(0.0, min(end, now) - start) for start, end in self.pause_spans)
+            spans = [self.pause_spans[index] for index in self.taken]
+            return sum(max(0.0, min(end, now) - start) for start, end in spans)
 
     def sustained(self) -> float | None:
         """Successes per second since the first throttle, pauses included: the pace the account really

@@ -299,7 +299,9 @@ class Sandbox:
             or set(fields) - set(FIELDS)
             or not all(isinstance(value, str) for value in fields.values())
         ):
-            return 400, {"error": f"send a JSON object of profile fields ({', '.join(FIELDS)}) to text"}
+            return 400, {
+                "error": f"send a JSON object mapping profile fields ({', '.join(FIELDS)}) to text values"
+            }
         problem = _field_problem(fields)
         if problem:
             return 400, {"error": problem}
@@ -508,13 +510,39 @@ class _Handler(BaseHTTPRequestHandler):
         if not _is_loopback(self.client_address[0]):
             self._send(403, {"error": "the console emulation answers requests from loopback only"})
             return
+        if self._refused_host():
+            return
+        origin = self.headers.get("Origin")
+        if origin is not None and not _names_loopback(urllib.parse.urlsplit(origin).hostname or ""):
+            # A browser sends Origin on a cross-site POST: a page elsewhere must not edit the sandbox.
+            self._send(
+                403, {"error": f"the console emulation refuses requests from another origin ({origin})"}
+            )
+            return
         number = urllib.parse.unquote(route["phone_number"])
         sid = urllib.parse.unquote(route["sid"]) if route["sid"] else None
         status, body = self.server.sandbox.console_edit(number, raw, sid)
         self._send(status, body)
 
+    def _refused_host(self) -> bool:
+        """Answer 403 when the Host header names anything but loopback: a page served from a name that
+        rebinds to 127.0.0.1 sends its own name, and must not reach the sandbox's own endpoints."""
+        host = self.headers.get("Host") or ""
+        if _names_loopback(_host_name(host)):
+            return False
+        self._send(
+            403,
+            {
+                "error": "the sandbox's own endpoints answer Host: localhost or a loopback address, "
+                f"not {host!r}"
+            },
+        )
+        return True
+
     def do_GET(self) -> None:
         sandbox = self.server.sandbox
+        if self.path.startswith("/_sandbox/") and self._refused_host():
+            return
         route = CALLBACK_ROUTE.match(self.path)
         if route is not None:
             self._callback_profile(sandbox, route["sid"], urllib.parse.unquote(route["profile_id"]))
@@ -563,6 +591,18 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.split("%")[0]).is_loopback
     except ValueError:
         return False
+
+
+def _host_name(host: str) -> str:
+    """The name in a Host header, without its port: `[::1]:8080` -> `::1`, `localhost:80` -> `localhost`."""
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else ""
+    name, _, port = host.rpartition(":")
+    return name if name and port.isdigit() else host
+
+
+def _names_loopback(name: str) -> bool:
+    return name.lower().rstrip(".") == "localhost" or _is_loopback(name)
 
 
 class _Server(ThreadingHTTPServer):
