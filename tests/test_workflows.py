@@ -757,7 +757,8 @@ def test_reassert_on_corrects_a_console_edit_saves_the_state_then_drift_runs(wor
     drift workflow's reassert job does when the repository variable RECONCILER_REASSERT is true."""
     state = seed_applied(world)
     for entry in state["numbers"].values():
-        entry["applied_at"] = "2020-01-01T00:00:00Z"  # every number last sent long ago
+        # Every number last sent, in full, long ago.
+        entry["applied_at"] = entry["sent_in_full_at"] = "2020-01-01T00:00:00Z"
     audit = world.show("refs/heads/reconciler-state", ".reconciler/audit.jsonl") or ""
     world.put_state({".reconciler/state.json": json.dumps(state), ".reconciler/audit.jsonl": audit})
     config = world.show("refs/heads/main", "reconciler.yaml") or ""
