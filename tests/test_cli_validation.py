@@ -256,13 +256,7 @@ def test_a_fifo_named_yaml_under_profiles_is_an_error_naming_it_not_a_hang(proje
     project.write_profile(A, about="x")
     fifo = project.root / "profiles" / "pipe.yaml"
     os.mkfifo(fifo)
-    # Should a reader block on it, a writer that opens and closes it ends the read, and the test fails.
-    unblock = threading.Timer(10, _open_and_close_for_writing, [fifo])
-    unblock.start()
-    try:
-        result = project.run("validate")
-    finally:
-        unblock.cancel()
+    result = run_beside_fifo(project, fifo, "validate")
     assert_clean_failure(result)
     assert "profiles/pipe.yaml: is a FIFO (named pipe), not a regular file" in result.stderr
 
@@ -288,17 +282,23 @@ def _open_and_close_for_writing(fifo) -> None:
         os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
 
 
+def run_beside_fifo(project, fifo, *args):
+    """Run the command; should it block reading `fifo`, a writer that opens and closes it after 10 s
+    ends the read, so the test fails instead of hanging."""
+    unblock = threading.Timer(10, _open_and_close_for_writing, [fifo])
+    unblock.start()
+    try:
+        return project.run(*args)
+    finally:
+        unblock.cancel()
+
+
 def test_a_fifo_as_the_audit_log_is_refused_by_history_and_apply_without_waiting(project):
     project.write_profile(A, about="x")
     audit = project.root / ".reconciler" / "audit.jsonl"
     audit.parent.mkdir()
     os.mkfifo(audit)
-    unblock = threading.Timer(10, _open_and_close_for_writing, [audit])
-    unblock.start()
-    try:
-        history = project.run("history")
-    finally:
-        unblock.cancel()
+    history = run_beside_fifo(project, audit, "history")
     assert_clean_failure(history)
     assert f"{audit}: is a FIFO (named pipe), not a regular file; it is not read" in history.stderr
     applied = project.run("apply", "--auto-approve")

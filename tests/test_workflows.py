@@ -320,43 +320,18 @@ def test_statebranch_git_replaces_every_header_a_checkout_config_or_the_environm
         "GIT_CONFIG_VALUE_0": header,
         "GIT_CONFIG_PARAMETERS": f"'http.extraheader'='{header}'",
     }
-    listed = subprocess.run(
-        [
-            sys.executable,
-            "-I",
-            "-m",
-            "reconciler.github.statebranch",
-            "git",
-            "-C",
-            str(repo),
-            "ls-remote",
-            "origin",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+
+    def ls_remote() -> subprocess.CompletedProcess[str]:
+        command = ["reconciler.github.statebranch", "git", "-C", str(repo), "ls-remote", "origin"]
+        return subprocess.run([sys.executable, "-I", "-m", *command], env=env, capture_output=True, text=True)
+
+    listed = ls_remote()
     assert listed.returncode == 0, listed.stderr
     assert "refs/heads/main" in listed.stdout
     assert world.hub.refused == []
     # The header that went out was the job token's: with it revoked, the same call is refused.
     world.hub.revoke(token)
-    again = subprocess.run(
-        [
-            sys.executable,
-            "-I",
-            "-m",
-            "reconciler.github.statebranch",
-            "git",
-            "-C",
-            str(repo),
-            "ls-remote",
-            "origin",
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    again = ls_remote()
     assert again.returncode != 0
 
 
